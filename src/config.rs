@@ -1,0 +1,426 @@
+//! The one validated configuration, parsed from the plugin's `key=value`
+//! arguments in plugstack.conf and from the CLI's flags alike, so a value that is
+//! accepted in one place is accepted in the other.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::carbon::intensity::IntensitySpec;
+
+/// Which jobs are tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only jobs that ask with `--carbon-track[=yes]`.
+    OptIn,
+    /// Every job unless it says `--carbon-track=no`.
+    Always,
+    /// Nothing is tracked; options are still registered so scripts keep working.
+    Off,
+}
+
+impl Mode {
+    /// Whether a job is tracked, given what it said with `--carbon-track`
+    /// (`None` when the option was not given).
+    pub fn tracks(self, choice: Option<bool>) -> bool {
+        match self {
+            Mode::Off => false,
+            Mode::OptIn => choice == Some(true),
+            Mode::Always => choice != Some(false),
+        }
+    }
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Components {
+    pub cpu: bool,
+    pub dram: bool,
+    pub gpu: bool,
+}
+
+impl Components {
+    pub const ALL: Components = Components {
+        cpu: true,
+        dram: true,
+        gpu: true,
+    };
+
+    fn parse(s: &str) -> Result<Components, String> {
+        let mut c = Components {
+            cpu: false,
+            dram: false,
+            gpu: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "cpu" => c.cpu = true,
+                "dram" => c.dram = true,
+                "gpu" => c.gpu = true,
+                _ => return Err(format!("unknown component `{part}`")),
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn names(self) -> String {
+        let mut v = Vec::new();
+        if self.cpu {
+            v.push("cpu");
+        }
+        if self.dram {
+            v.push("dram");
+        }
+        if self.gpu {
+            v.push("gpu");
+        }
+        v.join(",")
+    }
+}
+
+/// Where the user's files go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportTarget {
+    Workdir,
+    None,
+}
+
+/// The whole configuration; defaults are design.md's contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub mode: Mode,
+    pub interval: Duration,
+    pub components: Components,
+    pub spool: PathBuf,
+    pub powercap: PathBuf,
+    pub cgroup: PathBuf,
+    /// Root of the CPU topology (`cpuN/topology/physical_package_id`).
+    pub cpu_topology: PathBuf,
+    pub nvml: PathBuf,
+    pub pue: f64,
+    pub intensity: IntensitySpec,
+    pub report: ReportTarget,
+    /// The job field of Slurm accounting that receives the `carbontrack:v1` segment.
+    pub accounting_field: String,
+    /// The cluster ledger CSV the epilog appends to; `None` when disabled.
+    pub ledger: Option<PathBuf>,
+    /// Completed epochs needed before a prediction is shown (carbontracker's
+    /// `epochs_before_pred`).
+    pub epochs_before_pred: u32,
+    /// Test-only: the name of a plugin callback that panics on purpose, to prove
+    /// that a panic never fails a job. Not documented for sites.
+    pub test_panic: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::OptIn,
+            interval: Duration::from_secs(1),
+            components: Components::ALL,
+            spool: PathBuf::from("/var/spool/carbontrack"),
+            powercap: PathBuf::from("/sys/class/powercap"),
+            cgroup: PathBuf::from("/sys/fs/cgroup"),
+            cpu_topology: PathBuf::from("/sys/devices/system/cpu"),
+            nvml: PathBuf::from("libnvidia-ml.so.1"),
+            pue: crate::carbon::constants::DEFAULT_PUE,
+            intensity: IntensitySpec::WorldAverage,
+            report: ReportTarget::Workdir,
+            accounting_field: "AdminComment".to_string(),
+            ledger: Some(PathBuf::from("/var/lib/carbontrack/ledger.csv")),
+            epochs_before_pred: 1,
+            test_panic: None,
+        }
+    }
+}
+
+/// A configuration argument that was refused; its message names the key, the
+/// value and what would have been accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("bad argument `{arg}`: {problem}; accepted: {accepted}")]
+pub struct ConfigError {
+    pub arg: String,
+    pub problem: String,
+    pub accepted: String,
+}
+
+/// The accepted keys and what each takes, for error messages and `--help`.
+pub const KEYS: &[(&str, &str)] = &[
+    ("mode", "optin|always|off"),
+    (
+        "interval",
+        "a duration from 100ms to 10min, e.g. 500ms, 1s, 2s",
+    ),
+    ("components", "a comma list of cpu,dram,gpu"),
+    ("spool", "an absolute directory"),
+    ("powercap", "an absolute directory (RAPL sysfs root)"),
+    ("cgroup", "an absolute directory (cgroup root)"),
+    ("cpu_topology", "an absolute directory (CPU topology root)"),
+    ("nvml", "an NVML library name or absolute path"),
+    ("pue", "a number from 1.0 to 3.0"),
+    (
+        "intensity",
+        "gCO2e/kWh as a number, a zone code such as DK, or file:/path.csv",
+    ),
+    ("report", "workdir|none"),
+    ("accounting_field", "AdminComment|Comment|SystemComment"),
+    ("ledger", "an absolute file path, or none"),
+    ("epochs_before_pred", "a whole number from 1 to 1000"),
+];
+
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(600);
+
+impl Config {
+    /// Parses `key=value` arguments over the defaults. The first bad one is
+    /// reported; a site's config must be right as a whole.
+    pub fn from_args<I, S>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut c = Config::default();
+        for arg in args {
+            c.set_arg(arg.as_ref())?;
+        }
+        Ok(c)
+    }
+
+    /// Applies one `key=value` argument.
+    pub fn set_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(ConfigError {
+                arg: arg.to_string(),
+                problem: "not of the form key=value".into(),
+                accepted: accepted_keys(),
+            });
+        };
+        self.set(key.trim(), value.trim()).map_err(|problem| {
+            let accepted = KEYS
+                .iter()
+                .find(|(k, _)| *k == key.trim())
+                .map(|(k, what)| format!("{k}={what}"))
+                .unwrap_or_else(accepted_keys);
+            ConfigError {
+                arg: arg.to_string(),
+                problem,
+                accepted,
+            }
+        })
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        match key {
+            "mode" => {
+                self.mode = match v {
+                    "optin" => Mode::OptIn,
+                    "always" => Mode::Always,
+                    "off" => Mode::Off,
+                    _ => return Err(format!("unknown mode `{v}`")),
+                }
+            }
+            "interval" => {
+                let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+                    return Err(format!("`{v}` is out of range"));
+                }
+                self.interval = d;
+            }
+            "components" => self.components = Components::parse(v)?,
+            "spool" => self.spool = abs_dir(v)?,
+            "powercap" => self.powercap = abs_dir(v)?,
+            "cgroup" => self.cgroup = abs_dir(v)?,
+            "cpu_topology" => self.cpu_topology = abs_dir(v)?,
+            "nvml" => {
+                if v.is_empty() || (v.contains('/') && !v.starts_with('/')) {
+                    return Err(format!(
+                        "`{v}` is neither a library name nor an absolute path"
+                    ));
+                }
+                self.nvml = PathBuf::from(v);
+            }
+            "pue" => {
+                let p: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
+                if !(1.0..=3.0).contains(&p) {
+                    return Err(format!("{p} is out of range"));
+                }
+                self.pue = p;
+            }
+            "intensity" => self.intensity = IntensitySpec::parse(v)?,
+            "report" => {
+                self.report = match v {
+                    "workdir" => ReportTarget::Workdir,
+                    "none" => ReportTarget::None,
+                    _ => return Err(format!("unknown report target `{v}`")),
+                }
+            }
+            "accounting_field" => {
+                if !matches!(v, "AdminComment" | "Comment" | "SystemComment") {
+                    return Err(format!("`{v}` is not a job text field sacctmgr can set"));
+                }
+                self.accounting_field = v.to_string();
+            }
+            "ledger" => {
+                self.ledger = match v {
+                    "none" => None,
+                    p if p.starts_with('/') => Some(PathBuf::from(p)),
+                    _ => return Err(format!("`{v}` is not an absolute path")),
+                }
+            }
+            "epochs_before_pred" => {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| format!("`{v}` is not a whole number"))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(format!("{n} is out of range"));
+                }
+                self.epochs_before_pred = n;
+            }
+            "_test_panic" => self.test_panic = Some(v.to_string()),
+            _ => return Err(format!("unknown key `{key}`")),
+        }
+        Ok(())
+    }
+}
+
+fn abs_dir(v: &str) -> Result<PathBuf, String> {
+    if v.starts_with('/') {
+        Ok(PathBuf::from(v))
+    } else {
+        Err(format!("`{v}` is not an absolute path"))
+    }
+}
+
+fn accepted_keys() -> String {
+    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+/// Parses the user's `--carbon-track` value (`None` = given without a value).
+pub fn parse_track_choice(v: Option<&str>) -> Result<bool, String> {
+    match v.map(str::trim) {
+        None | Some("") | Some("yes") => Ok(true),
+        Some("no") => Ok(false),
+        Some(other) => Err(format!("--carbon-track takes yes or no, not `{other}`")),
+    }
+}
+
+/// Parses the user's `--carbon-epochs` value: the total number of epochs.
+pub fn parse_epochs(v: &str) -> Result<u32, String> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "--carbon-epochs takes a whole number of epochs of at least 1, not `{v}`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(c.mode, Mode::OptIn);
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.components, Components::ALL);
+        assert_eq!(c.spool, PathBuf::from("/var/spool/carbontrack"));
+        assert_eq!(c.powercap, PathBuf::from("/sys/class/powercap"));
+        assert_eq!(c.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(c.nvml, PathBuf::from("libnvidia-ml.so.1"));
+        assert_eq!(c.pue, 1.58);
+        assert_eq!(c.report, ReportTarget::Workdir);
+        assert_eq!(c.intensity, IntensitySpec::WorldAverage);
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::from_args([
+            "mode=always",
+            "interval=500ms",
+            "components=gpu,cpu",
+            "spool=/tmp/s",
+            "powercap=/tmp/p",
+            "cgroup=/tmp/c",
+            "cpu_topology=/tmp/t",
+            "nvml=/tmp/libnvidia-ml.so",
+            "pue=1.2",
+            "intensity=120",
+            "report=none",
+            "accounting_field=Comment",
+            "ledger=none",
+            "epochs_before_pred=2",
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Mode::Always);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(
+            c.components,
+            Components {
+                cpu: true,
+                dram: false,
+                gpu: true
+            }
+        );
+        assert_eq!(c.spool, PathBuf::from("/tmp/s"));
+        assert_eq!(c.nvml, PathBuf::from("/tmp/libnvidia-ml.so"));
+        assert_eq!(c.pue, 1.2);
+        assert_eq!(c.report, ReportTarget::None);
+        assert_eq!(c.accounting_field, "Comment");
+        assert_eq!(c.ledger, None);
+        assert_eq!(c.epochs_before_pred, 2);
+    }
+
+    #[test]
+    fn refuses_bad_arguments_naming_key_and_accepted_values() {
+        for (arg, needle) in [
+            ("mode=sometimes", "optin|always|off"),
+            ("interval=1ms", "100ms to 10min"),
+            ("interval=fast", "interval="),
+            ("components=cpu,tpu", "cpu,dram,gpu"),
+            ("spool=relative", "absolute"),
+            ("pue=0.9", "1.0 to 3.0"),
+            ("pue=abc", "pue="),
+            ("report=email", "workdir|none"),
+            ("nvml=lib/x.so", "nvml="),
+            ("colour=blue", "mode, interval"),
+            ("justaword", "mode, interval"),
+        ] {
+            let e = Config::from_args([arg]).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(arg), "{msg}");
+            assert!(msg.contains(needle), "{arg}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mode_decides_tracking() {
+        for (mode, choice, tracked) in [
+            (Mode::OptIn, None, false),
+            (Mode::OptIn, Some(true), true),
+            (Mode::OptIn, Some(false), false),
+            (Mode::Always, None, true),
+            (Mode::Always, Some(true), true),
+            (Mode::Always, Some(false), false),
+            (Mode::Off, Some(true), false),
+            (Mode::Off, None, false),
+        ] {
+            assert_eq!(mode.tracks(choice), tracked, "{mode:?} {choice:?}");
+        }
+    }
+
+    #[test]
+    fn user_option_values() {
+        assert_eq!(parse_track_choice(None), Ok(true));
+        assert_eq!(parse_track_choice(Some("yes")), Ok(true));
+        assert_eq!(parse_track_choice(Some("no")), Ok(false));
+        assert!(
+            parse_track_choice(Some("maybe"))
+                .unwrap_err()
+                .contains("maybe")
+        );
+        assert_eq!(parse_epochs("10"), Ok(10));
+        assert!(parse_epochs("-3").is_err());
+        assert!(parse_epochs("0").is_err());
+        assert!(parse_epochs("ten").is_err());
+    }
+}
