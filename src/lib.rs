@@ -1,14 +1,17 @@
 //! carbontrack: energy and carbon footprint of Slurm jobs.
 //!
 //! The crate builds twice: as the SPANK plugin Slurm loads (`libcarbontrack.so`,
-//! a thin adapter in [`spank`]) and as the library behind the `carbontrack`
-//! command. Everything that measures or computes lives outside [`spank`] and
-//! runs without Slurm.
+//! whose callbacks are in [`plugin`]) and as the library behind the
+//! `carbontrack` command. Everything that measures or computes runs without
+//! Slurm. All `unsafe` code is confined to [`ffi`].
+#![deny(unsafe_code)]
 
 pub mod carbon;
 pub mod config;
+#[allow(unsafe_code)]
+pub mod ffi;
 pub mod footprint;
 pub mod measure;
+pub mod plugin;
 pub mod report;
-pub mod spank;
 pub mod units;
