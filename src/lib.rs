@@ -8,10 +8,13 @@
 
 pub mod carbon;
 pub mod config;
+pub mod deliver;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod footprint;
+pub mod job;
 pub mod measure;
 pub mod plugin;
 pub mod report;
+pub mod spool;
 pub mod units;
