@@ -9,6 +9,7 @@
 pub mod carbon;
 pub mod config;
 pub mod deliver;
+pub mod epochs;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod footprint;
