@@ -3,3 +3,4 @@
 //! logic it serves lives in safe modules ([`crate::plugin`], [`crate::measure`]).
 
 pub mod identity;
+pub mod signals;
