@@ -161,6 +161,35 @@ impl EpochWatcher {
     }
 }
 
+/// Appends one epoch mark to the file named by [`EPOCH_FILE_ENV`].
+pub fn mark_epoch_from_env() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let path = std::env::var_os(EPOCH_FILE_ENV).with_context(|| {
+        format!(
+            "{EPOCH_FILE_ENV} is not set: this is not a tracked job (submit with --carbon-track=yes) \
+             nor a command under `carbontrack run`; no epoch recorded"
+        )
+    })?;
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{ms}"))
+        .with_context(|| {
+            format!(
+                "cannot append an epoch mark to {}",
+                Path::new(&path).display()
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
