@@ -98,6 +98,15 @@ pub struct Config {
     pub nvml: PathBuf,
     pub pue: f64,
     pub intensity: IntensitySpec,
+    /// Used for the hours (or the whole job) `intensity` has no figure for;
+    /// `None`: [`IntensitySpec::default_fallback`].
+    pub intensity_fallback: Option<IntensitySpec>,
+    /// Root-only file holding the ElectricityMaps API key (`electricitymaps:`).
+    pub intensity_key: Option<PathBuf>,
+    /// Plain-HTTP base URL of the ElectricityMaps API or of a local proxy to it.
+    pub intensity_url: Option<String>,
+    /// How long a fetched live history is reused before asking again.
+    pub intensity_ttl: Duration,
     pub report: ReportTarget,
     /// The job field of Slurm accounting that receives the `carbontrack:v1` segment.
     pub accounting_field: String,
@@ -124,6 +133,10 @@ impl Default for Config {
             nvml: PathBuf::from("libnvidia-ml.so.1"),
             pue: crate::carbon::constants::DEFAULT_PUE,
             intensity: IntensitySpec::WorldAverage,
+            intensity_fallback: None,
+            intensity_key: None,
+            intensity_url: None,
+            intensity_ttl: Duration::from_secs(3600),
             report: ReportTarget::Workdir,
             accounting_field: "AdminComment".to_string(),
             ledger: Some(PathBuf::from("/var/lib/carbontrack/ledger.csv")),
@@ -159,7 +172,23 @@ pub const KEYS: &[(&str, &str)] = &[
     ("pue", "a number from 1.0 to 3.0"),
     (
         "intensity",
-        "gCO2e/kWh as a number, a zone code such as DK, or file:/path.csv",
+        "gCO2e/kWh as a number, a zone code such as DK, file:/path.csv, or electricitymaps:ZONE",
+    ),
+    (
+        "intensity_fallback",
+        "gCO2e/kWh as a number, a zone code such as DK, or world",
+    ),
+    (
+        "intensity_key",
+        "an absolute path to a root-only file holding the ElectricityMaps API key",
+    ),
+    (
+        "intensity_url",
+        "a plain http://host[:port][/prefix] URL of the ElectricityMaps API or a proxy to it",
+    ),
+    (
+        "intensity_ttl",
+        "a duration from 1min to 1day, e.g. 15min, 1h",
     ),
     ("report", "workdir|none"),
     ("accounting_field", "AdminComment|Comment|SystemComment"),
@@ -182,6 +211,7 @@ impl Config {
         for arg in args {
             c.set_arg(arg.as_ref())?;
         }
+        c.check_intensity()?;
         Ok(c)
     }
 
@@ -246,6 +276,26 @@ impl Config {
                 self.pue = p;
             }
             "intensity" => self.intensity = IntensitySpec::parse(v)?,
+            "intensity_fallback" => {
+                self.intensity_fallback = Some(IntensitySpec::parse_fallback(v)?)
+            }
+            "intensity_key" => {
+                if !v.starts_with('/') {
+                    return Err(format!("`{v}` is not an absolute path"));
+                }
+                self.intensity_key = Some(PathBuf::from(v));
+            }
+            "intensity_url" => {
+                crate::carbon::live::BaseUrl::parse(v)?;
+                self.intensity_url = Some(v.to_string());
+            }
+            "intensity_ttl" => {
+                let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&d) {
+                    return Err(format!("`{v}` is out of range"));
+                }
+                self.intensity_ttl = d;
+            }
             "report" => {
                 self.report = match v {
                     "workdir" => ReportTarget::Workdir,
@@ -279,6 +329,36 @@ impl Config {
             _ => return Err(format!("unknown key `{key}`")),
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// A live source needs its key and endpoint; found missing here, at
+    /// configuration time, rather than silently at every epilog.
+    fn check_intensity(&self) -> Result<(), ConfigError> {
+        if let IntensitySpec::ElectricityMaps(zone) = &self.intensity {
+            for (key, missing) in [
+                ("intensity_key", self.intensity_key.is_none()),
+                ("intensity_url", self.intensity_url.is_none()),
+            ] {
+                if missing {
+                    let what = KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, w)| w);
+                    return Err(ConfigError {
+                        arg: format!("intensity=electricitymaps:{zone}"),
+                        problem: format!("the live source needs {key}="),
+                        accepted: format!("{key}={what}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fallback in force: the configured one, or the spec's default.
+    pub fn intensity_fallback(&self) -> IntensitySpec {
+        self.intensity_fallback
+            .clone()
+            .unwrap_or_else(|| self.intensity.default_fallback())
     }
 }
 
@@ -330,6 +410,49 @@ mod tests {
         assert_eq!(c.pue, 1.58);
         assert_eq!(c.report, ReportTarget::Workdir);
         assert_eq!(c.intensity, IntensitySpec::WorldAverage);
+        assert_eq!(c.intensity_fallback(), IntensitySpec::WorldAverage);
+        assert_eq!(c.intensity_key, None);
+        assert_eq!(c.intensity_url, None);
+        assert_eq!(c.intensity_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn intensity_keys() {
+        let c = Config::from_args(["intensity=dk"]).unwrap();
+        assert_eq!(c.intensity, IntensitySpec::Zone("DK".into()));
+        let c = Config::from_args(["intensity=file:/etc/ci.csv", "intensity_fallback=NO"]).unwrap();
+        assert_eq!(c.intensity_fallback(), IntensitySpec::Zone("NO".into()));
+        let c = Config::from_args([
+            "intensity=electricitymaps:DK-DK1",
+            "intensity_key=/etc/carbontrack/em.key",
+            "intensity_url=http://127.0.0.1:8080",
+            "intensity_ttl=15min",
+        ])
+        .unwrap();
+        assert_eq!(c.intensity, IntensitySpec::ElectricityMaps("DK-DK1".into()));
+        assert_eq!(c.intensity_fallback(), IntensitySpec::Zone("DK".into()));
+        assert_eq!(c.intensity_ttl, Duration::from_secs(900));
+        for (args, needle) in [
+            (vec!["intensity=electricitymaps:DK"], "needs intensity_key="),
+            (
+                vec!["intensity=electricitymaps:DK", "intensity_key=/k"],
+                "needs intensity_url=",
+            ),
+            (
+                vec!["intensity_url=https://api.electricitymaps.com"],
+                "plain http",
+            ),
+            (vec!["intensity_key=key.txt"], "absolute"),
+            (
+                vec!["intensity_fallback=file:/x.csv"],
+                "a number, a zone or world",
+            ),
+            (vec!["intensity_ttl=1s"], "out of range"),
+            (vec!["intensity=ZZ"], "not in the shipped table"),
+        ] {
+            let msg = Config::from_args(args.clone()).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{args:?}: {msg}");
+        }
     }
 
     #[test]
