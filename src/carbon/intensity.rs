@@ -135,10 +135,10 @@ impl IntensitySpec {
     /// an ElectricityMaps zone (`DK-DK1` -> `DK`) when the table has it, else the
     /// world average.
     pub fn default_fallback(&self) -> IntensitySpec {
-        if let IntensitySpec::ElectricityMaps(z) = self {
-            if let Some(zone) = z.get(..2).and_then(zones::zone) {
-                return IntensitySpec::Zone(zone.code.to_string());
-            }
+        if let IntensitySpec::ElectricityMaps(z) = self
+            && let Some(zone) = z.get(..2).and_then(zones::zone)
+        {
+            return IntensitySpec::Zone(zone.code.to_string());
         }
         IntensitySpec::WorldAverage
     }
