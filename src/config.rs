@@ -103,7 +103,8 @@ pub struct Config {
     pub intensity_fallback: Option<IntensitySpec>,
     /// Root-only file holding the ElectricityMaps API key (`electricitymaps:`).
     pub intensity_key: Option<PathBuf>,
-    /// Plain-HTTP base URL of the ElectricityMaps API or of a local proxy to it.
+    /// Base URL of the ElectricityMaps API or of a site proxy to it; `None`:
+    /// [`crate::carbon::live::DEFAULT_URL`].
     pub intensity_url: Option<String>,
     /// How long a fetched live history is reused before asking again.
     pub intensity_ttl: Duration,
@@ -184,7 +185,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "intensity_url",
-        "a plain http://host[:port][/prefix] URL of the ElectricityMaps API or a proxy to it",
+        "an https://host[:port][/prefix] URL of the ElectricityMaps API (default https://api.electricitymaps.com) or an http(s) URL of a proxy to it",
     ),
     (
         "intensity_ttl",
@@ -333,23 +334,19 @@ impl Config {
 }
 
 impl Config {
-    /// A live source needs its key and endpoint; found missing here, at
-    /// configuration time, rather than silently at every epilog.
+    /// A live source needs its key; found missing here, at configuration
+    /// time, rather than silently at every epilog.
     fn check_intensity(&self) -> Result<(), ConfigError> {
-        if let IntensitySpec::ElectricityMaps(zone) = &self.intensity {
-            for (key, missing) in [
-                ("intensity_key", self.intensity_key.is_none()),
-                ("intensity_url", self.intensity_url.is_none()),
-            ] {
-                if missing {
-                    let what = KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, w)| w);
-                    return Err(ConfigError {
-                        arg: format!("intensity=electricitymaps:{zone}"),
-                        problem: format!("the live source needs {key}="),
-                        accepted: format!("{key}={what}"),
-                    });
-                }
-            }
+        if let IntensitySpec::ElectricityMaps(zone) = &self.intensity
+            && self.intensity_key.is_none()
+        {
+            let key = "intensity_key";
+            let what = KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, w)| w);
+            return Err(ConfigError {
+                arg: format!("intensity=electricitymaps:{zone}"),
+                problem: format!("the live source needs {key}="),
+                accepted: format!("{key}={what}"),
+            });
         }
         Ok(())
     }
@@ -435,12 +432,8 @@ mod tests {
         for (args, needle) in [
             (vec!["intensity=electricitymaps:DK"], "needs intensity_key="),
             (
-                vec!["intensity=electricitymaps:DK", "intensity_key=/k"],
-                "needs intensity_url=",
-            ),
-            (
-                vec!["intensity_url=https://api.electricitymaps.com"],
-                "plain http",
+                vec!["intensity_url=api.electricitymaps.com"],
+                "not an https:// (or http://) URL",
             ),
             (vec!["intensity_key=key.txt"], "absolute"),
             (

@@ -4,43 +4,63 @@
 //! epilog runs once per job, after it, when the run's hours are known.
 //!
 //! What it does: GET `<intensity_url>/v3/carbon-intensity/history?zone=ZONE`
-//! with the key from `intensity_key` in the `auth-token` header, under one
-//! overall timeout; the hourly figures are merged into a cache file in the
-//! spool (`electricitymaps-ZONE.csv`, the same `timestamp,g_per_kwh` format as
-//! a site file), reused for `intensity_ttl`, and kept for 30 days, so jobs
+//! (by default `https://api.electricitymaps.com`) with the key from
+//! `intensity_key` in the `auth-token` header, under one overall timeout; the
+//! hourly figures are merged into a cache file in the spool
+//! (`electricitymaps-ZONE.csv`, the same `timestamp,g_per_kwh` format as a
+//! site file), reused for `intensity_ttl`, and kept for 30 days, so jobs
 //! longer than the API's 24-hour history are covered by the epilogs of jobs
 //! that ran meanwhile. A failed query uses the stale cache if there is one,
 //! else the fallback; the CSV's `intensity_source` says which.
 //!
-//! Plain HTTP only: carbontrack carries no TLS library, so `intensity_url`
-//! must be an `http://` endpoint, normally a TLS-terminating forward proxy on
-//! the node or a site host (e.g. stunnel in client mode, or nginx with
-//! `proxy_pass https://api.electricitymaps.com;`), which also keeps the
-//! cluster's single egress point in the site's hands. The key is sent to that
-//! proxy in clear, so it must be on loopback or a trusted management network.
+//! The transport is the system's `curl` binary, run as a child process: the
+//! API is HTTPS-only, and curl brings the distribution's TLS stack, CA store,
+//! proxy settings (`https_proxy`, `no_proxy`) and security updates, where a
+//! TLS library linked into the plugin would bring none of those and ride in
+//! every slurmstepd. The key reaches curl on its stdin (`-H @-`), never in its
+//! argv, which /proc makes world-readable. `~/.curlrc` is ignored (`-q`), only
+//! http(s) is spoken, redirects are not followed, and a curl that overruns the
+//! timeout is killed. A plain `http://` `intensity_url` is accepted for a
+//! site's own forward proxy (and the tests); the key then travels in clear, so
+//! such a proxy belongs on loopback or a trusted management network.
 //! The key file must be owned by the epilog's user (root) and unreadable by
 //! anyone else.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::Deserialize;
+
 use super::intensity::{
-    EnergySpan, HourTable, IntensitySpec, Resolved, constant_or_world, hour_weights,
+    EnergySpan, HourTable, IntensitySpec, MAX_G_PER_KWH, Resolved, constant_or_world, hour_weights,
     parse_hourly_csv, parse_timestamp, unix_secs, weigh,
 };
 use crate::config::Config;
 
-/// The whole query (connect, send, receive) must finish within this.
+/// The ElectricityMaps API, used when `intensity_url` is not set.
+pub const DEFAULT_URL: &str = "https://api.electricitymaps.com";
+
+/// The whole query (connect, TLS, send, receive) must finish within this.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long past its own `--max-time` curl gets before it is killed: curl's
+/// own timeout names what stalled, so it should normally be the one to fire.
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Cached hours older than this are dropped.
 pub const CACHE_KEEP: Duration = Duration::from_secs(30 * 86_400);
 
 /// A response larger than this is not an intensity history.
 const MAX_RESPONSE: usize = 1 << 20;
+
+/// Where curl is looked for before `PATH`: the epilog runs as root with
+/// Slurm's minimal environment, where `PATH` may be unset or not the admin's.
+const CURL_PATHS: [&str; 3] = ["/usr/bin/curl", "/bin/curl", "/usr/local/bin/curl"];
 
 /// Everything the live source needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +71,8 @@ pub struct LiveSettings {
     pub cache_dir: PathBuf,
     pub ttl: Duration,
     pub timeout: Duration,
+    /// The curl binary that makes the query ([`find_curl`]).
+    pub curl: PathBuf,
 }
 
 impl LiveSettings {
@@ -58,15 +80,29 @@ impl LiveSettings {
     pub fn from_config(c: &Config) -> Option<LiveSettings> {
         match &c.intensity {
             IntensitySpec::ElectricityMaps(_) => Some(LiveSettings {
-                base_url: c.intensity_url.clone()?,
+                base_url: c
+                    .intensity_url
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_URL.to_string()),
                 key_file: c.intensity_key.clone()?,
                 cache_dir: c.spool.clone(),
                 ttl: c.intensity_ttl,
                 timeout: DEFAULT_TIMEOUT,
+                curl: find_curl(),
             }),
             _ => None,
         }
     }
+}
+
+/// The first of the system's usual curl locations that exists, else plain
+/// `curl` for a `PATH` search (whose failure then says to install it).
+pub fn find_curl() -> PathBuf {
+    CURL_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("curl"))
 }
 
 /// Why the live source gave nothing; each names what to check.
@@ -88,9 +124,13 @@ pub enum LiveError {
     Response { url: String, problem: String },
 }
 
-/// `http://host[:port][/prefix]`, checked at configuration time.
+/// `http[s]://host[:port][/prefix]`, checked at configuration time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
+    /// The URL as given, without a trailing slash.
+    pub url: String,
+    pub https: bool,
+    /// Without the brackets of an IPv6 literal.
     pub host: String,
     pub port: u16,
     /// Path prefix without a trailing slash (empty for the root).
@@ -99,26 +139,28 @@ pub struct BaseUrl {
 
 impl BaseUrl {
     pub fn parse(v: &str) -> Result<BaseUrl, String> {
-        let Some(rest) = v.strip_prefix("http://") else {
-            return Err(if v.starts_with("https://") {
-                format!(
-                    "`{v}`: only plain http:// is spoken (no TLS library); point it at a local TLS-terminating proxy to the API"
-                )
-            } else {
-                format!("`{v}` is not a plain http:// URL")
-            });
+        let (https, rest) = if let Some(r) = v.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = v.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("`{v}` is not an https:// (or http://) URL"));
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let default_port = if https { 443 } else { 80 };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
                 let port = p
                     .parse::<u16>()
-                    .map_err(|_| format!("`{v}`: bad port `{p}`"))?;
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("`{v}`: bad port `{p}`"))?;
                 (h, port)
             }
-            _ => (authority, 80),
+            _ => (authority, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        // No `user@`: credentials in the URL would land in curl's argv.
         if host.is_empty()
             || !host
                 .chars()
@@ -126,14 +168,25 @@ impl BaseUrl {
         {
             return Err(format!("`{v}`: bad host `{host}`"));
         }
-        if path.contains(['?', '#', ' ']) {
-            return Err(format!("`{v}`: a base URL takes no query"));
+        if !path
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"?#\\\"'<>`{}".contains(c))
+        {
+            return Err(format!("`{v}`: a base URL takes a plain path, no query"));
         }
         Ok(BaseUrl {
+            url: v.trim_end_matches('/').to_string(),
+            https,
             host: host.to_string(),
             port,
             prefix: path.trim_end_matches('/').to_string(),
         })
+    }
+
+    /// Loopback needs no proxy, and a site's `http_proxy` must not capture it.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -239,25 +292,23 @@ pub fn history(
 pub fn fetch(zone: &str, settings: &LiveSettings) -> Result<HourTable, LiveError> {
     let base = BaseUrl::parse(&settings.base_url).map_err(LiveError::Url)?;
     let key = read_key(&settings.key_file)?;
-    let path = format!("{}/v3/carbon-intensity/history?zone={zone}", base.prefix);
-    let url = format!("http://{}:{}{}", base.host, base.port, path);
-    let body = http_get(&base, &path, &[("auth-token", &key)], settings.timeout)
-        .map_err(|problem| LiveError::Transport {
-            url: url.clone(),
-            problem,
-        })
-        .and_then(|(status, body)| {
-            if status == 200 {
-                Ok(body)
-            } else {
-                let body: String = body.chars().take(200).collect();
-                Err(LiveError::Status {
-                    url: url.clone(),
-                    status,
-                    body,
-                })
-            }
-        })?;
+    let path = format!("/v3/carbon-intensity/history?zone={zone}");
+    let url = format!("{}{path}", base.url);
+    let (status, body) = http_get(
+        &settings.curl,
+        &base,
+        &path,
+        &[("auth-token", &key)],
+        settings.timeout,
+    )
+    .map_err(|problem| LiveError::Transport {
+        url: url.clone(),
+        problem,
+    })?;
+    if !(200..300).contains(&status) {
+        let body: String = body.trim().chars().take(200).collect();
+        return Err(LiveError::Status { url, status, body });
+    }
     parse_history(&body).map_err(|problem| LiveError::Response { url, problem })
 }
 
@@ -290,245 +341,178 @@ pub fn read_key(path: &Path) -> Result<String, LiveError> {
     Ok(key.to_string())
 }
 
-/// A minimal HTTP/1.1 GET: one connection, `Connection: close`, the whole
-/// exchange under `timeout`. Returns the status and the (de-chunked) body.
-/// Name resolution is the system's and is not covered by the timeout; give an
-/// address or a name in /etc/hosts.
+/// GET `base` + `path` with `curl`, the whole exchange under `timeout`.
+/// `headers` go to curl on its stdin, so secrets stay out of its argv; their
+/// values must be single lines. Returns the HTTP status and the body,
+/// whatever the status.
 pub fn http_get(
+    curl: &Path,
     base: &BaseUrl,
     path: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let deadline = Instant::now() + timeout;
-    let addr = (base.host.as_str(), base.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", base.host))?
-        .next()
-        .ok_or_else(|| format!("no address for {}", base.host))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    let remaining = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("no complete answer within {timeout:?}"))
-    };
-    stream
-        .set_write_timeout(Some(remaining()?))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/json\r\nUser-Agent: carbontrack/{}\r\nConnection: close\r\n",
-        base.host,
-        base.port,
-        env!("CARGO_PKG_VERSION")
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    if headers
+        .iter()
+        .any(|(k, v)| k.contains([':', '\r', '\n']) || v.contains(['\r', '\n']))
+    {
+        return Err("a header name or value spans lines".into());
     }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
+    let secs = format!("{:.3}", timeout.as_secs_f64());
+    let mut cmd = Command::new(curl);
+    // `-q` must come first: it stops curl reading the invoking user's ~/.curlrc.
+    cmd.args(["-q", "--silent", "--show-error", "--proto", "=https,http"])
+        .args(["--max-time", &secs, "--connect-timeout", &secs])
+        .args(["--max-filesize", &MAX_RESPONSE.to_string()])
+        .args(["-H", "Accept: application/json"])
+        .args([
+            "--user-agent",
+            concat!("carbontrack/", env!("CARGO_PKG_VERSION")),
+        ])
+        .args(["-H", "@-"])
+        // curl expands `\n` itself; the status follows the body on its own line.
+        .args(["--write-out", "\\n%{http_code}"]);
+    if base.is_loopback() {
+        cmd.args(["--noproxy", "*"]);
+    }
+    cmd.arg(format!("{}{path}", base.url))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot run {}: {e}; install curl (Debian/Ubuntu: `apt-get install curl`), the live source's HTTPS client",
+            curl.display()
+        )
+    })?;
+    let mut header_lines = String::new();
+    for (k, v) in headers {
+        header_lines.push_str(&format!("{k}: {v}\n"));
+    }
+    // A few bytes into an empty pipe; curl reads them before it connects.
+    let sent = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(header_lines.as_bytes()));
+    let out = child.stdout.take().map(|s| thread::spawn(move || drain(s)));
+    let err = child.stderr.take().map(|s| thread::spawn(move || drain(s)));
+    let status = wait_until(&mut child, Instant::now() + timeout + KILL_GRACE);
+    let join = |h: Option<thread::JoinHandle<(Vec<u8>, bool)>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    let ((out, too_big), (err, _)) = (join(out), join(err));
+    let err = String::from_utf8_lossy(&err).trim().to_string();
+    let status = match status {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(format!(
+                "no complete answer within {timeout:?} (curl killed)"
+            ));
+        }
+        Err(e) => return Err(format!("waiting for curl: {e}")),
+    };
+    if let Some(Err(e)) = sent {
+        return Err(format!("cannot hand the headers to curl: {e}; {err}"));
+    }
+    match status.code() {
+        Some(0) => {}
+        // CURLE_OPERATION_TIMEDOUT
+        Some(28) => return Err(format!("no complete answer within {timeout:?} ({err})")),
+        // CURLE_FILESIZE_EXCEEDED
+        Some(63) => return Err(format!("response over {MAX_RESPONSE} bytes")),
+        _ if !err.is_empty() => return Err(err),
+        _ => return Err(format!("curl failed: {status}")),
+    }
+    if too_big {
+        return Err(format!("response over {MAX_RESPONSE} bytes"));
+    }
+    let text = String::from_utf8_lossy(&out);
+    let (body, code) = text
+        .rsplit_once('\n')
+        .ok_or("curl wrote no HTTP status (is it curl?)")?;
+    let code = code
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (100..600).contains(c))
+        .ok_or_else(|| format!("no HTTP status from the server (curl reported `{code}`)"))?;
+    Ok((code, body.to_string()))
+}
+
+/// All of a pipe, keeping at most a response's worth: reading on past that
+/// lets curl finish rather than block on a full pipe. `true`: some was dropped.
+fn drain(mut r: impl Read) -> (Vec<u8>, bool) {
+    let (mut kept, mut dropped) = (Vec::new(), false);
     let mut buf = [0u8; 8192];
     loop {
-        stream
-            .set_read_timeout(Some(remaining()?))
-            .map_err(|e| e.to_string())?;
-        match stream.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                raw.extend_from_slice(&buf[..n]);
-                if raw.len() > MAX_RESPONSE {
-                    return Err(format!("response over {MAX_RESPONSE} bytes"));
-                }
-                if response_complete(&raw) {
-                    break;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!("no complete answer within {timeout:?}"));
+                let room = (MAX_RESPONSE + 8).saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                dropped |= n > room;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("receive: {e}")),
+            Err(_) => break,
         }
     }
-    parse_response(&raw)
+    (kept, dropped)
 }
 
-/// Whether a response with a Content-Length or chunked body has all arrived
-/// (a server that keeps the connection open despite `Connection: close`).
-fn response_complete(raw: &[u8]) -> bool {
-    let Some(split) = find(raw, b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let body = &raw[split + 4..];
-    if let Some(len) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        return body.len() >= len;
-    }
-    if header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        return dechunk(body).is_ok();
-    }
-    false
-}
-
-fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
-    let split = find(raw, b"\r\n\r\n").ok_or("response ended inside its headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status_line = head.lines().next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("not an HTTP response: `{status_line}`"))?;
-    let lower = head.to_ascii_lowercase();
-    let body = &raw[split + 4..];
-    let body = if header(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        dechunk(body)?
-    } else if let Some(len) = header(&lower, "content-length").and_then(|v| v.parse::<usize>().ok())
-    {
-        body.get(..len)
-            .ok_or("response shorter than its Content-Length")?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn header<'a>(lower_head: &'a str, name: &str) -> Option<&'a str> {
-    lower_head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == name).then(|| v.trim())
-    })
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+/// The child's exit status, or `None` after killing it at `deadline`.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
     loop {
-        let eol = find(body, b"\r\n").ok_or("chunked body cut short")?;
-        let size_text = String::from_utf8_lossy(&body[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
         }
-        if body.len() < size + 2 {
-            return Err("chunked body cut short".into());
+        if Instant::now() >= deadline {
+            // It may have exited just now; either way it is reaped below.
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(None);
         }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Extracts the hourly `datetime`/`carbonIntensity` pairs of a history (or
-/// latest) answer. A scan for those two keys, not a general JSON parser: each
-/// history entry holds both, in either order; an entry whose intensity is
-/// `null` is skipped (that hour then uses the fallback).
+/// The part of a history answer that is used; other fields are ignored.
+#[derive(Deserialize)]
+struct HistoryAnswer {
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Deserialize)]
+struct HistoryEntry {
+    datetime: String,
+    /// `null` for an hour the API has no figure for.
+    #[serde(rename = "carbonIntensity")]
+    carbon_intensity: Option<f64>,
+}
+
+/// The hourly figures of a history answer
+/// (`{"history":[{"datetime":…,"carbonIntensity":…},…]}`). An entry whose
+/// intensity is `null` is left out: that hour then uses the fallback.
 pub fn parse_history(json: &str) -> Result<HourTable, String> {
-    let mut table = HourTable::default();
-    let (mut dt, mut ci): (Option<String>, Option<Option<f64>>) = (None, None);
-    let b = json.as_bytes();
-    let mut i = 0;
-    let mut seen = 0;
-    while i < b.len() {
-        if b[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let (s, next) = json_string(json, i)?;
-        i = next;
-        let mut j = i;
-        while j < b.len() && b[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        if j >= b.len() || b[j] != b':' {
-            continue; // a value, not a key
-        }
-        j += 1;
-        while j < b.len() && b[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        match s.as_str() {
-            "datetime" if b.get(j) == Some(&b'"') => {
-                let (v, next) = json_string(json, j)?;
-                dt = Some(v);
-                i = next;
-            }
-            "carbonIntensity" => {
-                let end = b[j..]
-                    .iter()
-                    .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
-                    .map_or(b.len(), |p| j + p);
-                let text = &json[j..end];
-                ci = Some(if text == "null" {
-                    None
-                } else {
-                    Some(
-                        text.parse::<f64>()
-                            .map_err(|_| format!("carbonIntensity `{text}` is not a number"))?,
-                    )
-                });
-                i = end;
-            }
-            _ => {}
-        }
-        if let (Some(d), Some(c)) = (&dt, &ci) {
-            seen += 1;
-            if let Some(g) = c {
-                let t =
-                    parse_timestamp(d).ok_or_else(|| format!("datetime `{d}` is not a time"))?;
-                if !(0.0..=super::intensity::MAX_G_PER_KWH).contains(g) {
-                    return Err(format!("carbonIntensity {g} is out of range"));
-                }
-                table.0.insert(t.div_euclid(3600), *g);
-            }
-            dt = None;
-            ci = None;
-        }
+    let answer: HistoryAnswer = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if answer.history.is_empty() {
+        return Err("an empty history".into());
     }
-    if seen == 0 {
-        return Err("no datetime/carbonIntensity entries".into());
+    let mut table = HourTable::default();
+    for entry in answer.history {
+        let Some(g) = entry.carbon_intensity else {
+            continue;
+        };
+        let d = &entry.datetime;
+        let t = parse_timestamp(d).ok_or_else(|| format!("datetime `{d}` is not a time"))?;
+        if !(0.0..=MAX_G_PER_KWH).contains(&g) {
+            return Err(format!("carbonIntensity {g} is out of range"));
+        }
+        table.0.insert(t.div_euclid(3600), g);
     }
     Ok(table)
-}
-
-/// The string starting at the quote at `at`, and the index after its closing quote.
-fn json_string(json: &str, at: usize) -> Result<(String, usize), String> {
-    let b = json.as_bytes();
-    let mut out = String::new();
-    let mut i = at + 1;
-    while i < b.len() {
-        match b[i] {
-            b'"' => return Ok((out, i + 1)),
-            b'\\' => {
-                if let Some(&c) = b.get(i + 1) {
-                    out.push(c as char);
-                }
-                i += 2;
-            }
-            _ => {
-                let ch = json[i..].chars().next().unwrap_or('?');
-                out.push(ch);
-                i += ch.len_utf8();
-            }
-        }
-    }
-    Err("unterminated string".into())
 }
 
 /// The cache file of a zone.
@@ -595,7 +579,7 @@ mod tests {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut req = Vec::new();
                 let mut buf = [0u8; 1024];
-                while find(&req, b"\r\n\r\n").is_none() {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
                     let n = s.read(&mut buf).unwrap();
                     if n == 0 {
                         break;
@@ -615,12 +599,10 @@ mod tests {
         (url, rx, h)
     }
 
-    fn chunked(body: &str) -> String {
-        let (a, b) = body.split_at(body.len() / 2);
+    fn ok_json(body: &str) -> String {
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
-            a.len(),
-            b.len()
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
         )
     }
 
@@ -649,6 +631,7 @@ mod tests {
             cache_dir: dir.clone(),
             ttl: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
+            curl: find_curl(),
         };
         (Dir(dir), s)
     }
@@ -662,29 +645,43 @@ mod tests {
         assert_eq!(
             BaseUrl::parse("http://127.0.0.1:8080/em/"),
             Ok(BaseUrl {
+                url: "http://127.0.0.1:8080/em".into(),
+                https: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 prefix: "/em".into()
             })
         );
         assert_eq!(
-            BaseUrl::parse("http://proxy.cluster"),
+            BaseUrl::parse(DEFAULT_URL),
             Ok(BaseUrl {
-                host: "proxy.cluster".into(),
-                port: 80,
+                url: DEFAULT_URL.into(),
+                https: true,
+                host: "api.electricitymaps.com".into(),
+                port: 443,
                 prefix: String::new()
             })
         );
+        let v6 = BaseUrl::parse("http://[::1]:81").unwrap();
         assert_eq!(
-            BaseUrl::parse("http://[::1]:81").map(|u| (u.host, u.port)),
-            Ok(("::1".into(), 81))
+            (v6.host.as_str(), v6.port, v6.is_loopback()),
+            ("::1", 81, true)
+        );
+        assert!(BaseUrl::parse("http://localhost").unwrap().is_loopback());
+        assert!(
+            !BaseUrl::parse("http://proxy.cluster")
+                .unwrap()
+                .is_loopback()
         );
         for bad in [
-            "https://api.electricitymaps.com",
             "ftp://x",
+            "api.electricitymaps.com",
             "http://",
             "http://h:99999",
+            "https://h:0",
             "http://h/p?q=1",
+            "https://user:pw@h",
+            "http://h/a b",
         ] {
             assert!(BaseUrl::parse(bad).is_err(), "{bad}");
         }
@@ -697,29 +694,66 @@ mod tests {
         assert_eq!(t.0.len(), 2);
         assert_eq!(t.0[&h0], 100.0);
         assert_eq!(t.0[&(h0 + 1)], 300.5);
-        // The `latest` endpoint's single object parses too.
-        let t = parse_history(
-            r#"{"zone":"DE","carbonIntensity":302,"datetime":"2024-05-01T05:00:00.000Z"}"#,
+        for (bad, why) in [
+            (r#"{"error":"unauthorized"}"#, "missing field `history`"),
+            (r#"{"history":[]}"#, "an empty history"),
+            (
+                r#"{"history":[{"carbonIntensity":"x","datetime":"2024-05-01T00:00:00Z"}]}"#,
+                "invalid type: string",
+            ),
+            (
+                r#"{"history":[{"carbonIntensity":1,"datetime":"soon"}]}"#,
+                "datetime `soon` is not a time",
+            ),
+            (
+                r#"{"history":[{"carbonIntensity":-1,"datetime":"2024-05-01T00:00:00Z"}]}"#,
+                "out of range",
+            ),
+            ("<html>busy</html>", "expected value"),
+        ] {
+            let e = parse_history(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// A stand-in for curl that records its argv, then runs the real one.
+    fn recording_curl(dir: &Path) -> (PathBuf, PathBuf) {
+        let (script, argv) = (dir.join("curl"), dir.join("argv"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexec '{}' \"$@\"\n",
+                argv.display(),
+                find_curl().display()
+            ),
         )
         .unwrap();
-        assert_eq!(t.0[&(h0 + 5)], 302.0);
-        for bad in [
-            r#"{"error":"unauthorized"}"#,
-            r#"{"carbonIntensity":"x","datetime":"2024-05-01T00:00:00Z"}"#,
-            r#"{"carbonIntensity":1,"datetime":"soon"}"#,
-        ] {
-            assert!(parse_history(bad).is_err(), "{bad}");
-        }
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+        (script, argv)
+    }
+
+    #[test]
+    fn missing_curl_says_to_install_it() {
+        let (_dir, mut s) = setup("nocurl", "https://api.electricitymaps.com");
+        s.curl = PathBuf::from("/nonexistent/curl");
+        let e = fetch("DK", &s).unwrap_err().to_string();
+        assert!(
+            e.starts_with("https://api.electricitymaps.com/v3/carbon-intensity/history?zone=DK: cannot run /nonexistent/curl: "),
+            "{e}"
+        );
+        assert!(e.contains("install curl"), "{e}");
     }
 
     #[test]
     fn fetches_weighs_caches_and_falls_back() {
         let body = history_json();
         let (url, requests, server) = serve(vec![
-            Some(chunked(&body)),
+            Some(ok_json(&body)),
             Some("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".into()),
         ]);
-        let (_dir, s) = setup("fetch", &url);
+        let (_dir, mut s) = setup("fetch", &url);
+        let argv;
+        (s.curl, argv) = recording_curl(&s.cache_dir);
         // A job from 00:30 to 02:30 at even power: a quarter in hour 0, half in 1,
         // a quarter in hour 2, which the API reported as null → DK fallback.
         let window = (t(1800), t(9000));
@@ -737,6 +771,16 @@ mod tests {
             "{req}"
         );
         assert!(req.contains("\r\nauth-token: secret-key\r\n"), "{req}");
+        // The key went to curl on stdin: /proc/PID/cmdline is world-readable.
+        let args = std::fs::read_to_string(&argv).unwrap();
+        assert!(args.starts_with("-q\n"), "{args}");
+        assert!(
+            args.contains(&format!(
+                "\n{url}/v3/carbon-intensity/history?zone=DK-DK1\n"
+            )),
+            "{args}"
+        );
+        assert!(!args.contains("secret-key"), "{args}");
 
         // The cache is root-only, in the site-file format, and serves the next epilog.
         let cache = cache_path(&s.cache_dir, "DK-DK1");
@@ -791,6 +835,17 @@ mod tests {
     }
 
     #[test]
+    fn a_child_past_its_deadline_is_killed() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(matches!(wait_until(&mut child, Instant::now()), Ok(None)));
+        // Reaped: nothing is left to wait for.
+        assert!(child.try_wait().unwrap().is_some());
+        let mut child = Command::new("true").spawn().unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        assert!(wait_until(&mut child, far).unwrap().unwrap().success());
+    }
+
+    #[test]
     fn key_must_be_private() {
         let (_dir, s) = setup("key", "http://127.0.0.1:1");
         assert_eq!(read_key(&s.key_file).unwrap(), "secret-key");
@@ -821,6 +876,14 @@ mod tests {
         let s = LiveSettings::from_config(&c).unwrap();
         assert_eq!(s.cache_dir, PathBuf::from("/var/spool/ct"));
         assert_eq!(s.ttl, Duration::from_secs(3600));
+        assert_eq!(s.base_url, "http://127.0.0.1:8080");
+        let c = Config::from_args([
+            "intensity=electricitymaps:DK-DK1",
+            "intensity_key=/etc/carbontrack/em.key",
+        ])
+        .unwrap();
+        let s = LiveSettings::from_config(&c).unwrap();
+        assert_eq!(s.base_url, "https://api.electricitymaps.com");
         assert_eq!(LiveSettings::from_config(&Config::default()), None);
     }
 }
