@@ -47,6 +47,8 @@ pub struct GpuInfo {
     pub index: u32,
     /// `GPU-…`.
     pub uuid: String,
+    /// Model name, for the log.
+    pub name: String,
     /// Minor number of `/dev/nvidiaN`, when NVML tells it.
     pub minor: Option<u32>,
     /// `MIG-…` UUIDs of its MIG instances (empty when MIG is off).
@@ -401,6 +403,7 @@ mod tests {
         let gpu = |index, uuid: &str, minor, pids: &[u32]| GpuInfo {
             index,
             uuid: uuid.to_string(),
+            name: "Tesla T4".to_string(),
             minor: Some(minor),
             mig_uuids: Vec::new(),
             pids: pids.to_vec(),
