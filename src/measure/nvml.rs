@@ -37,6 +37,9 @@ pub const MAX_FAILURES: u32 = 3;
 /// reading beyond it is a driver glitch, not energy.
 const MAX_PLAUSIBLE_WATTS: f64 = 10_000.0;
 
+/// Gaps described one by one in a status; further ones are only counted.
+const MAX_GAP_NOTES: usize = 3;
+
 /// The `device` of the single entry reported when NVML itself is unavailable
 /// and no GPU UUID is known.
 pub const NVML_DEVICE: &str = "nvml";
@@ -178,6 +181,7 @@ impl NvmlLib {
                     failures: 0,
                     stopped: None,
                     gaps: Vec::new(),
+                    more_gaps: 0,
                 };
                 g.sample(&self.nvml, now);
                 g
@@ -197,7 +201,7 @@ enum Mode {
     /// Not yet known: the first reading failed.
     Unprobed,
     /// Total-energy counter, last value in mJ.
-    Counter { last_mj: u64 },
+    Counter { last_mj: u64, at: Instant },
     /// Power samples, last one.
     Power { at: Instant, watts: f64 },
 }
@@ -222,8 +226,9 @@ struct GpuMeter {
     failures: u32,
     /// Why the GPU is no longer read, with when.
     stopped: Option<String>,
-    /// Intervals whose energy was not counted, and why.
+    /// Intervals whose energy was not counted, and why (the first few).
     gaps: Vec<String>,
+    more_gaps: u32,
 }
 
 /// Wall-clock time of `at`, for status texts.
@@ -271,74 +276,92 @@ impl GpuMeter {
         if self.stopped.is_some() {
             return;
         }
-        let reading = catch_unwind(AssertUnwindSafe(|| self.read(nvml)));
-        match reading {
-            Ok(Ok(r)) => {
-                self.failures = 0;
-                self.fold(r, now);
-            }
-            Ok(Err(e)) => {
-                self.failures += 1;
-                if is_fatal(&e) || self.failures >= MAX_FAILURES {
-                    self.stop(format!("NVML: {e}"), now);
-                }
-            }
+        match catch_unwind(AssertUnwindSafe(|| self.read(nvml))) {
+            Ok(Ok(r)) => self.fold(r, now),
+            Ok(Err(NvmlError::NotSupported)) if self.mode == Mode::Unprobed => self.stop(
+                "this GPU reports neither an energy counter nor its power (NVML: not supported)"
+                    .into(),
+                now,
+            ),
+            Ok(Err(e)) => self.fail(format!("NVML: {e}"), is_fatal(&e), now),
             Err(_) => self.stop("the NVML wrapper panicked".into(), now),
+        }
+    }
+
+    /// A failed read: the next good one bridges the gap, unless failures
+    /// persist or cannot heal.
+    fn fail(&mut self, why: String, fatal: bool, now: Instant) {
+        self.failures += 1;
+        if fatal || self.failures >= MAX_FAILURES {
+            self.stop(why, now);
         }
     }
 
     fn fold(&mut self, r: Reading, now: Instant) {
         match (self.mode, r) {
-            (Mode::Counter { last_mj }, Reading::Counter(mj)) => {
-                self.mode = Mode::Counter { last_mj: mj };
-                self.add_counter_delta(last_mj, mj, now);
+            (Mode::Counter { last_mj, at }, Reading::Counter(mj)) => {
+                self.mode = Mode::Counter {
+                    last_mj: mj,
+                    at: now,
+                };
+                self.add_counter_delta(last_mj, mj, now.saturating_duration_since(at), now);
             }
             (Mode::Power { at, watts }, Reading::Power(w)) => {
                 if w > MAX_PLAUSIBLE_WATTS {
                     // Keep the last good sample: the next one bridges the gap.
-                    self.failures += 1;
-                    return;
+                    return self.fail(format!("NVML: implausible power {w} W"), false, now);
                 }
                 self.mode = Mode::Power { at: now, watts: w };
-                self.energy_j += trapezoid(Watts(watts), Watts(w), now.duration_since(at)).0;
+                let dt = now.saturating_duration_since(at);
+                self.energy_j += trapezoid(Watts(watts), Watts(w), dt).0;
             }
             // The first reading: a baseline.
             (_, r) => {
                 self.mode = match r {
-                    Reading::Counter(mj) => Mode::Counter { last_mj: mj },
+                    Reading::Counter(mj) => Mode::Counter {
+                        last_mj: mj,
+                        at: now,
+                    },
                     Reading::Power(w) => Mode::Power { at: now, watts: w },
                 };
                 if now > self.opened {
-                    self.gaps
-                        .push(format!("measured only from {} on", wall_time(now)));
+                    self.gap(format!("measured only from {} on", wall_time(now)));
                 }
             }
         }
+        self.failures = 0;
         self.measured = true;
     }
 
-    fn add_counter_delta(&mut self, last_mj: u64, mj: u64, now: Instant) {
+    fn add_counter_delta(&mut self, last_mj: u64, mj: u64, dt: Duration, now: Instant) {
         let Some(delta) = mj.checked_sub(last_mj) else {
             // The counter restarts when the driver reloads; what the GPU used
             // in this interval is unknown, so none of it is counted.
-            self.gaps.push(format!(
+            return self.gap(format!(
                 "energy counter went backwards at {} (driver reloaded?); one interval not counted",
                 wall_time(now)
             ));
-            return;
         };
-        // Interval lengths are not kept for counters; a per-sample cap is the
-        // plausibility bound at any interval under an hour.
         let joules = Joules::from_milli(delta);
-        if joules.0 > MAX_PLAUSIBLE_WATTS * 3600.0 {
-            self.gaps.push(format!(
+        // A second of slack for clocks and scheduling.
+        if joules.0 > MAX_PLAUSIBLE_WATTS * (dt.as_secs_f64() + 1.0) {
+            return self.gap(format!(
                 "energy counter jumped by {:.0} J at {}; not counted",
                 joules.0,
                 wall_time(now)
             ));
-            return;
         }
         self.energy_j += joules.0;
+    }
+
+    /// Notes energy that was not counted; a driver that keeps misbehaving
+    /// does not grow the list without bound.
+    fn gap(&mut self, why: String) {
+        if self.gaps.len() < MAX_GAP_NOTES {
+            self.gaps.push(why);
+        } else {
+            self.more_gaps += 1;
+        }
     }
 
     fn stop(&mut self, why: String, now: Instant) {
@@ -346,8 +369,11 @@ impl GpuMeter {
     }
 
     fn entry(&self) -> DeviceEnergy {
-        let mut problems: Vec<&str> = self.gaps.iter().map(String::as_str).collect();
-        problems.extend(self.stopped.as_deref());
+        let mut problems = self.gaps.clone();
+        if self.more_gaps > 0 {
+            problems.push(format!("{} more such gaps", self.more_gaps));
+        }
+        problems.extend(self.stopped.clone());
         if !self.measured {
             let why = self.stopped.as_deref().unwrap_or("no reading yet");
             return DeviceEnergy::unavailable(Component::Gpu, &self.uuid, why);
@@ -554,6 +580,7 @@ mod tests {
             failures: 0,
             stopped: None,
             gaps: Vec::new(),
+            more_gaps: 0,
         }
     }
 
@@ -573,6 +600,53 @@ mod tests {
         assert!(matches!(&e.status, Status::Incomplete(r) if r.contains("backwards")));
         g.fold(Reading::Counter(700 + 10_000_000_000_000), t);
         assert_eq!(g.entry().energy, Some(Joules(1.0)));
+    }
+
+    #[test]
+    fn transient_failures_heal_persistent_ones_stop() {
+        let t = Instant::now();
+        let mut g = counter_gpu();
+        g.opened = t;
+        g.fold(Reading::Counter(0), t);
+        g.fail("NVML: timeout".into(), false, t);
+        g.fail("NVML: timeout".into(), false, t);
+        // The next good reading covers the intervals that failed.
+        g.fold(Reading::Counter(4_000), t + Duration::from_secs(3));
+        assert_eq!(
+            (g.entry().energy, g.entry().status),
+            (Some(Joules(2.0)), Status::Ok)
+        );
+        for _ in 0..MAX_FAILURES {
+            g.fail("NVML: an internal driver error occurred".into(), false, t);
+        }
+        let e = g.entry();
+        assert_eq!(e.energy, Some(Joules(2.0)));
+        assert!(
+            matches!(&e.status, Status::Incomplete(r) if r.starts_with("NVML: an internal driver error occurred at ")),
+            "{:?}",
+            e.status
+        );
+
+        let mut lost = counter_gpu();
+        lost.opened = t;
+        lost.fold(Reading::Counter(0), t);
+        lost.fail("NVML: device fell off the bus".into(), true, t);
+        assert!(lost.stopped.is_some());
+    }
+
+    #[test]
+    fn a_misbehaving_counter_does_not_grow_the_status_without_bound() {
+        let t = Instant::now();
+        let mut g = counter_gpu();
+        g.opened = t;
+        for k in 0..50u64 {
+            g.fold(Reading::Counter(1_000_000 - k), t);
+        }
+        let Status::Incomplete(why) = g.entry().status else {
+            panic!("{:?}", g.entry().status)
+        };
+        assert_eq!(why.matches("went backwards").count(), MAX_GAP_NOTES);
+        assert!(why.ends_with("46 more such gaps"), "{why}");
     }
 
     #[test]
