@@ -449,7 +449,7 @@ impl NvmlMeter {
             let how = match g.mode {
                 Mode::Counter { .. } => "energy counter",
                 Mode::Power { .. } => "power samples",
-                Mode::Unprobed => "no reading yet",
+                Mode::Unprobed => g.stopped.as_deref().unwrap_or("no reading yet"),
             };
             log.push(format!(
                 "{} (NVML {}), chosen by {}: {how}",
