@@ -1,1 +1,660 @@
-//! (being written)
+//! NVIDIA GPUs through NVML (nvml-wrapper): the node's inventory and a
+//! [`Meter`] for the job's GPUs.
+//!
+//! Per GPU the total-energy counter (mJ since the driver loaded, Volta and
+//! later) is preferred: differences of a counter lose nothing between samples.
+//! Where the driver answers NotSupported, power (mW) is sampled and integrated
+//! with the trapezoid rule; on a step in power this errs by at most
+//! `ΔP × interval / 2` per step, and steps up and down cancel in the long run.
+//!
+//! Nothing here panics or gives up on the job: a missing library or driver
+//! makes the GPUs `unavailable` with one reason; a GPU that starts failing
+//! keeps what was measured and becomes `incomplete`.
+//!
+//! nvml-wrapper's `Device` borrows the `Nvml` it came from, so a meter that
+//! must be `'static + Send` cannot keep one. It keeps the `Nvml` in an `Arc`
+//! and fetches the handle by index on every sample instead: one more cheap
+//! call per GPU, no allocation, no `unsafe`.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::error::NvmlError;
+
+use super::gpus::{GpuHints, GpuInfo, Selection, select};
+use super::{Component, DeviceEnergy, Meter, Status};
+use crate::units::{Joules, Watts};
+
+/// Consecutive failed reads after which a GPU is no longer asked; errors that
+/// cannot heal (GPU lost, driver gone) stop it at once.
+pub const MAX_FAILURES: u32 = 3;
+
+/// More than any single GPU board draws (B200: 1 kW); a counter step or a
+/// reading beyond it is a driver glitch, not energy.
+const MAX_PLAUSIBLE_WATTS: f64 = 10_000.0;
+
+/// Gaps described one by one in a status; further ones are only counted.
+const MAX_GAP_NOTES: usize = 3;
+
+/// The `device` of the single entry reported when NVML itself is unavailable
+/// and no GPU UUID is known.
+pub const NVML_DEVICE: &str = "nvml";
+
+/// Why NVML cannot be used on this node; the text is the `unavailable:` reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NvmlUnavailable {
+    #[error(
+        "NVML library {path} not found (no NVIDIA driver on this node? set `nvml=` to its path): {detail}"
+    )]
+    LibraryMissing { path: String, detail: String },
+    #[error("{path} is not a usable NVML library: {detail}")]
+    NotNvml { path: String, detail: String },
+    #[error("NVIDIA driver not loaded (NVML {path}): is the nvidia kernel module loaded?")]
+    DriverNotLoaded { path: String },
+    #[error("no permission to talk to the NVIDIA driver (NVML {path}): check /dev/nvidia*")]
+    NoPermission { path: String },
+    #[error(
+        "NVML library {path} does not match the loaded NVIDIA kernel driver: reload the driver or reboot"
+    )]
+    VersionMismatch { path: String },
+    #[error("NVML ({path}) failed: {detail}")]
+    Failed { path: String, detail: String },
+}
+
+impl NvmlUnavailable {
+    fn from_error(path: &str, e: NvmlError) -> NvmlUnavailable {
+        let path = path.to_string();
+        match e {
+            NvmlError::LibloadingError(l) => NvmlUnavailable::LibraryMissing {
+                path,
+                detail: l.to_string(),
+            },
+            NvmlError::FailedToLoadSymbol(s) => NvmlUnavailable::NotNvml { path, detail: s },
+            NvmlError::DriverNotLoaded => NvmlUnavailable::DriverNotLoaded { path },
+            NvmlError::NoPermission => NvmlUnavailable::NoPermission { path },
+            NvmlError::LibRmVersionMismatch => NvmlUnavailable::VersionMismatch { path },
+            other => NvmlUnavailable::Failed {
+                path,
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// An initialised NVML library; cheap to clone, shut down with the last clone.
+#[derive(Clone)]
+pub struct NvmlLib {
+    nvml: Arc<Nvml>,
+    path: String,
+}
+
+impl fmt::Debug for NvmlLib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NvmlLib").field("path", &self.path).finish()
+    }
+}
+
+impl NvmlLib {
+    /// Loads and initialises the NVML library at `path` (a bare name is looked
+    /// up the way `dlopen` does).
+    pub fn open(path: &Path) -> Result<NvmlLib, NvmlUnavailable> {
+        let shown = path.display().to_string();
+        let init = catch_unwind(AssertUnwindSafe(|| {
+            Nvml::builder().lib_path(path.as_os_str()).init()
+        }));
+        match init {
+            Ok(Ok(nvml)) => Ok(NvmlLib {
+                nvml: Arc::new(nvml),
+                path: shown,
+            }),
+            Ok(Err(e)) => Err(NvmlUnavailable::from_error(&shown, e)),
+            Err(_) => Err(NvmlUnavailable::Failed {
+                path: shown,
+                detail: "the NVML wrapper panicked while loading it".into(),
+            }),
+        }
+    }
+
+    /// The node's GPUs; a GPU NVML cannot name is left out with a note.
+    pub fn inventory(&self) -> Result<(Vec<GpuInfo>, Vec<String>), NvmlUnavailable> {
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| NvmlUnavailable::from_error(&self.path, e))?;
+        let mut gpus = Vec::new();
+        let mut notes = Vec::new();
+        for index in 0..count {
+            match catch_unwind(AssertUnwindSafe(|| self.gpu_info(index))) {
+                Ok(Ok(g)) => gpus.push(g),
+                Ok(Err(e)) => notes.push(format!("GPU {index}: NVML cannot describe it: {e}")),
+                Err(_) => notes.push(format!("GPU {index}: the NVML wrapper panicked")),
+            }
+        }
+        Ok((gpus, notes))
+    }
+
+    fn gpu_info(&self, index: u32) -> Result<GpuInfo, NvmlError> {
+        let dev = self.nvml.device_by_index(index)?;
+        let uuid = dev.uuid()?;
+        let mut mig_uuids = Vec::new();
+        if dev.mig_mode().is_ok_and(|m| m.current == 1) {
+            for j in 0..dev.mig_device_count().unwrap_or(0) {
+                // Slots without an instance answer NotFound.
+                if let Ok(m) = dev.mig_device_by_index(j).and_then(|m| m.uuid()) {
+                    mig_uuids.push(m);
+                }
+            }
+        }
+        let pids = dev
+            .running_compute_processes()
+            .map(|ps| ps.into_iter().map(|p| p.pid).collect())
+            .unwrap_or_default();
+        Ok(GpuInfo {
+            index,
+            name: dev.name().unwrap_or_default(),
+            uuid,
+            minor: dev.minor_number().ok(),
+            mig_uuids,
+            pids,
+        })
+    }
+
+    /// Starts metering `selection` now: probes each GPU for an energy counter
+    /// and takes the first reading.
+    pub fn meter(&self, selection: &Selection, now: Instant) -> NvmlMeter {
+        let gpus = selection
+            .gpus
+            .iter()
+            .map(|s| {
+                let mut g = GpuMeter {
+                    uuid: s.uuid.clone(),
+                    index: s.index,
+                    share: s.share,
+                    mode: Mode::Unprobed,
+                    opened: now,
+                    energy_j: 0.0,
+                    measured: false,
+                    failures: 0,
+                    stopped: None,
+                    gaps: Vec::new(),
+                    more_gaps: 0,
+                };
+                g.sample(&self.nvml, now);
+                g
+            })
+            .collect();
+        NvmlMeter {
+            nvml: Some(self.nvml.clone()),
+            gpus,
+            unavailable: None,
+        }
+    }
+}
+
+/// How a GPU is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Not yet known: the first reading failed.
+    Unprobed,
+    /// Total-energy counter, last value in mJ.
+    Counter { last_mj: u64, at: Instant },
+    /// Power samples, last one.
+    Power { at: Instant, watts: f64 },
+}
+
+/// What one read of a GPU gave.
+enum Reading {
+    Counter(u64),
+    Power(f64),
+}
+
+struct GpuMeter {
+    uuid: String,
+    index: u32,
+    share: f64,
+    mode: Mode,
+    /// When metering began; a first reading later than this leaves a gap.
+    opened: Instant,
+    /// Energy of the whole GPU since the first reading.
+    energy_j: f64,
+    /// A first reading was taken, so `energy_j` means something.
+    measured: bool,
+    failures: u32,
+    /// Why the GPU is no longer read, with when.
+    stopped: Option<String>,
+    /// Intervals whose energy was not counted, and why (the first few).
+    gaps: Vec<String>,
+    more_gaps: u32,
+}
+
+/// Wall-clock time of `at`, for status texts.
+fn wall_time(at: Instant) -> String {
+    let ago = Instant::now().saturating_duration_since(at);
+    let t = SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::now());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Errors after which asking again is pointless.
+fn is_fatal(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::GpuLost
+            | NvmlError::ResetRequired
+            | NvmlError::Uninitialized
+            | NvmlError::DriverNotLoaded
+            | NvmlError::LibRmVersionMismatch
+            | NvmlError::LibloadingError(_)
+            | NvmlError::FailedToLoadSymbol(_)
+            | NvmlError::FunctionNotFound
+            | NvmlError::LibraryNotFound
+    )
+}
+
+impl GpuMeter {
+    fn read(&self, nvml: &Nvml) -> Result<Reading, NvmlError> {
+        let dev = nvml.device_by_index(self.index)?;
+        match self.mode {
+            Mode::Counter { .. } => dev.total_energy_consumption().map(Reading::Counter),
+            Mode::Power { .. } => dev.power_usage().map(|mw| Reading::Power(mw_to_w(mw))),
+            Mode::Unprobed => match dev.total_energy_consumption() {
+                Ok(mj) => Ok(Reading::Counter(mj)),
+                Err(NvmlError::NotSupported) => {
+                    dev.power_usage().map(|mw| Reading::Power(mw_to_w(mw)))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn sample(&mut self, nvml: &Nvml, now: Instant) {
+        if self.stopped.is_some() {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.read(nvml))) {
+            Ok(Ok(r)) => self.fold(r, now),
+            Ok(Err(NvmlError::NotSupported)) if self.mode == Mode::Unprobed => self.stop(
+                "this GPU reports neither an energy counter nor its power (NVML: not supported)"
+                    .into(),
+                now,
+            ),
+            Ok(Err(e)) => self.fail(format!("NVML: {e}"), is_fatal(&e), now),
+            Err(_) => self.stop("the NVML wrapper panicked".into(), now),
+        }
+    }
+
+    /// A failed read: the next good one bridges the gap, unless failures
+    /// persist or cannot heal.
+    fn fail(&mut self, why: String, fatal: bool, now: Instant) {
+        self.failures += 1;
+        if fatal || self.failures >= MAX_FAILURES {
+            self.stop(why, now);
+        }
+    }
+
+    fn fold(&mut self, r: Reading, now: Instant) {
+        match (self.mode, r) {
+            (Mode::Counter { last_mj, at }, Reading::Counter(mj)) => {
+                self.mode = Mode::Counter {
+                    last_mj: mj,
+                    at: now,
+                };
+                self.add_counter_delta(last_mj, mj, now.saturating_duration_since(at), now);
+            }
+            (Mode::Power { at, watts }, Reading::Power(w)) => {
+                if w > MAX_PLAUSIBLE_WATTS {
+                    // Keep the last good sample: the next one bridges the gap.
+                    return self.fail(format!("NVML: implausible power {w} W"), false, now);
+                }
+                self.mode = Mode::Power { at: now, watts: w };
+                let dt = now.saturating_duration_since(at);
+                self.energy_j += trapezoid(Watts(watts), Watts(w), dt).0;
+            }
+            // The first reading: a baseline.
+            (_, r) => {
+                self.mode = match r {
+                    Reading::Counter(mj) => Mode::Counter {
+                        last_mj: mj,
+                        at: now,
+                    },
+                    Reading::Power(w) => Mode::Power { at: now, watts: w },
+                };
+                if now > self.opened {
+                    self.gap(format!("measured only from {} on", wall_time(now)));
+                }
+            }
+        }
+        self.failures = 0;
+        self.measured = true;
+    }
+
+    fn add_counter_delta(&mut self, last_mj: u64, mj: u64, dt: Duration, now: Instant) {
+        let Some(delta) = mj.checked_sub(last_mj) else {
+            // The counter restarts when the driver reloads; what the GPU used
+            // in this interval is unknown, so none of it is counted.
+            return self.gap(format!(
+                "energy counter went backwards at {} (driver reloaded?); one interval not counted",
+                wall_time(now)
+            ));
+        };
+        let joules = Joules::from_milli(delta);
+        // A second of slack for clocks and scheduling.
+        if joules.0 > MAX_PLAUSIBLE_WATTS * (dt.as_secs_f64() + 1.0) {
+            return self.gap(format!(
+                "energy counter jumped by {:.0} J at {}; not counted",
+                joules.0,
+                wall_time(now)
+            ));
+        }
+        self.energy_j += joules.0;
+    }
+
+    /// Notes energy that was not counted; a driver that keeps misbehaving
+    /// does not grow the list without bound.
+    fn gap(&mut self, why: String) {
+        if self.gaps.len() < MAX_GAP_NOTES {
+            self.gaps.push(why);
+        } else {
+            self.more_gaps += 1;
+        }
+    }
+
+    fn stop(&mut self, why: String, now: Instant) {
+        self.stopped = Some(format!("{why} at {}", wall_time(now)));
+    }
+
+    fn entry(&self) -> DeviceEnergy {
+        let mut problems = self.gaps.clone();
+        if self.more_gaps > 0 {
+            problems.push(format!("{} more such gaps", self.more_gaps));
+        }
+        problems.extend(self.stopped.clone());
+        if !self.measured {
+            let why = self.stopped.as_deref().unwrap_or("no reading yet");
+            return DeviceEnergy::unavailable(Component::Gpu, &self.uuid, why);
+        }
+        DeviceEnergy {
+            component: Component::Gpu,
+            device: self.uuid.clone(),
+            share: self.share,
+            energy: Some(Joules(self.energy_j) * self.share),
+            status: if problems.is_empty() {
+                Status::Ok
+            } else {
+                Status::Incomplete(problems.join("; "))
+            },
+        }
+    }
+}
+
+fn mw_to_w(mw: u32) -> f64 {
+    Watts::from_milli(mw).0
+}
+
+/// Energy between two power samples `dt` apart, the trapezoid rule.
+pub fn trapezoid(p0: Watts, p1: Watts, dt: Duration) -> Joules {
+    Watts((p0.0 + p1.0) / 2.0) * dt
+}
+
+/// The job's GPUs, read at each sample.
+pub struct NvmlMeter {
+    nvml: Option<Arc<Nvml>>,
+    gpus: Vec<GpuMeter>,
+    /// Set when NVML could not be used at all.
+    unavailable: Option<String>,
+}
+
+impl fmt::Debug for NvmlMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut v = Vec::new();
+        self.totals(&mut v);
+        f.debug_struct("NvmlMeter")
+            .field("unavailable", &self.unavailable)
+            .field("gpus", &v)
+            .finish()
+    }
+}
+
+impl NvmlMeter {
+    /// A meter that reports, forever, that GPUs could not be measured.
+    pub fn unavailable(reason: impl Into<String>) -> NvmlMeter {
+        NvmlMeter {
+            nvml: None,
+            gpus: Vec::new(),
+            unavailable: Some(reason.into()),
+        }
+    }
+
+    /// Everything for a job in one call, which cannot fail: opens NVML at
+    /// `lib`, lists the GPUs, selects the job's and starts metering them.
+    /// Returns lines for the log: how the GPUs were chosen, and why not.
+    pub fn for_job(lib: &Path, hints: &GpuHints, now: Instant) -> (NvmlMeter, Vec<String>) {
+        let opened = NvmlLib::open(lib).and_then(|l| l.inventory().map(|inv| (l, inv)));
+        let (lib, (inventory, mut log)) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                let reason = e.to_string();
+                return (NvmlMeter::unavailable(reason.clone()), vec![reason]);
+            }
+        };
+        let selection = select(hints, &inventory);
+        log.extend(selection.notes.iter().cloned());
+        let meter = lib.meter(&selection, now);
+        for g in &meter.gpus {
+            let how = match g.mode {
+                Mode::Counter { .. } => "energy counter",
+                Mode::Power { .. } => "power samples",
+                Mode::Unprobed => g.stopped.as_deref().unwrap_or("no reading yet"),
+            };
+            log.push(format!(
+                "{} (NVML {}), chosen by {}: {how}",
+                g.uuid,
+                g.index,
+                selection.how.as_str()
+            ));
+        }
+        (meter, log)
+    }
+
+    /// The GPUs being metered, by UUID.
+    pub fn uuids(&self) -> impl Iterator<Item = &str> {
+        self.gpus.iter().map(|g| g.uuid.as_str())
+    }
+}
+
+impl Meter for NvmlMeter {
+    fn sample(&mut self, now: Instant) {
+        let Some(nvml) = &self.nvml else { return };
+        for g in &mut self.gpus {
+            g.sample(nvml, now);
+        }
+    }
+
+    fn totals(&self, out: &mut Vec<DeviceEnergy>) {
+        if let Some(reason) = &self.unavailable {
+            out.push(DeviceEnergy::unavailable(
+                Component::Gpu,
+                NVML_DEVICE,
+                reason.clone(),
+            ));
+        }
+        out.extend(self.gpus.iter().map(GpuMeter::entry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trapezoid_is_exact_for_linear_power() {
+        // 100 W rising to 300 W over 2 s: a ramp's integral is its mean × time.
+        let e = trapezoid(Watts(100.0), Watts(300.0), Duration::from_secs(2));
+        assert_eq!(e, Joules(400.0));
+    }
+
+    /// A step load sampled every second: up and down steps at the same phase
+    /// cancel, and each single step errs by at most ΔP × dt / 2.
+    #[test]
+    fn trapezoid_on_a_step_load_stays_within_half_a_step_per_step() {
+        let power = |t: f64| if (t % 10.0) < 5.0 { 100.0 } else { 300.0 };
+        // The exact integral, segment by segment.
+        let truth = |t0: f64, t1: f64| {
+            let mut e = 0.0;
+            let mut t = t0;
+            while t < t1 {
+                let next = ((t / 5.0).floor() + 1.0) * 5.0;
+                let end = next.min(t1);
+                e += power(t) * (end - t);
+                t = end;
+            }
+            e
+        };
+        for phase in [0.05, 0.3, 0.5, 0.77] {
+            let dt = Duration::from_secs(1);
+            let mut e = Joules::ZERO;
+            let mut t = phase;
+            let mut steps = 0;
+            while t + 1.0 <= phase + 40.0 {
+                e += trapezoid(Watts(power(t)), Watts(power(t + 1.0)), dt);
+                if power(t) != power(t + 1.0) {
+                    steps += 1;
+                }
+                t += 1.0;
+            }
+            let want = truth(phase, t);
+            // 40 s over 8 steps, equal numbers up and down: they cancel.
+            assert_eq!(steps, 8);
+            assert!(
+                (e.0 - want).abs() < 1e-6,
+                "phase {phase}: {} vs {want}",
+                e.0
+            );
+            // One step alone errs by no more than ΔP × dt / 2.
+            let one = trapezoid(Watts(power(4.0 + phase)), Watts(power(5.0 + phase)), dt);
+            assert!((one.0 - truth(4.0 + phase, 5.0 + phase)).abs() <= 100.0 + 1e-9);
+        }
+    }
+
+    #[test]
+    fn unavailable_meter_reports_one_reason() {
+        let mut m = NvmlMeter::unavailable("no driver");
+        m.sample(Instant::now());
+        let mut out = Vec::new();
+        m.totals(&mut out);
+        assert_eq!(
+            out,
+            [DeviceEnergy::unavailable(
+                Component::Gpu,
+                NVML_DEVICE,
+                "no driver"
+            )]
+        );
+    }
+
+    #[test]
+    fn missing_library_is_unavailable_with_a_clear_reason() {
+        let e = NvmlLib::open(Path::new("/nonexistent/libnvidia-ml.so.1")).unwrap_err();
+        assert!(matches!(e, NvmlUnavailable::LibraryMissing { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("NVML library /nonexistent/libnvidia-ml.so.1 not found"),
+            "{text}"
+        );
+    }
+
+    fn counter_gpu() -> GpuMeter {
+        GpuMeter {
+            uuid: "GPU-x".into(),
+            index: 0,
+            share: 0.5,
+            mode: Mode::Unprobed,
+            opened: Instant::now(),
+            energy_j: 0.0,
+            measured: false,
+            failures: 0,
+            stopped: None,
+            gaps: Vec::new(),
+            more_gaps: 0,
+        }
+    }
+
+    #[test]
+    fn counter_deltas_skip_restarts_and_glitches() {
+        let t = Instant::now();
+        let mut g = counter_gpu();
+        g.opened = t;
+        g.fold(Reading::Counter(5_000_000), t);
+        assert_eq!(g.entry().energy, Some(Joules(0.0)));
+        g.fold(Reading::Counter(5_001_500), t);
+        g.fold(Reading::Counter(200), t); // driver reload
+        g.fold(Reading::Counter(700), t);
+        let e = g.entry();
+        // (1.5 J + 0.5 J) × share 0.5
+        assert_eq!(e.energy, Some(Joules(1.0)));
+        assert!(matches!(&e.status, Status::Incomplete(r) if r.contains("backwards")));
+        g.fold(Reading::Counter(700 + 10_000_000_000_000), t);
+        assert_eq!(g.entry().energy, Some(Joules(1.0)));
+    }
+
+    #[test]
+    fn transient_failures_heal_persistent_ones_stop() {
+        let t = Instant::now();
+        let mut g = counter_gpu();
+        g.opened = t;
+        g.fold(Reading::Counter(0), t);
+        g.fail("NVML: timeout".into(), false, t);
+        g.fail("NVML: timeout".into(), false, t);
+        // The next good reading covers the intervals that failed.
+        g.fold(Reading::Counter(4_000), t + Duration::from_secs(3));
+        assert_eq!(
+            (g.entry().energy, g.entry().status),
+            (Some(Joules(2.0)), Status::Ok)
+        );
+        for _ in 0..MAX_FAILURES {
+            g.fail("NVML: an internal driver error occurred".into(), false, t);
+        }
+        let e = g.entry();
+        assert_eq!(e.energy, Some(Joules(2.0)));
+        assert!(
+            matches!(&e.status, Status::Incomplete(r) if r.starts_with("NVML: an internal driver error occurred at ")),
+            "{:?}",
+            e.status
+        );
+
+        let mut lost = counter_gpu();
+        lost.opened = t;
+        lost.fold(Reading::Counter(0), t);
+        lost.fail("NVML: device fell off the bus".into(), true, t);
+        assert!(lost.stopped.is_some());
+    }
+
+    #[test]
+    fn a_misbehaving_counter_does_not_grow_the_status_without_bound() {
+        let t = Instant::now();
+        let mut g = counter_gpu();
+        g.opened = t;
+        for k in 0..50u64 {
+            g.fold(Reading::Counter(1_000_000 - k), t);
+        }
+        let Status::Incomplete(why) = g.entry().status else {
+            panic!("{:?}", g.entry().status)
+        };
+        assert_eq!(why.matches("went backwards").count(), MAX_GAP_NOTES);
+        assert!(why.ends_with("46 more such gaps"), "{why}");
+    }
+
+    #[test]
+    fn a_gpu_never_read_is_unavailable_not_zero() {
+        let mut g = counter_gpu();
+        g.stop("NVML: device fell off the bus".into(), Instant::now());
+        let e = g.entry();
+        assert_eq!(e.energy, None);
+        assert!(matches!(&e.status, Status::Unavailable(r) if r.starts_with("NVML: device fell")));
+    }
+}

@@ -1,0 +1,453 @@
+//! The NVML reader against the fake libnvidia-ml (tests/fake-nvml): measured
+//! energy compared with the energy the fake's power profiles inject.
+//!
+//! Each test copies the fake library into its own directory with its own
+//! `fake-nvml.conf`, so tests running side by side load separate copies with
+//! separate state. The library is built here (`cargo build -p fake-nvml`) when
+//! it is missing, because `cargo test` does not build a workspace cdylib.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use carbontrack::measure::gpus::{GpuHints, SelectedBy};
+use carbontrack::measure::nvml::{NVML_DEVICE, NvmlLib, NvmlMeter};
+use carbontrack::measure::{Component, DeviceEnergy, Meter, Status};
+use carbontrack_fixtures::profile::Profile;
+
+/// The fake library, built once per test run.
+fn fake_library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        // tests run from target/<profile>/deps/; the cdylib lands in target/<profile>/.
+        let exe = std::env::current_exe().expect("own path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary in target/<profile>/deps")
+            .to_path_buf();
+        let lib = dir.join("libnvidia_ml.so");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-q", "-p", "fake-nvml"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let built = cargo.status().map(|s| s.success()).unwrap_or(false);
+        assert!(
+            lib.exists(),
+            "the fake NVML library {} is missing and `cargo build -p fake-nvml` {}; \
+             build it with `cargo build --workspace`",
+            lib.display(),
+            if built { "did not make it" } else { "failed" }
+        );
+        lib
+    })
+}
+
+/// A private copy of the fake with its configuration beside it; removed when
+/// dropped (the loader keeps a loaded copy alive regardless).
+struct Fake {
+    lib: PathBuf,
+}
+
+impl std::ops::Deref for Fake {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.lib
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        if let Some(dir) = self.lib.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn fake_nvml(test: &str, config: &str) -> Fake {
+    assert!(
+        std::env::var_os("CARBONTRACK_FAKE_NVML").is_none(),
+        "unset CARBONTRACK_FAKE_NVML: these tests configure each fake beside its library"
+    );
+    let dir = std::env::temp_dir().join(format!("carbontrack-nvml-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join("libnvidia-ml.so.1");
+    std::fs::copy(fake_library(), &lib).unwrap();
+    std::fs::write(dir.join("fake-nvml.conf"), config).unwrap();
+    Fake { lib }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn uuid(n: u32) -> String {
+    format!("GPU-{n:08x}-1111-2222-3333-444455556666")
+}
+
+/// A GPU section of the fake's configuration.
+fn gpu(n: u32, extra: &str) -> String {
+    format!("[gpu]\nuuid = {}\nminor = {n}\n{extra}\n", uuid(n))
+}
+
+/// Wall-clock bounds (seconds since the fake's epoch) around one call.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    before: f64,
+    after: f64,
+}
+
+impl Span {
+    fn mid(self) -> f64 {
+        (self.before + self.after) / 2.0
+    }
+}
+
+/// Drives a meter by hand, the way the sampler thread will: a sample at each
+/// interval, recording when each one ran.
+struct Run {
+    epoch: f64,
+    opened: Span,
+    samples: Vec<Span>,
+}
+
+fn run(
+    lib: &Path,
+    hints: &GpuHints,
+    epoch: f64,
+    interval: Duration,
+    n: u32,
+) -> (NvmlMeter, Vec<String>, Run) {
+    let start = Instant::now();
+    let before = unix_now() - epoch;
+    let (mut meter, log) = NvmlMeter::for_job(lib, hints, start);
+    let opened = Span {
+        before,
+        after: unix_now() - epoch,
+    };
+    let mut samples = Vec::new();
+    for k in 1..=n {
+        let due = start + interval * k;
+        sleep(due.saturating_duration_since(Instant::now()));
+        let before = unix_now() - epoch;
+        meter.sample(Instant::now());
+        samples.push(Span {
+            before,
+            after: unix_now() - epoch,
+        });
+    }
+    let r = Run {
+        epoch,
+        opened,
+        samples,
+    };
+    (meter, log, r)
+}
+
+fn totals(m: &NvmlMeter) -> Vec<DeviceEnergy> {
+    let mut v = Vec::new();
+    m.totals(&mut v);
+    v
+}
+
+fn entry<'a>(all: &'a [DeviceEnergy], uuid: &str) -> &'a DeviceEnergy {
+    all.iter()
+        .find(|e| e.device == uuid)
+        .unwrap_or_else(|| panic!("no entry for {uuid} in {all:?}"))
+}
+
+fn relative_error(measured: f64, truth: f64) -> f64 {
+    (measured - truth).abs() / truth
+}
+
+#[test]
+fn energy_counters_match_injected_energy_within_one_percent() {
+    let epoch = unix_now() - 100.0;
+    let constant: Profile = "250".parse().unwrap();
+    let spiky: Profile = "40@0.9,300@0.1".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}{}",
+        gpu(0, "power = 250\nenergy = counter"),
+        gpu(1, "power = 40@0.9,300@0.1\nenergy = counter"),
+        gpu(2, "power = 999\nenergy = counter"),
+    );
+    let lib = fake_nvml("counters", &config);
+    let hints = GpuHints {
+        cuda_visible: Some(format!("{},{}", uuid(0), uuid(1))),
+        ..GpuHints::default()
+    };
+    let (meter, log, r) = run(&lib, &hints, epoch, Duration::from_millis(150), 16);
+    let all = totals(&meter);
+    assert_eq!(all.len(), 2, "GPU 2 is not the job's: {all:?}");
+    let last = *r.samples.last().unwrap();
+    for (n, profile) in [(0, &constant), (1, &spiky)] {
+        let e = entry(&all, &uuid(n));
+        assert_eq!(
+            (e.component, &e.status, e.share),
+            (Component::Gpu, &Status::Ok, 1.0)
+        );
+        let truth = profile.energy_between(r.opened.mid(), last.mid());
+        let measured = e.energy.unwrap().0;
+        let err = relative_error(measured, truth);
+        eprintln!("counter GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
+        assert!(err < 0.01, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
+    }
+    assert!(log.iter().all(|l| !l.contains("power samples")), "{log:?}");
+    assert_eq!(r.epoch, epoch);
+}
+
+#[test]
+fn power_only_gpu_on_a_step_load_within_three_percent_at_one_second() {
+    // The window opens 0.3 s into the profile and holds ten 1 s samples, so
+    // both the step up (5 s) and the step down (10 s) fall inside it.
+    let epoch = unix_now() - 0.3;
+    let step: Profile = "100@5,300@5".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}",
+        gpu(0, "power = 100@5,300@5\nenergy = none"),
+        gpu(1, "power = 100@5,300@5\nenergy = counter"),
+    );
+    let lib = fake_nvml("power", &config);
+    let (meter, log, r) = run(
+        &lib,
+        &GpuHints::default(),
+        epoch,
+        Duration::from_secs(1),
+        10,
+    );
+    let all = totals(&meter);
+    let last = *r.samples.last().unwrap();
+    let truth = step.energy_between(r.opened.mid(), last.mid());
+    assert!(truth > 1500.0, "the window covers both steps: {truth} J");
+    for (n, bound) in [(0, 0.03), (1, 0.01)] {
+        let e = entry(&all, &uuid(n));
+        assert_eq!(e.status, Status::Ok);
+        let measured = e.energy.unwrap().0;
+        let err = relative_error(measured, truth);
+        eprintln!("step load GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
+        assert!(err < bound, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
+    }
+    let power_line = log.iter().find(|l| l.starts_with(&uuid(0))).unwrap();
+    assert!(power_line.ends_with("power samples"), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("all 2 GPUs")), "{log:?}");
+}
+
+#[test]
+fn no_driver_makes_gpus_unavailable_with_one_reason() {
+    let lib = fake_nvml(
+        "nodriver",
+        &format!("driver = missing\n{}", gpu(0, "power = 100")),
+    );
+    let (mut meter, log) = NvmlMeter::for_job(&lib, &GpuHints::default(), Instant::now());
+    meter.sample(Instant::now());
+    let all = totals(&meter);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!((all[0].device.as_str(), all[0].energy), (NVML_DEVICE, None));
+    let Status::Unavailable(reason) = &all[0].status else {
+        panic!("{:?}", all[0].status)
+    };
+    assert!(reason.starts_with("NVIDIA driver not loaded"), "{reason}");
+    assert_eq!(log, std::slice::from_ref(reason));
+}
+
+#[test]
+fn missing_or_foreign_library_makes_gpus_unavailable() {
+    let (meter, _) = NvmlMeter::for_job(
+        Path::new("/nonexistent/libnvidia-ml.so.1"),
+        &GpuHints::default(),
+        Instant::now(),
+    );
+    let all = totals(&meter);
+    assert!(
+        matches!(&all[..], [DeviceEnergy { status: Status::Unavailable(r), energy: None, .. }]
+            if r.starts_with("NVML library /nonexistent/libnvidia-ml.so.1 not found (no NVIDIA driver on this node?")),
+        "{all:?}"
+    );
+    // A library that is not NVML at all.
+    let e = NvmlLib::open(Path::new("libm.so.6")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("libm.so.6 is not a usable NVML library"),
+        "{e}"
+    );
+}
+
+/// What a GPU that stops answering at `fail` (seconds after the epoch) had
+/// truly used by its last good reading: bounds, because a sample running
+/// exactly across `fail` may have read either way.
+fn truth_until(profile: &Profile, r: &Run, fail: f64) -> (f64, f64) {
+    let ok_until = r
+        .samples
+        .iter()
+        .filter(|s| s.after < fail)
+        .map(|s| s.mid())
+        .fold(r.opened.mid(), f64::max);
+    let maybe_until = r
+        .samples
+        .iter()
+        .filter(|s| s.before < fail)
+        .map(|s| s.mid())
+        .fold(ok_until, f64::max);
+    (
+        profile.energy_between(r.opened.mid(), ok_until),
+        profile.energy_between(r.opened.mid(), maybe_until),
+    )
+}
+
+#[test]
+fn a_gpu_failing_mid_run_keeps_its_energy_and_says_incomplete() {
+    let epoch = unix_now();
+    let p: Profile = "200".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}{}{}",
+        gpu(0, "power = 200\nenergy = counter\nfail_after = 0.8"),
+        gpu(1, "power = 200\nenergy = none\nfail_after = 0.8"),
+        gpu(2, "power = 200\nenergy = counter\nreload_at = 0.65"),
+        gpu(3, "power = 200\nenergy = counter"),
+    );
+    let lib = fake_nvml("failing", &config);
+    let (meter, _, r) = run(
+        &lib,
+        &GpuHints::default(),
+        epoch,
+        Duration::from_millis(100),
+        15,
+    );
+    let all = totals(&meter);
+    let whole = p.energy_between(r.opened.mid(), r.samples.last().unwrap().mid());
+
+    let (lo, hi) = truth_until(&p, &r, 0.8);
+    for n in [0, 1] {
+        let e = entry(&all, &uuid(n));
+        let Status::Incomplete(why) = &e.status else {
+            panic!("GPU {n}: {:?}", e.status)
+        };
+        assert!(why.starts_with("NVML: device fell off the bus"), "{why}");
+        assert!(why.contains(" at 20"), "the time of failure: {why}");
+        let measured = e.energy.unwrap().0;
+        assert!(
+            measured > lo * 0.99 && measured < hi * 1.01,
+            "GPU {n}: {measured} J, truth {lo}..{hi} J"
+        );
+        assert!(
+            measured < whole * 0.7,
+            "GPU {n} stopped counting: {measured} of {whole}"
+        );
+    }
+
+    // The driver reload at 0.65 s costs the one interval it falls in.
+    let e = entry(&all, &uuid(2));
+    assert!(
+        matches!(&e.status, Status::Incomplete(w) if w.contains("went backwards")),
+        "{:?}",
+        e.status
+    );
+    let gap = r
+        .samples
+        .windows(2)
+        .find(|w| w[0].mid() < 0.65 && w[1].mid() >= 0.65)
+        .map(|w| p.energy_between(w[0].mid(), w[1].mid()))
+        .unwrap();
+    let measured = e.energy.unwrap().0;
+    let err = relative_error(measured, whole - gap);
+    assert!(err < 0.01, "{measured} J vs {} J", whole - gap);
+
+    let healthy = entry(&all, &uuid(3));
+    assert_eq!(healthy.status, Status::Ok);
+    assert!(relative_error(healthy.energy.unwrap().0, whole) < 0.01);
+}
+
+#[test]
+fn selection_through_the_library() {
+    let mig_a = "MIG-aaaaaaaa-0000-0000-0000-000000000000";
+    let mig_b = "MIG-bbbbbbbb-0000-0000-0000-000000000000";
+    // NVML order differs from device-file order: index 0 is /dev/nvidia1.
+    let config = format!(
+        "[gpu]\nuuid = GPU-first\nname = Fake H100\nminor = 1\npower = 100\npids = 41\n\
+         [gpu]\nuuid = GPU-second\nminor = 0\npower = 100\npids = 42,43\n\
+         [gpu]\nuuid = GPU-third\nminor = 2\npower = 100\nmig = {mig_a},{mig_b}\n"
+    );
+    let path = fake_nvml("selection", &config);
+    let lib = NvmlLib::open(&path).unwrap();
+    let (inventory, notes) = lib.inventory().unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    let described: Vec<_> = inventory
+        .iter()
+        .map(|g| {
+            (
+                g.index,
+                g.uuid.as_str(),
+                g.minor,
+                g.mig_uuids.len(),
+                g.pids.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (0, "GPU-first", Some(1), 0, vec![41]),
+            (1, "GPU-second", Some(0), 0, vec![42, 43]),
+            (2, "GPU-third", Some(2), 2, vec![]),
+        ]
+    );
+    assert_eq!(inventory[0].name, "Fake H100");
+
+    let cases: &[(GpuHints, &[&str], SelectedBy)] = &[
+        (
+            GpuHints {
+                slurm_gpus: Some("0".into()),
+                cuda_visible: Some("0".into()),
+                ..GpuHints::default()
+            },
+            &["GPU-second"],
+            SelectedBy::SlurmList,
+        ),
+        (
+            GpuHints {
+                cuda_visible: Some(mig_b.into()),
+                ..GpuHints::default()
+            },
+            &["GPU-third"],
+            SelectedBy::CudaVisible,
+        ),
+        (
+            GpuHints {
+                job_pids: Some(vec![43, 7]),
+                ..GpuHints::default()
+            },
+            &["GPU-second"],
+            SelectedBy::Pids,
+        ),
+        (
+            GpuHints {
+                cuda_visible: Some("-1".into()),
+                ..GpuHints::default()
+            },
+            &[],
+            SelectedBy::CudaVisible,
+        ),
+    ];
+    for (hints, want, how) in cases {
+        let (meter, log) = NvmlMeter::for_job(&path, hints, Instant::now());
+        let got: Vec<&str> = meter.uuids().collect();
+        assert_eq!(&got, want, "{hints:?}");
+        assert!(
+            want.is_empty() || log.iter().any(|l| l.contains(how.as_str())),
+            "{log:?}"
+        );
+    }
+    // A MIG instance counts its parent at the job's fraction of instances.
+    let hints = GpuHints {
+        cuda_visible: Some(mig_b.into()),
+        ..GpuHints::default()
+    };
+    let (meter, _) = NvmlMeter::for_job(&path, &hints, Instant::now());
+    assert_eq!(totals(&meter)[0].share, 0.5);
+}
