@@ -84,9 +84,10 @@ impl EpochWatcher {
         self.refused.as_deref()
     }
 
-    /// Looks for new lines; each one is an epoch that ended by `at`, when the
-    /// job had used `energy`.
-    pub fn poll(&mut self, at: SystemTime, energy: Joules) {
+    /// Looks for new lines; each one is an epoch that ended by `at`. `energy`
+    /// gives the job's energy so far and is called only when there are marks,
+    /// so a quiet file costs the sampler one read.
+    pub fn poll(&mut self, at: SystemTime, energy: impl FnOnce() -> Joules) {
         if self.refused.is_some() {
             return;
         }
@@ -94,21 +95,22 @@ impl EpochWatcher {
             return;
         }
         let Some(f) = &self.file else { return };
+        let mut new_lines = 0usize;
         let mut buf = [0u8; 4096];
         let limit = self.offset + MAX_READ_PER_SAMPLE;
         while self.offset < limit {
             match f.read_at(&mut buf, self.offset) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                    new_lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
                     self.offset += n as u64;
-                    for _ in 0..lines {
-                        if self.marks.len() < MAX_MARKS {
-                            self.marks.push(Mark { at, energy });
-                        }
-                    }
                 }
             }
+        }
+        if new_lines > 0 {
+            let energy = energy();
+            let room = MAX_MARKS - self.marks.len();
+            self.marks.extend(std::iter::repeat_n(Mark { at, energy }, new_lines.min(room)));
         }
     }
 
@@ -209,7 +211,7 @@ mod tests {
         assert!(p.ends_with(".carbontrack-42.epochs"));
         let mut w = EpochWatcher::new(p.clone(), None);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        w.poll(t0, Joules(1.0)); // no file yet: nothing, no error
+        w.poll(t0, || Joules(1.0)); // no file yet: nothing, no error
         assert!(w.marks().is_empty() && w.refused().is_none());
 
         let mut f = OpenOptions::new()
@@ -219,12 +221,12 @@ mod tests {
             .unwrap();
         writeln!(f, "1").unwrap();
         w.last_try = None; // skip the retry pause
-        w.poll(t0 + Duration::from_secs(10), Joules(100.0));
-        w.poll(t0 + Duration::from_secs(11), Joules(110.0)); // nothing new
+        w.poll(t0 + Duration::from_secs(10), || Joules(100.0));
+        w.poll(t0 + Duration::from_secs(11), || Joules(110.0)); // nothing new
         writeln!(f, "2\n3").unwrap();
-        w.poll(t0 + Duration::from_secs(20), Joules(200.0));
+        w.poll(t0 + Duration::from_secs(20), || Joules(200.0));
         f.write_all(b"partial").unwrap(); // not yet a whole line
-        w.poll(t0 + Duration::from_secs(25), Joules(250.0));
+        w.poll(t0 + Duration::from_secs(25), || Joules(250.0));
         assert_eq!(
             w.marks(),
             [
@@ -253,7 +255,7 @@ mod tests {
         let link = epoch_file(&d, "1");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let mut w = EpochWatcher::new(link, None);
-        w.poll(SystemTime::now(), Joules(1.0));
+        w.poll(SystemTime::now(), || Joules(1.0));
         assert!(w.marks().is_empty());
         assert!(
             w.refused().is_some_and(|r| r.contains("cannot open")),
@@ -270,7 +272,7 @@ mod tests {
                 .success()
         );
         let mut w = EpochWatcher::new(fifo, None);
-        w.poll(SystemTime::now(), Joules(1.0));
+        w.poll(SystemTime::now(), || Joules(1.0));
         assert!(
             w.refused()
                 .is_some_and(|r| r.contains("not a regular file")),
