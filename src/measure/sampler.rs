@@ -172,6 +172,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Control {
+    /// The thread has blocked signals and is about to wait for its first tick.
+    running: bool,
     stop: bool,
     done: bool,
 }
@@ -235,6 +237,23 @@ impl Sampler {
             .name(opts.thread_name.clone())
             .stack_size(opts.stack_size)
             .spawn(move || run(for_thread, opts, observer, t0))?;
+        // Return once the thread is set up (named, signals blocked), so callers
+        // and tests see a fully started sampler; bounded like the join.
+        {
+            let mut c = lock(&shared.control);
+            let asked = Instant::now();
+            while !c.running && !c.done {
+                let left = join_timeout.saturating_sub(asked.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                c = shared
+                    .wake
+                    .wait_timeout(c, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
         Ok(Sampler {
             shared,
             handle: Some(handle),
@@ -255,7 +274,12 @@ impl Sampler {
 
     fn stop_inner(&mut self) -> Result<Snapshot, StopError> {
         let Some(handle) = self.handle.take() else {
-            return Ok(self.snapshot());
+            // Already stopped (only `Drop` gets here); never wait on a lock a
+            // hung thread may hold.
+            return Err(StopError::Hung {
+                waited: Duration::ZERO,
+                last: None,
+            });
         };
         let asked = Instant::now();
         let mut c = lock(&self.shared.control);
@@ -290,7 +314,9 @@ impl Sampler {
 
 impl Drop for Sampler {
     fn drop(&mut self) {
-        let _ = self.stop_inner();
+        if self.handle.is_some() {
+            let _ = self.stop_inner();
+        }
     }
 }
 
@@ -364,6 +390,8 @@ fn run(
     // Process-directed signals must go to slurmstepd's own threads. Failure
     // here is not worth losing the measurement over.
     let _ = crate::ffi::os::block_all_signals();
+    lock(&shared.control).running = true;
+    shared.wake.notify_all();
     let body = AssertUnwindSafe(|| {
         let mut next_refresh = t0 + opts.refresh;
         let mut k: u32 = 0;
