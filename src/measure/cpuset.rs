@@ -348,6 +348,15 @@ impl PackageShares {
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()
     }
+
+    /// Packages known to hold some of the job's CPUs (empty for the uniform
+    /// shares of the fallbacks, which apply to whatever packages exist).
+    pub fn job_packages(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.per_package
+            .iter()
+            .filter(|&(_, &s)| s > 0.0)
+            .map(|(&p, &s)| (p, s))
+    }
 }
 
 /// Share per package from the job's CPUs: its CPUs on the package over all of

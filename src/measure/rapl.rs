@@ -85,6 +85,8 @@ struct Zone {
     backward_reads: u32,
     resets: u32,
     failing_reads: u32,
+    /// Reads that failed before the first good one: the start is missing.
+    failed_before_baseline: u32,
     last_failure: Option<ReadFailure>,
 }
 
@@ -142,6 +144,25 @@ pub fn open(
             }
         }
         return RaplOpen { meter, warnings };
+    }
+    // A package with job CPUs but no zone would silently count as nothing.
+    for (p, share) in shares.job_packages() {
+        if !packages.iter().any(|z| z.package == p) {
+            let why = format!(
+                "no RAPL zone named package-{p} under {} although the job has CPUs there",
+                powercap_root.display()
+            );
+            for (on, c) in [
+                (components.cpu, Component::Cpu),
+                (components.dram, Component::Dram),
+            ] {
+                if on {
+                    let mut row = DeviceEnergy::unavailable(c, format!("package-{p}"), why.clone());
+                    row.share = share;
+                    meter.unavailable.push(row);
+                }
+            }
+        }
     }
     for pkg in packages {
         let share = shares.share(pkg.package);
@@ -367,6 +388,7 @@ impl Zone {
             backward_reads: 0,
             resets: 0,
             failing_reads: 0,
+            failed_before_baseline: 0,
             last_failure: None,
         })
     }
@@ -376,6 +398,9 @@ impl Zone {
             Ok(v) => v,
             Err(e) => {
                 self.failing_reads = self.failing_reads.saturating_add(1);
+                if self.prev.is_none() {
+                    self.failed_before_baseline = self.failed_before_baseline.saturating_add(1);
+                }
                 self.last_failure = Some(e);
                 return;
             }
@@ -424,6 +449,13 @@ impl Zone {
             why.push(format!(
                 "the last {} reads of {} failed ({f}); energy counted up to the last good read",
                 self.failing_reads,
+                self.path.display()
+            ));
+        }
+        if self.failed_before_baseline > 0 {
+            why.push(format!(
+                "the first {} reads of {} failed; energy counted from the first good read",
+                self.failed_before_baseline,
                 self.path.display()
             ));
         }
