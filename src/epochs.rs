@@ -110,7 +110,10 @@ impl EpochWatcher {
         if new_lines > 0 {
             let energy = energy();
             let room = MAX_MARKS - self.marks.len();
-            self.marks.extend(std::iter::repeat_n(Mark { at, energy }, new_lines.min(room)));
+            self.marks.extend(std::iter::repeat_n(
+                Mark { at, energy },
+                new_lines.min(room),
+            ));
         }
     }
 

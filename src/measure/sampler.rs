@@ -1,1 +1,736 @@
-//! (being written)
+//! The sampler: one small thread that reads every meter at a fixed interval,
+//! keeps the running energy per device and a bounded timeline, and can be
+//! asked for a snapshot at any time.
+//!
+//! Lifecycle: [`Sampler::start`] takes the first sample (the baseline) on the
+//! caller's thread, so a snapshot is valid as soon as it returns, then starts
+//! the thread; [`Sampler::stop`] wakes it at once (no sleeping out the
+//! interval), lets it take a last sample, and waits a bounded time for it.
+//!
+//! Steady state allocates nothing per sample: meters read into stack buffers,
+//! the timeline is only touched when a bucket closes (once a minute by
+//! default, amortised `Vec` growth) and totals with device names are only built
+//! for snapshots, refreshes and observers that ask. `tests/fixtures/tests/
+//! sampler_alloc.rs` checks this with a counting allocator.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::measure::{Component, DeviceEnergy, Meter};
+use crate::units::{Joules, Watts};
+
+/// How the sampler runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerOptions {
+    /// Time between samples.
+    pub interval: Duration,
+    /// Length of a timeline point (doubled each time the timeline is full).
+    pub bucket: Duration,
+    /// How often [`Observer::on_refresh`] gets a snapshot.
+    pub refresh: Duration,
+    /// Most timeline points kept; when full, neighbours are merged in pairs.
+    /// The default holds 7 days of minutes.
+    pub timeline_cap: usize,
+    /// How long [`Sampler::stop`] waits for the thread.
+    pub join_timeout: Duration,
+    /// The thread's stack: meters and observers do little, and the thread
+    /// lives inside slurmstepd, so it stays far below the 8 MiB default.
+    pub stack_size: usize,
+    /// The thread's name (at most 15 bytes show in `/proc`).
+    pub thread_name: String,
+}
+
+impl Default for SamplerOptions {
+    fn default() -> Self {
+        SamplerOptions {
+            interval: Duration::from_secs(1),
+            bucket: Duration::from_secs(60),
+            refresh: Duration::from_secs(60),
+            timeline_cap: 7 * 24 * 60,
+            join_timeout: Duration::from_secs(2),
+            stack_size: 256 * 1024,
+            thread_name: "carbontrack".to_string(),
+        }
+    }
+}
+
+/// Average power per component over one stretch of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimelinePoint {
+    /// Wall time of the sample that opened the point.
+    pub start: SystemTime,
+    pub duration: Duration,
+    /// `None` when no device of that component was measured.
+    pub cpu: Option<Watts>,
+    pub dram: Option<Watts>,
+    pub gpu: Option<Watts>,
+}
+
+/// The energy so far, as of the last sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Wall time of the first sample (the baseline).
+    pub start: SystemTime,
+    /// Wall time of the last sample.
+    pub end: SystemTime,
+    /// Monotonic time from the first to the last sample; prefer it to
+    /// `end - start`, which a clock step would distort.
+    pub duration: Duration,
+    pub samples: u64,
+    pub devices: Vec<DeviceEnergy>,
+    /// Completed points, then the open one up to the last sample.
+    pub timeline: Vec<TimelinePoint>,
+    /// The current length of a completed point (grows when the timeline is
+    /// merged to stay within its cap).
+    pub timeline_bucket: Duration,
+    /// Set when the thread failed (a meter panicked): the figures stop at the
+    /// last sample it completed.
+    pub problem: Option<String>,
+}
+
+impl Snapshot {
+    /// Energy attributed to the job over all measured devices.
+    pub fn total(&self) -> Joules {
+        self.devices.iter().filter_map(|d| d.energy).sum()
+    }
+
+    /// Energy of one component, `None` when no device of it was measured.
+    pub fn component(&self, c: Component) -> Option<Joules> {
+        sum_component(&self.devices, c)
+    }
+}
+
+fn sum_component(devices: &[DeviceEnergy], c: Component) -> Option<Joules> {
+    devices
+        .iter()
+        .filter(|d| d.component == c)
+        .filter_map(|d| d.energy)
+        .reduce(|a, b| a + b)
+}
+
+/// Called on the sampler thread; keep both cheap, never block for long.
+pub trait Observer: Send {
+    /// After every sample. Call [`Tick::total`] only when needed: it is the one
+    /// thing here that allocates.
+    fn on_sample(&mut self, _tick: &mut Tick<'_>) {}
+    /// Every `refresh` period and once more after the last sample.
+    fn on_refresh(&mut self, _snap: &Snapshot) {}
+}
+
+/// The sample just taken, handed to [`Observer::on_sample`].
+pub struct Tick<'a> {
+    /// Wall time of the sample.
+    pub at: SystemTime,
+    /// Samples so far, this one included.
+    pub samples: u64,
+    meters: &'a [Box<dyn Meter>],
+    scratch: &'a mut Vec<DeviceEnergy>,
+}
+
+impl Tick<'_> {
+    /// Energy attributed to the job so far, over all measured devices.
+    pub fn total(&mut self) -> Joules {
+        self.scratch.clear();
+        for m in self.meters {
+            m.totals(self.scratch);
+        }
+        self.scratch.iter().filter_map(|d| d.energy).sum()
+    }
+}
+
+/// Why [`Sampler::stop`] could not join the thread.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error(
+        "the sampler thread did not finish within {} s of being asked to stop \
+         (a meter call is stuck?); it is still running",
+        waited.as_secs_f64()
+    )]
+    Hung {
+        waited: Duration,
+        /// The newest snapshot that could be had without waiting for it.
+        last: Option<Box<Snapshot>>,
+    },
+}
+
+/// A running sampler; dropping it stops it as [`Sampler::stop`] would.
+pub struct Sampler {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+    join_timeout: Duration,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    control: Mutex<Control>,
+    wake: Condvar,
+    /// The snapshot of the last refresh, for a stop that cannot get the lock.
+    published: Mutex<Option<Snapshot>>,
+}
+
+#[derive(Default)]
+struct Control {
+    /// The thread has blocked signals and is about to wait for its first tick.
+    running: bool,
+    stop: bool,
+    done: bool,
+}
+
+struct Inner {
+    meters: Vec<Box<dyn Meter>>,
+    samples: u64,
+    first: Option<(Instant, SystemTime)>,
+    last: Option<(Instant, SystemTime)>,
+    timeline: Timeline,
+    scratch: Vec<DeviceEnergy>,
+    problem: Option<String>,
+}
+
+/// Poisoning only means a meter panicked mid-sample; the totals are still the
+/// best there is, so use them.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sampler {
+    /// Takes the baseline sample now and starts the thread.
+    pub fn start(
+        meters: Vec<Box<dyn Meter>>,
+        opts: SamplerOptions,
+        observer: Option<Box<dyn Observer>>,
+    ) -> std::io::Result<Sampler> {
+        let invalid = |what| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+        if opts.interval.is_zero() {
+            return Err(invalid("sampler interval must be positive"));
+        }
+        if opts.bucket.is_zero() || opts.refresh.is_zero() {
+            return Err(invalid(
+                "timeline bucket and refresh period must be positive",
+            ));
+        }
+        if opts.timeline_cap < 2 {
+            return Err(invalid("timeline cap must be at least 2"));
+        }
+        let mut inner = Inner {
+            meters,
+            samples: 0,
+            first: None,
+            last: None,
+            timeline: Timeline::new(opts.bucket, opts.timeline_cap),
+            scratch: Vec::new(),
+            problem: None,
+        };
+        let mut observer = observer;
+        let t0 = Instant::now();
+        inner.sample(t0, SystemTime::now(), &mut observer);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            published: Mutex::new(None),
+        });
+        let for_thread = Arc::clone(&shared);
+        let join_timeout = opts.join_timeout;
+        let handle = std::thread::Builder::new()
+            .name(opts.thread_name.clone())
+            .stack_size(opts.stack_size)
+            .spawn(move || run(for_thread, opts, observer, t0))?;
+        // Return once the thread is set up (named, signals blocked), so callers
+        // and tests see a fully started sampler; bounded like the join.
+        {
+            let mut c = lock(&shared.control);
+            let asked = Instant::now();
+            while !c.running && !c.done {
+                let left = join_timeout.saturating_sub(asked.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                c = shared
+                    .wake
+                    .wait_timeout(c, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        Ok(Sampler {
+            shared,
+            handle: Some(handle),
+            join_timeout,
+        })
+    }
+
+    /// The totals as of the last sample, without stopping the thread. Waits at
+    /// most for one sample in progress.
+    pub fn snapshot(&self) -> Snapshot {
+        lock(&self.shared.inner).snapshot()
+    }
+
+    /// Stops the thread after one last sample and returns the final figures.
+    pub fn stop(mut self) -> Result<Snapshot, StopError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<Snapshot, StopError> {
+        let Some(handle) = self.handle.take() else {
+            // Already stopped (only `Drop` gets here); never wait on a lock a
+            // hung thread may hold.
+            return Err(StopError::Hung {
+                waited: Duration::ZERO,
+                last: None,
+            });
+        };
+        let asked = Instant::now();
+        let mut c = lock(&self.shared.control);
+        c.stop = true;
+        self.shared.wake.notify_all();
+        while !c.done {
+            let left = self.join_timeout.saturating_sub(asked.elapsed());
+            if left.is_zero() {
+                drop(c);
+                let last = match self.shared.inner.try_lock() {
+                    Ok(inner) => Some(inner.snapshot()),
+                    Err(_) => lock(&self.shared.published).clone(),
+                };
+                return Err(StopError::Hung {
+                    waited: asked.elapsed(),
+                    last: last.map(Box::new),
+                });
+            }
+            c = self
+                .shared
+                .wake
+                .wait_timeout(c, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(c);
+        // `done` is the thread's last act: joining now takes no time.
+        let _ = handle.join();
+        Ok(self.snapshot())
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            let _ = self.stop_inner();
+        }
+    }
+}
+
+impl Inner {
+    fn sample(&mut self, now: Instant, wall: SystemTime, observer: &mut Option<Box<dyn Observer>>) {
+        for m in &mut self.meters {
+            m.sample(now);
+        }
+        self.samples += 1;
+        self.first.get_or_insert((now, wall));
+        self.last = Some((now, wall));
+        self.timeline
+            .on_sample(now, wall, &self.meters, &mut self.scratch);
+        if let Some(obs) = observer.as_deref_mut() {
+            obs.on_sample(&mut Tick {
+                at: wall,
+                samples: self.samples,
+                meters: &self.meters,
+                scratch: &mut self.scratch,
+            });
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut devices = Vec::new();
+        for m in &self.meters {
+            m.totals(&mut devices);
+        }
+        let (first, last) = match (self.first, self.last) {
+            (Some(f), Some(l)) => (f, l),
+            _ => {
+                let now = (Instant::now(), SystemTime::now());
+                (now, now)
+            }
+        };
+        let mut timeline = self.timeline.points.clone();
+        if let Some(p) = self.timeline.open_point(last.0, &devices) {
+            timeline.push(p);
+        }
+        Snapshot {
+            start: first.1,
+            end: last.1,
+            duration: last.0.saturating_duration_since(first.0),
+            samples: self.samples,
+            devices,
+            timeline,
+            timeline_bucket: self.timeline.bucket,
+            problem: self.problem.clone(),
+        }
+    }
+}
+
+/// Sets `done` however the thread ends, panics included, so `stop` never
+/// waits for a thread that is gone.
+struct DoneOnDrop(Arc<Shared>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        lock(&self.0.control).done = true;
+        self.0.wake.notify_all();
+    }
+}
+
+fn run(
+    shared: Arc<Shared>,
+    opts: SamplerOptions,
+    mut observer: Option<Box<dyn Observer>>,
+    t0: Instant,
+) {
+    let _done = DoneOnDrop(Arc::clone(&shared));
+    // Process-directed signals must go to slurmstepd's own threads. Failure
+    // here is not worth losing the measurement over.
+    let _ = crate::ffi::signals::block_all();
+    lock(&shared.control).running = true;
+    shared.wake.notify_all();
+    let body = AssertUnwindSafe(|| {
+        let mut next_refresh = t0 + opts.refresh;
+        let mut k: u32 = 0;
+        loop {
+            // Deadlines are multiples of the interval from the baseline, so
+            // the schedule does not drift; after an overrun, skip to the next.
+            let now = Instant::now();
+            k = k.saturating_add(1);
+            let mut deadline = t0 + opts.interval.saturating_mul(k);
+            if deadline <= now {
+                let behind = now.duration_since(t0).as_nanos() / opts.interval.as_nanos().max(1);
+                k = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+                deadline = t0 + opts.interval.saturating_mul(k);
+            }
+            let stopping = wait_until(&shared, deadline);
+            let now = Instant::now();
+            lock(&shared.inner).sample(now, SystemTime::now(), &mut observer);
+            if stopping {
+                break;
+            }
+            if now >= next_refresh {
+                while next_refresh <= now {
+                    next_refresh += opts.refresh;
+                }
+                refresh(&shared, &mut observer);
+            }
+        }
+        refresh(&shared, &mut observer);
+    });
+    if let Err(panic) = catch_unwind(body) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        lock(&shared.inner).problem = Some(format!("sampler thread panicked: {what}"));
+    }
+}
+
+/// Builds a snapshot, hands it to the observer outside the lock, keeps it.
+fn refresh(shared: &Shared, observer: &mut Option<Box<dyn Observer>>) {
+    let snap = lock(&shared.inner).snapshot();
+    if let Some(obs) = observer.as_deref_mut() {
+        obs.on_refresh(&snap);
+    }
+    *lock(&shared.published) = Some(snap);
+}
+
+/// Sleeps until `deadline` or a stop request; true when asked to stop.
+fn wait_until(shared: &Shared, deadline: Instant) -> bool {
+    let mut c = lock(&shared.control);
+    loop {
+        if c.stop {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        c = shared
+            .wake
+            .wait_timeout(c, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+/// Per-component average power in buckets, bounded in size.
+struct Timeline {
+    points: Vec<TimelinePoint>,
+    cap: usize,
+    bucket: Duration,
+    /// Where the open point started: its sample and the energy then.
+    open: Option<Mark>,
+}
+
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    wall: SystemTime,
+    energy: [Option<Joules>; 3],
+}
+
+const COMPONENTS: [Component; 3] = [Component::Cpu, Component::Dram, Component::Gpu];
+
+fn energy_by_component(devices: &[DeviceEnergy]) -> [Option<Joules>; 3] {
+    COMPONENTS.map(|c| sum_component(devices, c))
+}
+
+impl Timeline {
+    fn new(bucket: Duration, cap: usize) -> Timeline {
+        Timeline {
+            points: Vec::with_capacity(cap.min(64)),
+            cap,
+            bucket,
+            open: None,
+        }
+    }
+
+    fn on_sample(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        meters: &[Box<dyn Meter>],
+        scratch: &mut Vec<DeviceEnergy>,
+    ) {
+        if let Some(m) = self.open
+            && now.saturating_duration_since(m.at) < self.bucket
+        {
+            return;
+        }
+        scratch.clear();
+        for meter in meters {
+            meter.totals(scratch);
+        }
+        let energy = energy_by_component(scratch);
+        if let Some(p) = self.open.and_then(|m| point(m, now, energy)) {
+            self.push(p);
+        }
+        self.open = Some(Mark {
+            at: now,
+            wall,
+            energy,
+        });
+    }
+
+    /// The open point up to `last`, from the current totals.
+    fn open_point(&self, last: Instant, devices: &[DeviceEnergy]) -> Option<TimelinePoint> {
+        point(self.open?, last, energy_by_component(devices))
+    }
+
+    fn push(&mut self, p: TimelinePoint) {
+        if self.points.len() >= self.cap {
+            self.points = merge_pairs(&self.points);
+            self.bucket = self.bucket.saturating_mul(2);
+        }
+        self.points.push(p);
+    }
+}
+
+/// The point from mark `m` to `now` with energies `e`; none for no time.
+fn point(m: Mark, now: Instant, e: [Option<Joules>; 3]) -> Option<TimelinePoint> {
+    let duration = now.saturating_duration_since(m.at);
+    if duration.is_zero() {
+        return None;
+    }
+    let w = |i: usize| match (m.energy[i], e[i]) {
+        (Some(a), Some(b)) => (b - a).over(duration),
+        _ => None,
+    };
+    Some(TimelinePoint {
+        start: m.wall,
+        duration,
+        cpu: w(0),
+        dram: w(1),
+        gpu: w(2),
+    })
+}
+
+/// Halves the timeline: each pair of neighbours becomes one point holding the
+/// same energy over the same time.
+fn merge_pairs(points: &[TimelinePoint]) -> Vec<TimelinePoint> {
+    points
+        .chunks(2)
+        .map(|pair| {
+            let duration: Duration = pair.iter().map(|p| p.duration).sum();
+            let avg = |get: fn(&TimelinePoint) -> Option<Watts>| {
+                let mut joules = 0.0;
+                for p in pair {
+                    joules += get(p)?.0 * p.duration.as_secs_f64();
+                }
+                Joules(joules).over(duration)
+            };
+            TimelinePoint {
+                start: pair[0].start,
+                duration,
+                cpu: avg(|p| p.cpu),
+                dram: avg(|p| p.dram),
+                gpu: avg(|p| p.gpu),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Status;
+
+    /// A meter whose device draws a fixed power, integrated over the
+    /// monotonic time between samples: the truth is power × sampled time.
+    struct Steady {
+        component: Component,
+        watts: f64,
+        last: Option<Instant>,
+        energy: Joules,
+    }
+
+    impl Steady {
+        fn boxed(component: Component, watts: f64) -> Box<dyn Meter> {
+            Box::new(Steady {
+                component,
+                watts,
+                last: None,
+                energy: Joules::ZERO,
+            })
+        }
+    }
+
+    impl Meter for Steady {
+        fn sample(&mut self, now: Instant) {
+            if let Some(l) = self.last {
+                self.energy += Watts(self.watts) * now.duration_since(l);
+            }
+            self.last = Some(now);
+        }
+        fn totals(&self, out: &mut Vec<DeviceEnergy>) {
+            out.push(DeviceEnergy {
+                component: self.component,
+                device: format!("{}-steady", self.component),
+                share: 1.0,
+                energy: Some(self.energy),
+                status: Status::Ok,
+            });
+        }
+    }
+
+    fn pt(secs: u64, w: f64) -> TimelinePoint {
+        TimelinePoint {
+            start: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            duration: Duration::from_secs(60),
+            cpu: Some(Watts(w)),
+            dram: None,
+            gpu: Some(Watts(2.0 * w)),
+        }
+    }
+
+    #[test]
+    fn merging_keeps_energy_and_time() {
+        let mut pts = vec![pt(0, 10.0), pt(60, 30.0), pt(120, 50.0)];
+        pts[1].duration = Duration::from_secs(180);
+        let m = merge_pairs(&pts);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].duration, Duration::from_secs(240));
+        // (10 × 60 + 30 × 180) / 240 = 25
+        assert_eq!(m[0].cpu, Some(Watts(25.0)));
+        assert_eq!(m[0].gpu, Some(Watts(50.0)));
+        assert_eq!(m[0].dram, None);
+        assert_eq!(m[1], pts[2]);
+    }
+
+    #[test]
+    fn timeline_stays_within_its_cap() {
+        let mut t = Timeline::new(Duration::from_secs(60), 8);
+        let t0 = Instant::now();
+        let meters = [Steady::boxed(Component::Cpu, 100.0)];
+        let mut scratch = Vec::new();
+        // Minute samples for 40 minutes through a cap of 8: full at 8 min
+        // (→ 2-min buckets), at 16 (→ 4), at 32 and again when the 36-min point
+        // arrives (→ 8-min buckets).
+        for i in 0..=40u64 {
+            let at = t0 + Duration::from_secs(60 * i);
+            t.on_sample(
+                at,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(60 * i),
+                &meters,
+                &mut scratch,
+            );
+            assert!(t.points.len() <= 8);
+        }
+        assert_eq!(t.bucket, Duration::from_secs(480));
+        let covered: Duration = t.points.iter().map(|p| p.duration).sum();
+        let open = t.open.unwrap().at.duration_since(t0);
+        assert_eq!(
+            covered, open,
+            "points cover the run up to the open one without gaps"
+        );
+        for w in t.points.windows(2) {
+            assert_eq!(w[0].start + w[0].duration, w[1].start);
+        }
+    }
+
+    #[test]
+    fn rejects_nonsense_options() {
+        for opts in [
+            SamplerOptions {
+                interval: Duration::ZERO,
+                ..SamplerOptions::default()
+            },
+            SamplerOptions {
+                timeline_cap: 1,
+                ..SamplerOptions::default()
+            },
+        ] {
+            assert!(Sampler::start(Vec::new(), opts, None).is_err());
+        }
+    }
+
+    #[test]
+    fn snapshot_while_running_and_after_stop() {
+        let opts = SamplerOptions {
+            interval: Duration::from_millis(5),
+            bucket: Duration::from_millis(40),
+            thread_name: "ct-unit-snap".into(),
+            ..SamplerOptions::default()
+        };
+        let s = Sampler::start(
+            vec![
+                Steady::boxed(Component::Cpu, 100.0),
+                Steady::boxed(Component::Gpu, 50.0),
+            ],
+            opts,
+            None,
+        )
+        .unwrap();
+        let first = s.snapshot();
+        assert!(first.samples >= 1);
+        while s.snapshot().samples < 30 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mid = s.snapshot();
+        let fin = s.stop().unwrap();
+        assert!(fin.samples > mid.samples && mid.samples >= 30);
+        // Energy is power × the monotonic time between first and last sample.
+        let secs = fin.duration.as_secs_f64();
+        let cpu = fin.component(Component::Cpu).unwrap().0;
+        assert!((cpu - 100.0 * secs).abs() < 1e-6, "{cpu} vs {secs} s");
+        assert!((fin.total().0 - 150.0 * secs).abs() < 1e-6);
+        assert_eq!(fin.component(Component::Dram), None);
+        // The timeline covers the run and its average matches the totals.
+        let covered: Duration = fin.timeline.iter().map(|p| p.duration).sum();
+        assert_eq!(covered, fin.duration);
+        let tl_cpu: f64 = fin
+            .timeline
+            .iter()
+            .map(|p| p.cpu.unwrap().0 * p.duration.as_secs_f64())
+            .sum();
+        assert!((tl_cpu - cpu).abs() < 1e-6);
+        assert!(fin.timeline.iter().all(|p| p.dram.is_none()));
+        assert!(fin.problem.is_none());
+    }
+}
