@@ -28,30 +28,32 @@ pub enum DeliverError {
     },
 }
 
-/// Writes `dir/name` as the user `id`, atomically. Returns the path written.
+/// Writes `dir/name` as the user `id` (`None`: as the caller), atomically.
+/// Returns the path written.
 pub fn write_user_file(
-    id: &FsIdentity,
+    id: Option<&FsIdentity>,
     dir: &Path,
     name: &str,
     bytes: &[u8],
 ) -> Result<PathBuf, DeliverError> {
     let path = dir.join(name);
+    let uid = id.map_or_else(euid, |id| id.uid);
     let write = || {
         write_replacing(&path, bytes).map_err(|source| DeliverError::Write {
-            uid: id.uid,
+            uid,
             path: path.clone(),
             source,
         })
     };
-    if euid() == id.uid {
-        // Already the user (e.g. `carbontrack run` started by them).
-        return write().map(|()| path.clone());
+    match id.filter(|id| id.uid != euid()) {
+        // The caller is already that user (e.g. `carbontrack run`).
+        None => write()?,
+        Some(id) => with_fs_identity(id, write).map_err(|source| DeliverError::Identity {
+            uid,
+            dir: dir.to_path_buf(),
+            source,
+        })??,
     }
-    with_fs_identity(id, write).map_err(|source| DeliverError::Identity {
-        uid: id.uid,
-        dir: dir.to_path_buf(),
-        source,
-    })??;
     Ok(path)
 }
 
@@ -105,7 +107,7 @@ mod tests {
             gid: 65534,
             groups: vec![],
         };
-        let p = write_user_file(&nobody, &work, "carbontrack-1.csv", b"job_id\n1\n").unwrap();
+        let p = write_user_file(Some(&nobody), &work, "carbontrack-1.csv", b"job_id\n1\n").unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "secret");
         let m = fs::symlink_metadata(&p).unwrap();
         assert!(m.is_file());
@@ -114,7 +116,7 @@ mod tests {
 
         // A directory the user cannot write: an error naming the path, nothing written.
         fs::set_permissions(&work, fs::Permissions::from_mode(0o555)).unwrap();
-        let e = write_user_file(&nobody, &work, "carbontrack-1.txt", b"x")
+        let e = write_user_file(Some(&nobody), &work, "carbontrack-1.txt", b"x")
             .unwrap_err()
             .to_string();
         assert!(

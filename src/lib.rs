@@ -17,5 +17,7 @@ pub mod job;
 pub mod measure;
 pub mod plugin;
 pub mod report;
+pub mod run;
 pub mod spool;
+pub mod tracker;
 pub mod units;

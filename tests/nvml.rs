@@ -6,9 +6,7 @@
 //! separate state. The library is built here (`cargo build -p fake-nvml`) when
 //! it is missing, because `cargo test` does not build a workspace cdylib.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,68 +15,7 @@ use carbontrack::measure::nvml::{NVML_DEVICE, NvmlLib, NvmlMeter};
 use carbontrack::measure::{Component, DeviceEnergy, Meter, Status};
 use carbontrack_fixtures::profile::Profile;
 
-/// The fake library, built once per test run.
-fn fake_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        // tests run from target/<profile>/deps/; the cdylib lands in target/<profile>/.
-        let exe = std::env::current_exe().expect("own path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps")
-            .to_path_buf();
-        let lib = dir.join("libnvidia_ml.so");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-q", "-p", "fake-nvml"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let built = cargo.status().map(|s| s.success()).unwrap_or(false);
-        assert!(
-            lib.exists(),
-            "the fake NVML library {} is missing and `cargo build -p fake-nvml` {}; \
-             build it with `cargo build --workspace`",
-            lib.display(),
-            if built { "did not make it" } else { "failed" }
-        );
-        lib
-    })
-}
-
-/// A private copy of the fake with its configuration beside it; removed when
-/// dropped (the loader keeps a loaded copy alive regardless).
-struct Fake {
-    lib: PathBuf,
-}
-
-impl std::ops::Deref for Fake {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.lib
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        if let Some(dir) = self.lib.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn fake_nvml(test: &str, config: &str) -> Fake {
-    assert!(
-        std::env::var_os("CARBONTRACK_FAKE_NVML").is_none(),
-        "unset CARBONTRACK_FAKE_NVML: these tests configure each fake beside its library"
-    );
-    let dir = std::env::temp_dir().join(format!("carbontrack-nvml-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libnvidia-ml.so.1");
-    std::fs::copy(fake_library(), &lib).unwrap();
-    std::fs::write(dir.join("fake-nvml.conf"), config).unwrap();
-    Fake { lib }
-}
+use carbontrack_fixtures::fake_nvml::fake_nvml;
 
 fn unix_now() -> f64 {
     SystemTime::now()

@@ -1,9 +1,14 @@
 //! The `carbontrack` command: wrap a command and measure it (`run`), mark
 //! epochs from a job (`epoch`), and the admin side (epilog, reports).
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use carbontrack::config::{self, Config};
+use carbontrack::run::{Ended, RunRequest};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command and measure this machine's energy while it runs.
+    ///
+    /// Writes the footprint CSV (job_id `local`) and prints a summary on
+    /// stderr. Arguments after `--` belong to the command; carbontrack exits
+    /// with the command's status (or dies of the same signal).
+    Run(Box<RunArgs>),
     /// Mark the end of one training epoch of the current tracked job or run.
     ///
     /// Appends a line to the file named by CARBONTRACK_EPOCH_FILE. Never fails
@@ -25,9 +36,110 @@ enum Command {
     Epoch,
 }
 
+/// The flags of `carbontrack run`: the plugstack keys that mean something for
+/// one command on one machine, parsed by the same code as plugstack.conf.
+#[derive(Args)]
+struct RunArgs {
+    /// Sampling period, e.g. 500ms, 1s.
+    #[arg(long)]
+    interval: Option<String>,
+    /// What to measure: a comma list of cpu,dram,gpu.
+    #[arg(long)]
+    components: Option<String>,
+    /// RAPL powercap sysfs root.
+    #[arg(long)]
+    powercap: Option<String>,
+    /// cgroup root, to find this process's cpuset.
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// CPU topology root.
+    #[arg(long)]
+    cpu_topology: Option<String>,
+    /// NVML library name or path.
+    #[arg(long)]
+    nvml: Option<String>,
+    /// Power usage effectiveness applied to measured energy.
+    #[arg(long)]
+    pue: Option<String>,
+    /// gCO2e/kWh as a number, a zone code such as DK, or file:/path.csv.
+    #[arg(long)]
+    intensity: Option<String>,
+    /// Intensity used for hours a file: source lacks (number, zone or world).
+    #[arg(long)]
+    intensity_fallback: Option<String>,
+    /// `workdir` writes the CSV, `none` only prints the summary.
+    #[arg(long)]
+    report: Option<String>,
+    /// Completed epochs needed before a prediction is shown.
+    #[arg(long)]
+    epochs_before_pred: Option<String>,
+    /// Total epochs of the training run, for prediction from epoch marks.
+    #[arg(long)]
+    epochs: Option<String>,
+    /// Where the footprint CSV goes.
+    #[arg(short, long, default_value = "carbontrack-local.csv")]
+    output: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<OsString>,
+}
+
+impl RunArgs {
+    fn request(self) -> Result<RunRequest, String> {
+        let keys = [
+            ("interval", self.interval),
+            ("components", self.components),
+            ("powercap", self.powercap),
+            ("cgroup", self.cgroup),
+            ("cpu_topology", self.cpu_topology),
+            ("nvml", self.nvml),
+            ("pue", self.pue),
+            ("intensity", self.intensity),
+            ("intensity_fallback", self.intensity_fallback),
+            ("report", self.report),
+            ("epochs_before_pred", self.epochs_before_pred),
+        ];
+        let mut cfg = Config::default();
+        for (k, v) in keys {
+            if let Some(v) = v {
+                cfg.set_arg(&format!("{k}={v}"))
+                    .map_err(|e| format!("--{}: {e}", k.replace('_', "-")))?;
+            }
+        }
+        let epochs = self
+            .epochs
+            .as_deref()
+            .map(config::parse_epochs)
+            .transpose()?;
+        Ok(RunRequest {
+            config: cfg,
+            epochs,
+            output: Some(self.output),
+            command: self.command,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            let req = match (*args).request() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("carbontrack run: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match carbontrack::run::run(req) {
+                Ok(Ended::Code(c)) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+                Ok(Ended::Signal(sig)) => carbontrack::ffi::signals::die_of(sig),
+                Err(e) => {
+                    eprintln!("carbontrack run: {e:#}");
+                    ExitCode::from(125)
+                }
+            }
+        }
         Command::Epoch => {
             if let Err(e) = carbontrack::epochs::mark_epoch_from_env() {
                 eprintln!("carbontrack epoch: {e:#}");

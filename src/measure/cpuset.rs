@@ -145,6 +145,8 @@ pub enum CpusetError {
          `cpuset/slurm*/uid_*/job_{job_id}`; is ConstrainCores=yes set in cgroup.conf?)"
     )]
     NotFound { root: PathBuf, job_id: u32 },
+    #[error("this process's cgroup has no cpuset under {root}")]
+    NoOwnCpuset { root: PathBuf },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: {source}")]
@@ -532,5 +534,83 @@ mod tests {
         assert_eq!(s.share(0), 1.0);
         assert!(s.note().unwrap().starts_with("whole node"));
         assert_eq!(PackageShares::whole_node().note(), None);
+    }
+}
+
+/// The cpuset of the cgroup a process runs in, read from `/proc/<pid>/cgroup`
+/// (`self_cgroup`) under `cgroup_root`: how `carbontrack run` inside a Slurm
+/// allocation finds the CPUs it may use, with no Slurm involved.
+///
+/// cgroup v2 lists `0::/path` and the file is `cpuset.cpus.effective`; v1
+/// lists `N:cpuset:/path` (or `cpuset,cpu…`) and the file is
+/// `<root>/cpuset/<path>/cpuset.cpus`.
+pub fn own_cpuset(cgroup_root: &Path, self_cgroup: &str) -> Result<JobCpuset, CpusetError> {
+    let mut candidates = Vec::new();
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if ctrl.is_empty() {
+            candidates.push(cgroup_root.join(rel).join("cpuset.cpus.effective"));
+        } else if ctrl.split(',').any(|c| c == "cpuset") {
+            candidates.push(cgroup_root.join("cpuset").join(rel).join("cpuset.cpus"));
+        }
+    }
+    // v1 first: a hybrid host's v2 tree usually has no cpuset controller.
+    candidates.sort_by_key(|p| p.ends_with("cpuset.cpus.effective"));
+    for path in candidates {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let cpus = text
+                .trim()
+                .parse::<CpuSet>()
+                .map_err(|source| CpusetError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            if !cpus.is_empty() {
+                return Ok(JobCpuset { cpus, path });
+            }
+        }
+    }
+    Err(CpusetError::NoOwnCpuset {
+        root: cgroup_root.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod own_cpuset_tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cpuset_of_the_process_cgroup_in_v1_and_v2() {
+        let root = std::env::temp_dir().join(format!("ct-own-cpuset-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let v2 = root.join("v2/system.slice/slurmstepd.scope/job_7/step_0");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("cpuset.cpus.effective"), "2-3\n").unwrap();
+        let got = own_cpuset(
+            &root.join("v2"),
+            "0::/system.slice/slurmstepd.scope/job_7/step_0\n",
+        )
+        .unwrap();
+        assert_eq!(got.cpus, CpuSet::new([2, 3]));
+
+        let v1 = root.join("v1/cpuset/slurm/uid_1/job_7/step_0");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpuset.cpus"), "0,4\n").unwrap();
+        let lines =
+            "12:memory:/slurm/uid_1/job_7/step_0\n4:cpuset:/slurm/uid_1/job_7/step_0\n0::/\n";
+        assert_eq!(
+            own_cpuset(&root.join("v1"), lines).unwrap().cpus,
+            CpuSet::new([0, 4])
+        );
+
+        assert!(matches!(
+            own_cpuset(&root.join("v1"), "0::/elsewhere\n"),
+            Err(CpusetError::NoOwnCpuset { .. })
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,0 +1,177 @@
+//! `carbontrack run -- CMD ARGS…`: measure this machine while a command runs.
+//!
+//! carbontracker's CLI mode, done so that wrapping a command changes nothing
+//! about it: its arguments are passed untouched, the signals a user or Slurm
+//! sends reach it, and the wrapper exits with the command's own status (or
+//! dies of the same signal).
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, ReportTarget};
+use crate::epochs::EPOCH_FILE_ENV;
+use crate::ffi::signals;
+use crate::measure::cpuset::{self, PackageShares};
+use crate::measure::gpus::GpuHints;
+use crate::tracker::{Output, Plan, Tracker};
+
+/// How the wrapped command ended, for the wrapper's own exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<ExitStatus> for Ended {
+    fn from(s: ExitStatus) -> Ended {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Ended::Code(c),
+            (None, Some(sig)) => Ended::Signal(sig),
+            (None, None) => Ended::Code(1),
+        }
+    }
+}
+
+/// What `carbontrack run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub config: Config,
+    pub epochs: Option<u32>,
+    /// The CSV's path; default `carbontrack-local.csv` in the current directory.
+    pub output: Option<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+/// This machine's name, for the CSV's `node` column.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The CPU attribution for a command: the cpuset of the cgroup it runs in when
+/// that is narrower than the machine (inside a Slurm allocation, say), else
+/// the whole machine.
+fn shares_for_this_process(cfg: &Config) -> PackageShares {
+    let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| e.to_string())
+        .and_then(|c| cpuset::own_cpuset(&cfg.cgroup, &c).map_err(|e| e.to_string()));
+    match (&own, &topo) {
+        (Ok(set), Some(t)) if set.cpus.len() < t.cpus() => {
+            cpuset::attribute(Ok(&set.cpus), topo.as_ref(), None)
+        }
+        _ => PackageShares::whole_node(),
+    }
+}
+
+/// Runs the command under measurement and returns how it ended. Measurement
+/// problems are reported on stderr and never change the command's outcome.
+pub fn run(req: RunRequest) -> Result<Ended> {
+    let (program, args) = req
+        .command
+        .split_first()
+        .context("no command given after `--`")?;
+    // Block the forwarded signals (and SIGCHLD, to wake up when the command
+    // ends) before any thread starts, so that every thread inherits the mask
+    // and they all arrive here, in order.
+    let mut wanted = signals::FORWARDED.to_vec();
+    wanted.push(libc::SIGCHLD);
+    let blocked = signals::block(&wanted).context("cannot block signals for forwarding")?;
+
+    let epoch_file =
+        std::env::temp_dir().join(format!("carbontrack-run-{}.epochs", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&epoch_file)
+        .with_context(|| format!("cannot create the epoch file {}", epoch_file.display()))?;
+    let _cleanup = RemoveOnDrop(epoch_file.clone());
+
+    let mut plan = Plan::new("local", hostname(), req.config.clone());
+    plan.shares = shares_for_this_process(&req.config);
+    plan.gpus = GpuHints {
+        slurm_gpus: std::env::var("SLURM_STEP_GPUS")
+            .or_else(|_| std::env::var("SLURM_JOB_GPUS"))
+            .ok(),
+        cuda_visible: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        job_pids: None,
+    };
+    plan.output = match req.config.report {
+        ReportTarget::None => Output::None,
+        ReportTarget::Workdir => Output::Csv(
+            req.output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("carbontrack-local.csv")),
+        ),
+    };
+    plan.epochs = req.epochs;
+    plan.epoch_file = Some(epoch_file.clone());
+
+    let (tracker, log) = Tracker::start(plan).context("cannot start the sampler thread")?;
+    for line in log {
+        eprintln!("carbontrack: {line}");
+    }
+
+    let mut child = match Command::new(program)
+        .args(args)
+        .env(EPOCH_FILE_ENV, &epoch_file)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tracker.finish();
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!(
+                "carbontrack: cannot run {}: {e}",
+                Path::new(program).display()
+            );
+            return Ok(Ended::Code(code));
+        }
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the command")? {
+            break status;
+        }
+        match blocked.wait(Duration::from_millis(500)) {
+            Some(libc::SIGCHLD) | None => {}
+            Some(sig) => {
+                // The command may have just ended; then there is no one to tell.
+                let _ = signals::kill(child.id(), sig);
+            }
+        }
+    };
+
+    let done = tracker.finish();
+    eprint!("\n{}", done.summary);
+    for p in &done.delivered {
+        eprintln!("carbontrack: footprint written to {}", p.display());
+    }
+    for p in &done.problems {
+        eprintln!("carbontrack: {p}");
+    }
+    Ok(status.into())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

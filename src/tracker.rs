@@ -1,0 +1,442 @@
+//! One tracked run on one node, from the first sample to the files it leaves.
+//!
+//! The plugin (for a Slurm job) and `carbontrack run` (for a command) differ
+//! only in how they learn what to measure and where the results go; both
+//! describe that as a [`Plan`] and hand it to a [`Tracker`]. The tracker opens
+//! the meters, runs the sampler with a live observer (epoch marks, the
+//! refreshed summary file) and, when finished, turns the final snapshot into
+//! footprint rows, the CSV and the human summary.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::carbon::intensity::{EnergySpan, Resolved, resolve};
+use crate::carbon::predict::EpochMark;
+use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
+use crate::config::{Components, Config};
+use crate::deliver::write_user_file;
+use crate::epochs::{EpochWatcher, Mark};
+use crate::ffi::identity::FsIdentity;
+use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
+use crate::measure::Meter;
+use crate::measure::cpuset::PackageShares;
+use crate::measure::gpus::GpuHints;
+use crate::measure::nvml::NvmlMeter;
+use crate::measure::rapl;
+use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError, Tick};
+use crate::units::Joules;
+
+/// Where a run's results go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Nothing for the user (`report=none`); the caller keeps the rows.
+    None,
+    /// `carbontrack-<job>.csv` and `carbontrack-<job>.txt` in this directory,
+    /// written with the user's identity; the `.txt` is refreshed while running.
+    WorkDir(PathBuf),
+    /// The CSV at this path (`carbontrack run -o FILE`); no summary file.
+    Csv(PathBuf),
+}
+
+/// Everything a tracker needs to know, decided by its caller.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Slurm's job id, or `local` for `carbontrack run`.
+    pub job_id: String,
+    pub node: String,
+    pub config: Config,
+    /// The job's share of each CPU package.
+    pub shares: PackageShares,
+    pub gpus: GpuHints,
+    /// Whose identity files in the user's directories are written and read
+    /// with; `None`: the caller's own.
+    pub user: Option<FsIdentity>,
+    pub output: Output,
+    /// Total epochs declared (`--carbon-epochs`), for prediction.
+    pub epochs: Option<u32>,
+    /// The file the job appends epoch marks to.
+    pub epoch_file: Option<PathBuf>,
+    /// The job's time limit, for the projection in the live summary.
+    pub time_limit: Option<Duration>,
+    /// How often the live summary is rewritten.
+    pub refresh: Duration,
+    /// How long stopping may wait for the sampler thread.
+    pub join_timeout: Duration,
+}
+
+impl Plan {
+    /// A plan with the defaults for everything but identity and output.
+    pub fn new(job_id: impl Into<String>, node: impl Into<String>, config: Config) -> Plan {
+        Plan {
+            job_id: job_id.into(),
+            node: node.into(),
+            config,
+            shares: PackageShares::whole_node(),
+            gpus: GpuHints::default(),
+            user: None,
+            output: Output::None,
+            epochs: None,
+            epoch_file: None,
+            time_limit: None,
+            refresh: Duration::from_secs(60),
+            join_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn csv_name(&self) -> String {
+        format!("carbontrack-{}.csv", self.job_id)
+    }
+
+    fn txt_name(&self) -> String {
+        format!("carbontrack-{}.txt", self.job_id)
+    }
+}
+
+/// What the sampler thread and the tracker share: marks and delivery trouble.
+#[derive(Debug, Default)]
+struct Progress {
+    marks: Vec<Mark>,
+    epoch_problem: Option<String>,
+    write_problem: Option<String>,
+}
+
+fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The observer running on the sampler thread.
+struct Live {
+    plan: Arc<Plan>,
+    watcher: Option<EpochWatcher>,
+    progress: Arc<Mutex<Progress>>,
+    seen_marks: usize,
+}
+
+impl Observer for Live {
+    fn on_sample(&mut self, tick: &mut Tick<'_>) {
+        let Some(w) = &mut self.watcher else { return };
+        w.poll(tick.at, || tick.total());
+        if w.marks().len() != self.seen_marks || w.refused().is_some() {
+            self.seen_marks = w.marks().len();
+            let mut p = lock(&self.progress);
+            p.marks.clear();
+            p.marks.extend_from_slice(w.marks());
+            if p.epoch_problem.is_none() {
+                p.epoch_problem = w.refused().map(str::to_string);
+            }
+        }
+    }
+
+    fn on_refresh(&mut self, snap: &Snapshot) {
+        let Output::WorkDir(dir) = &self.plan.output else {
+            return;
+        };
+        let marks = lock(&self.progress).marks.clone();
+        let (rows, intensity) = rows_of(&self.plan, snap);
+        let text = render_live(
+            &summary_input(&self.plan, snap, &rows, &intensity, &marks).input(),
+            SystemTime::now(),
+        );
+        if let Err(e) = write_as_user(&self.plan, dir, &self.plan.txt_name(), text.as_bytes()) {
+            let mut p = lock(&self.progress);
+            // One report per run, not one per refresh.
+            if p.write_problem.is_none() {
+                p.write_problem = Some(e);
+            }
+        }
+    }
+}
+
+/// A running measurement.
+pub struct Tracker {
+    sampler: Sampler,
+    plan: Arc<Plan>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Finished {
+    pub snapshot: Snapshot,
+    /// Device rows then the total row.
+    pub rows: Vec<Row>,
+    pub intensity: Resolved,
+    pub csv: Vec<u8>,
+    pub summary: String,
+    /// Files written for the user.
+    pub delivered: Vec<PathBuf>,
+    /// One line each: what went wrong on the way (nothing fatal).
+    pub problems: Vec<String>,
+}
+
+impl Tracker {
+    /// Opens the meters and starts sampling. Returns the tracker and the lines
+    /// worth logging once (what could not be measured and why, warnings).
+    pub fn start(plan: Plan) -> std::io::Result<(Tracker, Vec<String>)> {
+        let cfg = &plan.config;
+        let mut log = Vec::new();
+        let mut meters: Vec<Box<dyn Meter>> = Vec::new();
+        if cfg.components.cpu || cfg.components.dram {
+            let cpu_dram = Components {
+                gpu: false,
+                ..cfg.components
+            };
+            let opened = rapl::open(&cfg.powercap, cpu_dram, &plan.shares, cfg.interval);
+            log.extend(opened.warnings);
+            meters.push(Box::new(opened.meter));
+        }
+        if cfg.components.gpu {
+            let (meter, notes) = NvmlMeter::for_job(&cfg.nvml, &plan.gpus, Instant::now());
+            log.extend(notes);
+            meters.push(Box::new(meter));
+        }
+        let plan = Arc::new(plan);
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let live = Live {
+            plan: Arc::clone(&plan),
+            watcher: plan
+                .epoch_file
+                .clone()
+                .map(|p| EpochWatcher::new(p, plan.user.clone())),
+            progress: Arc::clone(&progress),
+            seen_marks: 0,
+        };
+        let opts = SamplerOptions {
+            interval: plan.config.interval,
+            refresh: plan.refresh,
+            join_timeout: plan.join_timeout,
+            ..SamplerOptions::default()
+        };
+        let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
+        Ok((
+            Tracker {
+                sampler,
+                plan,
+                progress,
+            },
+            log,
+        ))
+    }
+
+    /// The figures so far, without stopping.
+    pub fn snapshot(&self) -> Snapshot {
+        self.sampler.snapshot()
+    }
+
+    /// Rows of the footprint so far (for a live copy in the spool).
+    pub fn rows_so_far(&self) -> Vec<Row> {
+        rows_of(&self.plan, &self.sampler.snapshot()).0
+    }
+
+    /// Stops sampling and writes the results where the plan says.
+    pub fn finish(self) -> Finished {
+        let mut problems = Vec::new();
+        let snapshot = match self.sampler.stop() {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(e.to_string());
+                let StopError::Hung { last, .. } = e;
+                match last {
+                    Some(s) => *s,
+                    None => {
+                        problems.push("no figures could be had from the stuck sampler".into());
+                        return Finished::empty(&self.plan, problems);
+                    }
+                }
+            }
+        };
+        if let Some(p) = &snapshot.problem {
+            problems.push(format!("sampling stopped early: {p}"));
+        }
+        let plan = &self.plan;
+        let progress = std::mem::take(&mut *lock(&self.progress));
+        problems.extend(
+            progress
+                .epoch_problem
+                .map(|e| format!("epoch marks ignored: {e}")),
+        );
+        problems.extend(
+            progress
+                .write_problem
+                .map(|e| format!("live summary not written: {e}")),
+        );
+
+        let (rows, intensity) = rows_of(plan, &snapshot);
+        let mut csv = Vec::new();
+        if let Err(e) = write_csv(&mut csv, &rows) {
+            problems.push(format!("cannot format the footprint CSV: {e}"));
+        }
+        let summary = render_final(
+            &summary_input(plan, &snapshot, &rows, &intensity, &progress.marks).input(),
+        );
+
+        let mut delivered = Vec::new();
+        let mut deliver = |dir: &std::path::Path, name: String, bytes: &[u8]| match write_as_user(
+            plan, dir, &name, bytes,
+        ) {
+            Ok(p) => delivered.push(p),
+            Err(e) => problems.push(e),
+        };
+        match &plan.output {
+            Output::None => {}
+            Output::WorkDir(dir) => {
+                deliver(dir, plan.csv_name(), &csv);
+                deliver(dir, plan.txt_name(), summary.as_bytes());
+            }
+            Output::Csv(path) => {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| plan.csv_name());
+                deliver(dir, name, &csv);
+            }
+        }
+        Finished {
+            snapshot,
+            rows,
+            intensity,
+            csv,
+            summary,
+            delivered,
+            problems,
+        }
+    }
+}
+
+impl Finished {
+    fn empty(plan: &Plan, problems: Vec<String>) -> Finished {
+        let now = SystemTime::now();
+        Finished {
+            snapshot: Snapshot {
+                start: now,
+                end: now,
+                duration: Duration::ZERO,
+                samples: 0,
+                devices: Vec::new(),
+                timeline: Vec::new(),
+                timeline_bucket: Duration::ZERO,
+                problem: None,
+            },
+            rows: Vec::new(),
+            intensity: resolve(
+                &plan.config.intensity,
+                &plan.config.intensity_fallback(),
+                (now, now),
+                &[],
+            ),
+            csv: Vec::new(),
+            summary: String::new(),
+            delivered: Vec::new(),
+            problems,
+        }
+    }
+}
+
+fn write_as_user(
+    plan: &Plan,
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, String> {
+    write_user_file(plan.user.as_ref(), dir, name, bytes).map_err(|e| e.to_string())
+}
+
+/// The timeline as spans of energy, for weighting an hourly intensity.
+fn energy_spans(snap: &Snapshot) -> Vec<EnergySpan> {
+    snap.timeline
+        .iter()
+        .map(|p| {
+            let watts = [p.cpu, p.dram, p.gpu]
+                .iter()
+                .flatten()
+                .map(|w| w.0)
+                .sum::<f64>();
+            (
+                p.start,
+                p.start + p.duration,
+                Joules(watts * p.duration.as_secs_f64()),
+            )
+        })
+        .collect()
+}
+
+fn rows_of(plan: &Plan, snap: &Snapshot) -> (Vec<Row>, Resolved) {
+    let cfg = &plan.config;
+    // The live source is the epilog's; here its fallback stands in.
+    let intensity = resolve(
+        &cfg.intensity,
+        &cfg.intensity_fallback(),
+        (snap.start, snap.end),
+        &energy_spans(snap),
+    );
+    let fp = NodeFootprint {
+        job_id: plan.job_id.clone(),
+        node: plan.node.clone(),
+        start: snap.start,
+        end: snap.end,
+        devices: snap.devices.clone(),
+    };
+    (node_rows(&fp, cfg.pue, &intensity), intensity)
+}
+
+fn epoch_marks(snap: &Snapshot, marks: &[Mark]) -> Vec<EpochMark> {
+    marks
+        .iter()
+        .map(|m| EpochMark {
+            at: m.at.duration_since(snap.start).unwrap_or_default(),
+            cumulative_energy: m.energy,
+        })
+        .collect()
+}
+
+fn summary_input<'a>(
+    plan: &'a Plan,
+    snap: &Snapshot,
+    rows: &'a [Row],
+    intensity: &'a Resolved,
+    marks: &[Mark],
+) -> SummaryInputOwned<'a> {
+    SummaryInputOwned {
+        plan,
+        elapsed: snap.duration,
+        rows,
+        intensity,
+        marks: epoch_marks(snap, marks),
+    }
+}
+
+/// A [`SummaryInput`] with the converted marks it borrows.
+struct SummaryInputOwned<'a> {
+    plan: &'a Plan,
+    elapsed: Duration,
+    rows: &'a [Row],
+    intensity: &'a Resolved,
+    marks: Vec<EpochMark>,
+}
+
+impl<'a> SummaryInputOwned<'a> {
+    fn input(&'a self) -> SummaryInput<'a> {
+        SummaryInput {
+            job_id: &self.plan.job_id,
+            rows: self.rows,
+            elapsed: self.elapsed,
+            time_limit: self.plan.time_limit,
+            pue: self.plan.config.pue,
+            intensity: self.intensity,
+            epochs: self.plan.epochs.map(|total| EpochProgress {
+                total_epochs: total,
+                before_pred: self.plan.config.epochs_before_pred,
+                start: EpochMark {
+                    at: Duration::ZERO,
+                    cumulative_energy: Joules::ZERO,
+                },
+                marks: &self.marks,
+            }),
+        }
+    }
+}
