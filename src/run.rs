@@ -124,11 +124,9 @@ pub fn run(req: RunRequest) -> Result<Ended> {
         eprintln!("carbontrack: {line}");
     }
 
-    let mut child = match Command::new(program)
-        .args(args)
-        .env(EPOCH_FILE_ENV, &epoch_file)
-        .spawn()
-    {
+    let mut command = Command::new(program);
+    command.args(args).env(EPOCH_FILE_ENV, &epoch_file);
+    let mut child = match signals::unblocked_child(&mut command).spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = tracker.finish();

@@ -24,7 +24,7 @@ pub struct Blocked {
 }
 
 /// Blocks `signals` in the calling thread. Threads started later inherit the
-/// mask; child processes do not (std clears the mask before exec).
+/// mask, and so would child processes: start them with [`unblocked_child`].
 pub fn block(signals: &[i32]) -> io::Result<Blocked> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -73,6 +73,26 @@ impl Blocked {
         // for the duration of the call.
         let s = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
         (s > 0).then_some(s)
+    }
+}
+
+/// Makes `cmd` start its process with no signal blocked, whatever the
+/// spawning thread blocks: std passes the caller's mask on to the child, and a
+/// command started with SIGTERM blocked would ignore `scancel`.
+pub fn unblocked_child(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // sigemptyset and pthread_sigmask, which are async-signal-safe; it touches
+    // no memory shared with the parent and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        })
     }
 }
 

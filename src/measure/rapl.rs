@@ -467,7 +467,7 @@ impl Zone {
         }
         if self.longest_gap >= self.wrap_time {
             why.push(format!(
-                "reads were up to {:.0} s apart, not less than the {:.0} s the counter takes to \
+                "reads were up to {:.3} s apart, not less than the {:.3} s the counter takes to \
                  wrap at {} W: a wrap may have been missed",
                 self.longest_gap.as_secs_f64(),
                 self.wrap_time.as_secs_f64(),

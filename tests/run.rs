@@ -1,0 +1,264 @@
+//! `carbontrack run` end to end: the real binary over a powercap fixture and the
+//! fake NVML, compared with the injected truth; exit status, signals and epoch
+//! marks of the wrapped command.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use carbontrack::footprint::{Row, read_csv};
+use carbontrack_fixtures::fake_nvml::fake_nvml;
+use carbontrack_fixtures::powercap::{PackageSpec, PowercapSpec, PowercapTree, ZoneSpec};
+use carbontrack_fixtures::profile::Profile;
+use carbontrack_fixtures::tempdir::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_carbontrack");
+const GPU: &str = "GPU-00000000-1111-2222-3333-444455556666";
+
+fn parse_time(s: &str) -> SystemTime {
+    humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("bad time {s}: {e}"))
+}
+
+fn row<'a>(rows: &'a [Row], component: &str, device: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.component == component && r.device == device)
+        .unwrap_or_else(|| panic!("no {component} {device} row in {rows:#?}"))
+}
+
+fn within(measured: f64, truth: f64, tolerance: f64, what: &str) {
+    let err = (measured - truth).abs() / truth;
+    assert!(
+        err <= tolerance,
+        "{what}: measured {measured:.3} J, truth {truth:.3} J, error {:.3}%",
+        err * 100.0
+    );
+}
+
+/// A powercap tree with one package (50 W, at most 100 W) and its DRAM
+/// (10 W), wrapping every 4 s at 50 W, kept advancing by a writer thread.
+fn powercap(dir: &Path) -> carbontrack_fixtures::powercap::PowercapWriter {
+    let spec = PowercapSpec {
+        packages: vec![
+            PackageSpec::new(
+                ZoneSpec::new(Profile::constant(50.0))
+                    .max_range_uj(200_000_000)
+                    .max_power_w(100.0),
+            )
+            .dram(ZoneSpec::new(Profile::constant(10.0))),
+        ],
+        ..Default::default()
+    };
+    PowercapTree::create(dir, &spec, SystemTime::now())
+        .unwrap()
+        .spawn_writer(Duration::from_millis(2))
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn measures_the_fixtures_and_exits_with_the_commands_status() {
+    let tmp = TempDir::new("run-measure").unwrap();
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let gpu_profile: Profile = "100@1,300@1".parse().unwrap();
+    let nvml = fake_nvml(
+        "run-measure",
+        &format!("epoch = {epoch}\n[gpu]\nuuid = {GPU}\nminor = 0\npower = {gpu_profile}\n"),
+    );
+
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "200ms",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--nvml",
+            nvml.to_str().unwrap(),
+            "--intensity",
+            "100",
+            "-o",
+            "fp.csv",
+            "--",
+            "sh",
+            "-c",
+            "sleep 4; exit 7",
+        ],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+
+    let text = std::fs::read_to_string(tmp.path().join("fp.csv")).unwrap();
+    assert!(text.starts_with(
+        "job_id,node,component,device,start,end,duration_s,share,energy_j,pue,energy_kwh,intensity_g_per_kwh,co2e_g,status"
+    ));
+    let rows = read_csv(text.as_bytes()).unwrap();
+    let cpu = row(&rows, "cpu", "package-0");
+    let (t0, t1) = (parse_time(&cpu.start), parse_time(&cpu.end));
+    assert!(cpu.duration_s >= 3.9, "{cpu:?}");
+    within(
+        cpu.energy_j.unwrap(),
+        rapl.truth("package-0", t0, t1),
+        0.01,
+        "package",
+    );
+    within(
+        row(&rows, "dram", "package-0").energy_j.unwrap(),
+        rapl.truth("package-0/dram", t0, t1),
+        0.01,
+        "dram",
+    );
+    let g = row(&rows, "gpu", GPU);
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - epoch;
+    within(
+        g.energy_j.unwrap(),
+        gpu_profile.energy_between(secs(t0), secs(t1)),
+        0.01,
+        "gpu",
+    );
+
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    let sum: f64 = rows
+        .iter()
+        .filter(|r| r.component != "total")
+        .filter_map(|r| r.energy_j)
+        .sum();
+    assert!((total.energy_j.unwrap() - sum).abs() < 0.01, "{total:?}");
+    assert_eq!(total.status, "ok", "{text}");
+    assert!((total.co2e_g.unwrap() - sum * 1.58 / 3.6e6 * 100.0).abs() < 0.01);
+    assert!(rows.iter().all(|r| r.job_id == "local"));
+    assert!(stderr.contains("Actual consumption"), "{stderr}");
+}
+
+#[test]
+fn says_what_it_could_not_measure_and_never_reports_zero() {
+    let tmp = TempDir::new("run-nothing").unwrap();
+    let out = run(
+        &[
+            "run",
+            "--powercap",
+            tmp.path().to_str().unwrap(),
+            "--nvml",
+            "/nonexistent/libnvidia-ml.so.1",
+            "--",
+            "true",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let rows =
+        read_csv(std::fs::File::open(tmp.path().join("carbontrack-local.csv")).unwrap()).unwrap();
+    for r in &rows {
+        assert_eq!(r.energy_j, None, "{r:?}");
+        assert_eq!(r.co2e_g, None, "{r:?}");
+        assert!(r.status.starts_with("unavailable: "), "{r:?}");
+    }
+    assert!(row(&rows, "cpu", "rapl").status.contains("no RAPL zones"));
+    assert!(row(&rows, "gpu", "nvml").status.contains("not found"));
+}
+
+#[test]
+fn passes_arguments_and_signals_through() {
+    let tmp = TempDir::new("run-signals").unwrap();
+    let common = [
+        "run",
+        "--powercap",
+        "/nonexistent",
+        "--nvml",
+        "/nonexistent/x.so",
+        "--report",
+        "none",
+        "--",
+    ];
+
+    // Flags after `--` are the command's, not ours.
+    let mut args = common.to_vec();
+    args.extend(["sh", "-c", "echo \"$@\"", "sh", "--interval", "-o", "x"]);
+    let out = run(&args, tmp.path());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "--interval -o x"
+    );
+    assert!(
+        !tmp.path().join("carbontrack-local.csv").exists(),
+        "report=none writes no CSV"
+    );
+
+    // A command that dies of a signal: the wrapper dies of the same one.
+    let mut args = common.to_vec();
+    args.extend(["sh", "-c", "kill -USR1 $$"]);
+    let out = run(&args, tmp.path());
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGUSR1));
+
+    // SIGTERM to the wrapper reaches the command, whose trap decides the status.
+    let mut args = common.to_vec();
+    args.extend([
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; touch ready; while :; do sleep 0.1; done",
+    ]);
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .current_dir(tmp.path())
+        .spawn()
+        .unwrap();
+    let ready = tmp.path().join("ready");
+    for _ in 0..100 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ready.exists(), "the wrapped command never started");
+    carbontrack::ffi::signals::kill(child.id(), libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+
+    // A command that does not exist: the shell's 127.
+    let mut args = common.to_vec();
+    args.push("/nonexistent/command");
+    assert_eq!(run(&args, tmp.path()).status.code(), Some(127));
+}
+
+#[test]
+fn epoch_marks_give_a_prediction() {
+    let tmp = TempDir::new("run-epochs").unwrap();
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let script = format!("for i in 1 2 3; do sleep 1; {BIN} epoch; done");
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "100ms",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--epochs",
+            "10",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Predicted after 1 epoch(s)"), "{stderr}");
+    assert!(
+        stderr.contains("Actual for 3 completed epoch(s)"),
+        "{stderr}"
+    );
+}
