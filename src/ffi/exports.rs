@@ -126,17 +126,17 @@ pub unsafe extern "C" fn slurm_spank_init(
 /// Exported as `slurm_spank_init_post_opt`.
 ///
 /// # Safety
-/// Called by Slurm with its handle.
+/// Called by Slurm with its handle and the plugstack arguments.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slurm_spank_init_post_opt(
     sp: sys::spank_t,
-    _argc: c_int,
-    _argv: *mut *mut c_char,
+    argc: c_int,
+    argv: *mut *mut c_char,
 ) -> c_int {
     guarded(Callback::InitPostOpt, 0, || {
-        // SAFETY: the handle of this callback, used only during it.
-        let spank = unsafe { Spank::from_raw(sp) };
-        plugin().init_post_opt(&spank);
+        // SAFETY: Slurm's argument vector and handle for this callback.
+        let (args, spank) = unsafe { (args(argc, argv), Spank::from_raw(sp)) };
+        plugin().init_post_opt(&spank, &args);
         0
     })
 }
@@ -144,17 +144,17 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
 /// Exported as `slurm_spank_job_prolog`.
 ///
 /// # Safety
-/// Called by Slurm with its handle.
+/// Called by Slurm with its handle and the plugstack arguments.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slurm_spank_job_prolog(
     sp: sys::spank_t,
-    _argc: c_int,
-    _argv: *mut *mut c_char,
+    argc: c_int,
+    argv: *mut *mut c_char,
 ) -> c_int {
     guarded(Callback::JobProlog, 0, || {
-        // SAFETY: the handle of this callback, used only during it.
-        let spank = unsafe { Spank::from_raw(sp) };
-        plugin().job_prolog(&spank);
+        // SAFETY: Slurm's argument vector and handle for this callback.
+        let (args, spank) = unsafe { (args(argc, argv), Spank::from_raw(sp)) };
+        plugin().job_prolog(&spank, &args);
         0
     })
 }
@@ -162,17 +162,17 @@ pub unsafe extern "C" fn slurm_spank_job_prolog(
 /// Exported as `slurm_spank_exit`.
 ///
 /// # Safety
-/// Called by Slurm with its handle.
+/// Called by Slurm with its handle and the plugstack arguments.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn slurm_spank_exit(
     sp: sys::spank_t,
-    _argc: c_int,
-    _argv: *mut *mut c_char,
+    argc: c_int,
+    argv: *mut *mut c_char,
 ) -> c_int {
     guarded(Callback::Exit, 0, || {
-        // SAFETY: the handle of this callback, used only during it.
-        let spank = unsafe { Spank::from_raw(sp) };
-        plugin().exit(&spank);
+        // SAFETY: Slurm's argument vector and handle for this callback.
+        let (args, spank) = unsafe { (args(argc, argv), Spank::from_raw(sp)) };
+        plugin().exit(&spank, &args);
         0
     })
 }

@@ -139,8 +139,10 @@ pub trait Host {
 /// The state of one loaded copy of the plugin.
 #[derive(Debug, Default)]
 pub struct Plugin {
-    /// `None` before `init`, or when the plugstack arguments were refused: the
-    /// plugin is then inert for this job.
+    /// Whether this process has read the plugstack arguments yet.
+    configured: bool,
+    /// `None` before that, or when the arguments were refused: the plugin is
+    /// then inert for this job.
     config: Option<Config>,
     /// What the option callback saw in this process (sbatch, srun, slurmstepd).
     choice: JobChoice,
@@ -149,6 +151,7 @@ pub struct Plugin {
 impl Plugin {
     pub const fn new() -> Plugin {
         Plugin {
+            configured: false,
             config: None,
             choice: JobChoice {
                 track: None,
@@ -185,6 +188,18 @@ impl Plugin {
                 );
             }
         }
+        self.configure(host, args);
+        self.injected_panic(Callback::Init);
+    }
+
+    /// Reads the plugstack arguments once per process. Every callback starts
+    /// here because not every process calls `slurm_spank_init`: the per-job
+    /// `slurmstepd spank prolog` calls only `slurm_spank_job_prolog`.
+    fn configure(&mut self, host: &dyn Host, args: &[String]) {
+        if self.configured {
+            return;
+        }
+        self.configured = true;
         self.config = match Config::from_args(args) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -192,11 +207,11 @@ impl Plugin {
                 None
             }
         };
-        self.injected_panic(Callback::Init);
     }
 
     /// `slurm_spank_init_post_opt`: the option callbacks have run.
-    pub fn init_post_opt(&mut self, host: &dyn Host) {
+    pub fn init_post_opt(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
         let Some(config) = &self.config else { return };
         if host.context() == Context::Remote {
             host.log(
@@ -216,7 +231,8 @@ impl Plugin {
     /// `slurm_spank_job_prolog` (root, every node of the job, before the
     /// extern step): the one place where the job's options are readable and
     /// the extern step can still be told about them.
-    pub fn job_prolog(&mut self, host: &dyn Host) {
+    pub fn job_prolog(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
         let Some(config) = &self.config else { return };
         let choice = read_choice(host);
         let tracked = config.mode.tracks(choice.track);
@@ -235,7 +251,8 @@ impl Plugin {
     }
 
     /// `slurm_spank_exit`: the last callback before Slurm unloads the plugin.
-    pub fn exit(&mut self, _host: &dyn Host) {
+    pub fn exit(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
         let panic_here = self.wants_panic(Callback::Exit);
         *self = Plugin::new();
         if panic_here {

@@ -84,19 +84,34 @@ fn init_registers_both_options_in_every_context() {
 
 #[test]
 fn bad_plugstack_argument_is_one_error_in_the_prolog_and_leaves_the_plugin_inert() {
-    let host = FakeHost::new(Context::JobScript);
+    // The per-job `slurmstepd spank prolog` calls only job_prolog (no init).
+    let mut host = FakeHost::new(Context::JobScript);
+    host.given.insert("carbon-track", Some("yes".into()));
+    let bad = args(&["mode=optin", "colour=blue"]);
     let mut p = Plugin::new();
-    p.init(&host, &args(&["mode=optin", "colour=blue"]));
-    // Options are still registered so the user's job is not refused.
-    assert_eq!(host.registered.borrow().len(), 2);
+    p.job_prolog(&host, &bad);
     assert!(p.config().is_none());
     let errors = host.lines(Level::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("colour=blue"), "{}", errors[0]);
     assert!(errors[0].contains("mode, interval"), "{}", errors[0]);
-    // Inert: the prolog says nothing and reads no options.
-    p.job_prolog(&host);
+    // Inert: nothing else is said, and the option is not read.
+    p.exit(&host, &bad);
     assert_eq!(host.log.borrow().len(), 1);
+    assert_eq!(p.choice(), JobChoice::default());
+}
+
+#[test]
+fn arguments_are_read_once_per_process() {
+    let host = FakeHost::new(Context::JobScript);
+    let bad = args(&["pue=0"]);
+    let mut p = Plugin::new();
+    p.init(&host, &bad);
+    p.init_post_opt(&host, &bad);
+    p.job_prolog(&host, &bad);
+    assert_eq!(host.lines(Level::Error).len(), 1);
+    // Options are still registered so the user's job is not refused.
+    assert_eq!(host.registered.borrow().len(), 2);
 }
 
 #[test]
@@ -145,8 +160,7 @@ fn prolog_reports_the_decision_from_mode_and_option() {
             host.given.insert("carbon-track", Some(v.to_string()));
         }
         let mut p = Plugin::new();
-        p.init(&host, &args(&[&format!("mode={mode}")]));
-        p.job_prolog(&host);
+        p.job_prolog(&host, &args(&[&format!("mode={mode}")]));
         assert_eq!(host.lines(Level::Info), [expect]);
         assert_eq!(p.choice().track, given.map(|v| v == "yes"));
     }
@@ -158,8 +172,7 @@ fn prolog_reads_epochs_and_a_bare_track_flag() {
     host.given.insert("carbon-track", None);
     host.given.insert("carbon-epochs", Some("30".into()));
     let mut p = Plugin::new();
-    p.init(&host, &[]);
-    p.job_prolog(&host);
+    p.job_prolog(&host, &[]);
     assert_eq!(
         p.choice(),
         JobChoice {
@@ -204,9 +217,9 @@ fn the_panic_knob_fires_only_in_the_named_callback() {
             p.init(&host, &args(&[&knob]));
             match cb {
                 Callback::Init => {}
-                Callback::InitPostOpt => p.init_post_opt(&host),
-                Callback::JobProlog => p.job_prolog(&host),
-                Callback::Exit => p.exit(&host),
+                Callback::InitPostOpt => p.init_post_opt(&host, &[]),
+                Callback::JobProlog => p.job_prolog(&host, &[]),
+                Callback::Exit => p.exit(&host, &[]),
                 Callback::Option => {
                     let _ = p.option_given(1, Some("yes"));
                 }
@@ -242,7 +255,7 @@ fn exit_forgets_the_job() {
     let mut p = Plugin::new();
     p.init(&host, &[]);
     p.option_given(1, Some("yes")).unwrap();
-    p.exit(&host);
+    p.exit(&host, &[]);
     assert!(p.config().is_none());
     assert_eq!(p.choice(), JobChoice::default());
 }
