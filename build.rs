@@ -11,10 +11,12 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-const PACKAGES: &str = "install the Slurm headers and libclang: \
-     Debian/Ubuntu `apt-get install libslurm-dev libclang-dev`, \
-     RHEL/Rocky `dnf install slurm-devel clang-devel`, \
-     or set SLURM_INCLUDE_DIR to the directory that holds slurm/spank.h";
+const HEADER_PACKAGES: &str = "install the Slurm headers (Debian/Ubuntu: \
+     `apt-get install libslurm-dev`; RHEL/Rocky: `dnf install slurm-devel`) or set \
+     SLURM_INCLUDE_DIR to the directory that holds slurm/spank.h";
+
+const CLANG_PACKAGES: &str = "install libclang (Debian/Ubuntu: `apt-get install \
+     libclang-dev`; RHEL/Rocky: `dnf install clang-devel`) or set LIBCLANG_PATH";
 
 const HEADERS: [&str; 3] = ["slurm/spank.h", "slurm/slurm_version.h", "slurm/slurm.h"];
 
@@ -30,7 +32,7 @@ fn main() {
     let Some(include) = candidates.iter().find(|d| has_headers(d)) else {
         let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
         fail(&format!(
-            "carbontrack: Slurm headers ({}) not found in {}: {PACKAGES}",
+            "carbontrack: Slurm headers ({}) not found in {}: {HEADER_PACKAGES}",
             HEADERS.join(", "),
             looked.join(", ")
         ));
@@ -63,11 +65,11 @@ fn main() {
     let bindings = match generated {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => fail(&format!(
-            "carbontrack: bindgen failed on the Slurm headers in {}: {e}; {PACKAGES}",
+            "carbontrack: bindgen failed on the Slurm headers in {}: {e}; {HEADER_PACKAGES}",
             include.display()
         )),
         Err(_) => fail(&format!(
-            "carbontrack: libclang could not be loaded: {PACKAGES}"
+            "carbontrack: libclang could not be loaded: {CLANG_PACKAGES}"
         )),
     };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -83,6 +85,8 @@ fn has_headers(dir: &Path) -> bool {
     HEADERS.iter().all(|h| dir.join(h).is_file())
 }
 
+/// Stops the build with one line: on stderr (always shown when a build script
+/// fails) and as a cargo warning (shown on top unless --quiet).
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
     println!("cargo:warning={msg}");
