@@ -294,3 +294,30 @@ pub fn log(level: Level, msg: &str) {
         None => eprintln!("{line}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test binary has no libslurm: every Slurm function is absent, and
+    /// the wrapper says so instead of failing to link or crashing.
+    #[test]
+    fn without_slurm_everything_degrades() {
+        let api = API.as_ref().expect("dlopen(NULL) always works");
+        assert!(api.spank_get_item.is_err());
+        assert!(api.slurm_error.is_err());
+        assert_eq!(Spank::context(), Context::Unknown);
+        // SAFETY: never dereferenced: every call finds its function absent first.
+        let spank = unsafe { Spank::from_raw(std::ptr::null_mut()) };
+        assert_eq!(
+            spank.job_id(),
+            Err(SpankError::Unavailable("spank_get_item"))
+        );
+        assert_eq!(
+            spank.getenv("HOME"),
+            Err(SpankError::Unavailable("spank_getenv"))
+        );
+        // Falls back to stderr.
+        log(Level::Error, "a line for stderr");
+    }
+}
