@@ -262,6 +262,76 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
     })
 }
 
+/// Joins the footprints of successive sampling segments of one job on one
+/// node (without an extern step, each step that samples leaves a segment):
+/// one row per device over the whole span, energies and CO2e added, then a
+/// fresh total. A device measured in one segment and not in another is
+/// `incomplete`, since part of the run is missing for it.
+pub fn merge_segments(earlier: &[Row], later: &[Row]) -> Vec<Row> {
+    let mut merged: Vec<Row> = Vec::new();
+    for r in earlier.iter().chain(later).filter(|r| !r.is_total()) {
+        let Some(m) = merged
+            .iter_mut()
+            .find(|m| m.node == r.node && m.component == r.component && m.device == r.device)
+        else {
+            merged.push(r.clone());
+            continue;
+        };
+        if cmp_time(&r.start, &m.start).is_lt() {
+            m.start.clone_from(&r.start);
+        }
+        if cmp_time(&r.end, &m.end).is_gt() {
+            m.end.clone_from(&r.end);
+        }
+        m.duration_s = match (
+            humantime::parse_rfc3339_weak(&m.start),
+            humantime::parse_rfc3339_weak(&m.end),
+        ) {
+            (Ok(a), Ok(b)) => b.duration_since(a).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            _ => m.duration_s + r.duration_s,
+        };
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        let gap = m.energy_j.is_some() != r.energy_j.is_some();
+        m.energy_j = add(m.energy_j, r.energy_j);
+        m.energy_kwh = add(m.energy_kwh, r.energy_kwh);
+        m.co2e_g = add(m.co2e_g, r.co2e_g);
+        m.share = match (m.share, r.share) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        // The intensity the added CO2e implies: energy-weighted over segments.
+        if let (Some(kwh), Some(g)) = (m.energy_kwh, m.co2e_g)
+            && kwh > 0.0
+        {
+            m.intensity_g_per_kwh = Some(g / kwh);
+        }
+        if m.intensity_source != r.intensity_source
+            && !m.intensity_source.contains(&r.intensity_source)
+        {
+            m.intensity_source = format!("{} | {}", m.intensity_source, r.intensity_source);
+        }
+        m.status = match (m.status.as_str(), r.status.as_str()) {
+            ("ok", "ok") => "ok".to_string(),
+            _ if gap => {
+                let why = [&m.status, &r.status]
+                    .into_iter()
+                    .find(|s| *s != "ok")
+                    .cloned()
+                    .unwrap_or_default();
+                format!("incomplete: measured in part of the run only ({why})")
+            }
+            (a, "ok") => a.to_string(),
+            (_, b) => b.to_string(),
+        };
+    }
+    let total = total_of(&merged);
+    merged.extend(total);
+    merged
+}
+
 fn cmp_time(a: &str, b: &str) -> std::cmp::Ordering {
     match (
         humantime::parse_rfc3339_weak(a),
@@ -378,6 +448,82 @@ fn trim_zeros(s: String) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn segments_merge_into_one_row_per_device() {
+        let row = |start: &str, end: &str, dev: &str, e: Option<f64>, status: &str| Row {
+            job_id: "9".into(),
+            node: "n1".into(),
+            component: "cpu".into(),
+            device: dev.into(),
+            start: start.into(),
+            end: end.into(),
+            duration_s: 0.0,
+            share: Some(0.5),
+            energy_j: e,
+            pue: 1.5,
+            energy_kwh: e.map(|e| e * 1.5 / 3.6e6),
+            intensity_g_per_kwh: Some(100.0),
+            co2e_g: e.map(|e| e * 1.5 / 3.6e6 * 100.0),
+            status: status.into(),
+            intensity_source: "fixed by site".into(),
+        };
+        let a = [row(
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            "package-0",
+            Some(600.0),
+            "ok",
+        )];
+        let b = [
+            row(
+                "2026-01-01T00:01:00Z",
+                "2026-01-01T00:03:00Z",
+                "package-0",
+                Some(1200.0),
+                "ok",
+            ),
+            row(
+                "2026-01-01T00:01:00Z",
+                "2026-01-01T00:03:00Z",
+                "package-1",
+                None,
+                "unavailable: gone",
+            ),
+        ];
+        let m = merge_segments(&a, &b);
+        assert_eq!(m.len(), 3, "{m:#?}");
+        assert_eq!(m[0].energy_j, Some(1800.0));
+        assert_eq!(
+            (m[0].start.as_str(), m[0].end.as_str()),
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:03:00Z")
+        );
+        assert_eq!(m[0].duration_s, 180.0);
+        assert!((m[0].co2e_g.unwrap() - 1800.0 * 1.5 / 3.6e6 * 100.0).abs() < 1e-9);
+        assert_eq!(m[0].status, "ok");
+        assert_eq!(m[1].energy_j, None);
+        assert!(m[2].is_total());
+        assert_eq!(m[2].energy_j, Some(1800.0));
+        assert!(m[2].status.starts_with("incomplete"), "{}", m[2].status);
+
+        // A device measured in one segment only is incomplete, not silently whole.
+        let c = [row(
+            "2026-01-01T00:03:00Z",
+            "2026-01-01T00:04:00Z",
+            "package-1",
+            Some(60.0),
+            "ok",
+        )];
+        let m2 = merge_segments(&m, &c);
+        let p1 = m2.iter().find(|r| r.device == "package-1").unwrap();
+        assert_eq!(p1.energy_j, Some(60.0));
+        assert!(
+            p1.status
+                .starts_with("incomplete: measured in part of the run only"),
+            "{}",
+            p1.status
+        );
+    }
+
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

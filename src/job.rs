@@ -17,6 +17,8 @@ pub struct JobInfo {
     pub user: String,
     pub account: String,
     pub partition: String,
+    /// Slurm's name for this node (`SLURMD_NODENAME`), as sacct shows it.
+    pub node: String,
     pub work_dir: Option<PathBuf>,
     /// `SLURM_JOB_GPUS` as the prolog saw it (Slurm's global indices).
     pub slurm_gpus: Option<String>,
@@ -64,6 +66,7 @@ impl JobInfo {
         put("user", &self.user);
         put("account", &self.account);
         put("partition", &self.partition);
+        put("node", &self.node);
         if let Some(d) = &self.work_dir {
             put("work_dir", &d.to_string_lossy());
         }
@@ -115,6 +118,7 @@ impl JobInfo {
             user: text("user").unwrap_or_default(),
             account: text("account").unwrap_or_default(),
             partition: text("partition").unwrap_or_default(),
+            node: text("node").unwrap_or_default(),
             work_dir: text("work_dir").map(PathBuf::from),
             slurm_gpus: text("slurm_gpus"),
             cuda_visible: text("cuda_visible"),
@@ -140,6 +144,7 @@ mod tests {
             user: "alice".into(),
             account: "ml".into(),
             partition: "gpu".into(),
+            node: "n1".into(),
             work_dir: Some(PathBuf::from("/home/alice/run\nuid=0")),
             slurm_gpus: Some("0,1".into()),
             cuda_visible: Some("0,1".into()),

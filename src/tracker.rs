@@ -53,6 +53,9 @@ pub struct Plan {
     /// with; `None`: the caller's own.
     pub user: Option<FsIdentity>,
     pub output: Output,
+    /// Whether [`Tracker::finish`] writes the final files of `output` (the
+    /// plugin writes them itself after joining segments).
+    pub final_files: bool,
     /// Total epochs declared (`--carbon-epochs`), for prediction.
     pub epochs: Option<u32>,
     /// The file the job appends epoch marks to.
@@ -76,6 +79,7 @@ impl Plan {
             gpus: GpuHints::default(),
             user: None,
             output: Output::None,
+            final_files: true,
             epochs: None,
             epoch_file: None,
             time_limit: None,
@@ -279,6 +283,7 @@ impl Tracker {
             Err(e) => problems.push(e),
         };
         match &plan.output {
+            _ if !plan.final_files => {}
             Output::None => {}
             Output::WorkDir(dir) => {
                 deliver(dir, plan.csv_name(), &csv);

@@ -159,6 +159,25 @@ pub unsafe extern "C" fn slurm_spank_job_prolog(
     })
 }
 
+/// Exported as `slurm_spank_task_post_fork`: in slurmstepd's own process,
+/// once per task, after the task (and so the job's cgroup) exists.
+///
+/// # Safety
+/// Called by Slurm with its handle and the plugstack arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn slurm_spank_task_post_fork(
+    sp: sys::spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    guarded(Callback::TaskPostFork, 0, || {
+        // SAFETY: Slurm's argument vector and handle for this callback.
+        let (args, spank) = unsafe { (args(argc, argv), Spank::from_raw(sp)) };
+        plugin().task_post_fork(&spank, &args);
+        0
+    })
+}
+
 /// Exported as `slurm_spank_exit`.
 ///
 /// # Safety

@@ -61,6 +61,33 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The user's groups as the system defines them (`getgrouplist`): the primary
+/// group `gid` and every supplementary one, so a file is written with the
+/// same rights the user's own processes have.
+pub fn user_groups(user: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let name =
+        std::ffi::CString::new(user).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut n: libc::c_int = 32;
+    loop {
+        let mut groups: Vec<libc::gid_t> = vec![0; n as usize];
+        let asked = n;
+        // SAFETY: `name` is NUL-terminated; `groups` holds `n` gid_t and the
+        // call writes at most `n` of them, updating `n` to the real count.
+        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return Ok(groups);
+        }
+        if n <= asked {
+            // -1 without a larger count: the lookup itself failed.
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no group list for user {user}"),
+            ));
+        }
+    }
+}
+
 fn current_fsuid() -> u32 {
     // SAFETY: setfsuid(-1) is an invalid id, so it changes nothing and returns
     // the current fsuid; the call has no memory arguments.
@@ -184,6 +211,17 @@ mod tests {
         // Back to root on this thread.
         fs::write(root_dir.join("after"), "root again").unwrap();
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn group_list_of_a_known_user() {
+        let groups = user_groups("root", 0).unwrap();
+        assert!(groups.contains(&0), "{groups:?}");
+        // An unknown user still has the primary group it was given.
+        assert_eq!(
+            user_groups("no-such-user-carbontrack", 12345).unwrap(),
+            [12345]
+        );
     }
 
     #[test]

@@ -117,6 +117,30 @@ impl<'a> Spank<'a> {
         self.item_u32(sys::S_JOB_GID)
     }
 
+    pub fn node_count(&self) -> Result<u32, SpankError> {
+        self.item_u32(sys::S_JOB_NNODES)
+    }
+
+    pub fn node_id(&self) -> Result<u32, SpankError> {
+        self.item_u32(sys::S_JOB_NODEID)
+    }
+
+    /// CPUs of the job on this node (`S_JOB_NCPUS`, a `uint16_t`).
+    pub fn ncpus(&self) -> Result<u32, SpankError> {
+        let f = api()
+            .and_then(|a| a.spank_get_item.as_ref().ok())
+            .ok_or(SpankError::Unavailable("spank_get_item"))?;
+        let mut v: u16 = 0;
+        // SAFETY: S_JOB_NCPUS takes a single uint16_t* (spank.h); `v` outlives
+        // the call.
+        let rc = unsafe { f(self.raw, sys::S_JOB_NCPUS, &mut v as *mut u16) };
+        if rc == sys::ESPANK_SUCCESS {
+            Ok(u32::from(v))
+        } else {
+            Err(error("spank_get_item", rc))
+        }
+    }
+
     /// A variable of the job's environment (remote context only); `None`
     /// when it is not set.
     pub fn getenv(&self, name: &str) -> Result<Option<String>, SpankError> {
@@ -267,6 +291,32 @@ impl Host for Spank<'_> {
     }
     fn log(&self, level: Level, msg: &str) {
         log(level, msg);
+    }
+    fn uid(&self) -> Option<u32> {
+        Spank::uid(self).ok()
+    }
+    fn gid(&self) -> Option<u32> {
+        Spank::gid(self).ok()
+    }
+    fn node_count(&self) -> Option<u32> {
+        Spank::node_count(self).ok()
+    }
+    fn node_id(&self) -> Option<u32> {
+        Spank::node_id(self).ok()
+    }
+    fn ncpus(&self) -> Option<u32> {
+        Spank::ncpus(self).ok()
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        match Spank::context() {
+            // In a step, the job's environment is Slurm's copy, not ours.
+            Context::Remote => self.getenv(name).ok().flatten(),
+            // The prolog's environment is the process's own (slurm-facts.md).
+            _ => std::env::var(name).ok(),
+        }
+    }
+    fn set_job_env(&self, name: &str, value: &str) -> Result<(), String> {
+        self.setenv(name, value, true).map_err(|e| e.to_string())
     }
 }
 

@@ -7,6 +7,7 @@
 //! process needs.
 
 pub mod options;
+mod tracking;
 
 use std::fmt;
 
@@ -87,6 +88,7 @@ pub enum Callback {
     Init,
     InitPostOpt,
     JobProlog,
+    TaskPostFork,
     Exit,
     /// The callback Slurm calls with each option value.
     Option,
@@ -98,6 +100,7 @@ impl Callback {
             Callback::Init => "init",
             Callback::InitPostOpt => "init_post_opt",
             Callback::JobProlog => "job_prolog",
+            Callback::TaskPostFork => "task_post_fork",
             Callback::Exit => "exit",
             Callback::Option => "option",
         }
@@ -109,6 +112,7 @@ impl Callback {
             Callback::Init => "slurm_spank_init",
             Callback::InitPostOpt => "slurm_spank_init_post_opt",
             Callback::JobProlog => "slurm_spank_job_prolog",
+            Callback::TaskPostFork => "slurm_spank_task_post_fork",
             Callback::Exit => "slurm_spank_exit",
             Callback::Option => "the option callback",
         }
@@ -134,6 +138,19 @@ pub trait Host {
     /// `Ok(None)`: not given; `Ok(Some(None))`: given without a value.
     fn option_value(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, String>;
     fn log(&self, level: Level, msg: &str);
+    /// The job's user and primary group (`S_JOB_UID`, `S_JOB_GID`).
+    fn uid(&self) -> Option<u32>;
+    fn gid(&self) -> Option<u32>;
+    /// Nodes of the job and this node's rank among them.
+    fn node_count(&self) -> Option<u32>;
+    fn node_id(&self) -> Option<u32>;
+    /// The job's CPUs on this node.
+    fn ncpus(&self) -> Option<u32>;
+    /// An environment variable: the job's in a step, the process's in the
+    /// prolog (where Slurm puts the job's details).
+    fn env(&self, name: &str) -> Option<String>;
+    /// Sets a variable in the environment of the step's tasks.
+    fn set_job_env(&self, name: &str, value: &str) -> Result<(), String>;
 }
 
 /// The state of one loaded copy of the plugin.
@@ -146,6 +163,10 @@ pub struct Plugin {
     config: Option<Config>,
     /// What the option callback saw in this process (sbatch, srun, slurmstepd).
     choice: JobChoice,
+    /// Whether this step has decided whether it samples.
+    sampling_decided: bool,
+    /// The job this step samples on this node, if it does.
+    tracking: Option<tracking::Tracking>,
 }
 
 impl Plugin {
@@ -157,6 +178,8 @@ impl Plugin {
                 track: None,
                 epochs: None,
             },
+            sampling_decided: false,
+            tracking: None,
         }
     }
 
@@ -214,6 +237,9 @@ impl Plugin {
         self.configure(host, args);
         let Some(config) = &self.config else { return };
         if host.context() == Context::Remote {
+            if !matches!(host.step(), Some(Step::Extern) | None) {
+                tracking::export_epoch_file(host, config);
+            }
             host.log(
                 Level::Verbose,
                 &format!(
@@ -246,13 +272,40 @@ impl Plugin {
                 mode_name(config)
             ),
         );
+        if tracked && let Err(e) = tracking::write_handoff(host, config, choice) {
+            host.log(
+                Level::Error,
+                &format!(
+                    "job {}: cannot hand the job over to its steps: {e}; not measured on this node",
+                    fmt_opt(host.job_id())
+                ),
+            );
+        }
         self.choice = choice;
         self.injected_panic(Callback::JobProlog);
+    }
+
+    /// `slurm_spank_task_post_fork` (slurmstepd, root, once per task): the
+    /// job's cgroup exists now, so the first task of a step decides whether
+    /// this step samples the job on this node.
+    pub fn task_post_fork(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
+        self.injected_panic(Callback::TaskPostFork);
+        if self.sampling_decided || host.context() != Context::Remote {
+            return;
+        }
+        self.sampling_decided = true;
+        let Some(config) = &self.config else { return };
+        self.tracking = tracking::start(host, config);
     }
 
     /// `slurm_spank_exit`: the last callback before Slurm unloads the plugin.
     pub fn exit(&mut self, host: &dyn Host, args: &[String]) {
         self.configure(host, args);
+        // Stop and join the sampler here: Slurm unloads the plugin right after.
+        if let Some(t) = self.tracking.take() {
+            t.finish(host);
+        }
         let panic_here = self.wants_panic(Callback::Exit);
         *self = Plugin::new();
         if panic_here {

@@ -12,6 +12,9 @@ struct FakeHost {
     given: HashMap<&'static str, Option<String>>,
     registered: RefCell<Vec<&'static str>>,
     log: RefCell<Vec<(Level, String)>>,
+    step: Step,
+    env: HashMap<String, String>,
+    job_env: RefCell<HashMap<String, String>>,
 }
 
 impl FakeHost {
@@ -22,6 +25,9 @@ impl FakeHost {
             given: HashMap::new(),
             registered: RefCell::new(Vec::new()),
             log: RefCell::new(Vec::new()),
+            step: Step::Extern,
+            env: HashMap::new(),
+            job_env: RefCell::new(HashMap::new()),
         }
     }
 
@@ -43,7 +49,7 @@ impl Host for FakeHost {
         self.job_id
     }
     fn step(&self) -> Option<Step> {
-        Some(Step::Extern)
+        Some(self.step)
     }
     fn register_option(&self, spec: &OptionSpec) -> Result<(), String> {
         self.registered.borrow_mut().push(spec.name);
@@ -54,6 +60,30 @@ impl Host for FakeHost {
     }
     fn log(&self, level: Level, msg: &str) {
         self.log.borrow_mut().push((level, msg.to_string()));
+    }
+    fn uid(&self) -> Option<u32> {
+        Some(65534)
+    }
+    fn gid(&self) -> Option<u32> {
+        Some(65534)
+    }
+    fn node_count(&self) -> Option<u32> {
+        Some(1)
+    }
+    fn node_id(&self) -> Option<u32> {
+        Some(0)
+    }
+    fn ncpus(&self) -> Option<u32> {
+        Some(1)
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+    fn set_job_env(&self, name: &str, value: &str) -> Result<(), String> {
+        self.job_env
+            .borrow_mut()
+            .insert(name.to_string(), value.to_string());
+        Ok(())
     }
 }
 
@@ -219,6 +249,7 @@ fn the_panic_knob_fires_only_in_the_named_callback() {
                 Callback::Init => {}
                 Callback::InitPostOpt => p.init_post_opt(&host, &[]),
                 Callback::JobProlog => p.job_prolog(&host, &[]),
+                Callback::TaskPostFork => p.task_post_fork(&host, &[]),
                 Callback::Exit => p.exit(&host, &[]),
                 Callback::Option => {
                     let _ = p.option_given(1, Some("yes"));
@@ -231,6 +262,7 @@ fn the_panic_knob_fires_only_in_the_named_callback() {
         Callback::Init,
         Callback::InitPostOpt,
         Callback::JobProlog,
+        Callback::TaskPostFork,
         Callback::Exit,
         Callback::Option,
     ];

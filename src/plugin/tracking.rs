@@ -1,0 +1,344 @@
+//! Tracking a job on one node: the prolog's hand-off, one sampler per job per
+//! node, and the footprint at the end.
+//!
+//! With `PrologFlags=Contain` the extern step samples, for the whole
+//! allocation. Without it, the batch step and srun steps sample instead: the
+//! first to take the job's lock in the spool samples, the others leave it be,
+//! and each segment a step leaves is merged into the node's footprint, so
+//! nothing is counted twice. The lock is the kernel's (`flock`), released
+//! however its holder ends.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::carbon::intensity::Resolved;
+use crate::carbon::summary::{SummaryInput, render_final};
+use crate::config::{Config, ReportTarget};
+use crate::deliver::write_user_file;
+use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
+use crate::ffi::identity::{FsIdentity, user_groups};
+use crate::footprint::{Row, merge_segments, read_csv, write_csv};
+use crate::job::JobInfo;
+use crate::measure::cpuset;
+use crate::measure::gpus::GpuHints;
+use crate::plugin::options::JobChoice;
+use crate::plugin::{Host, Level, Step};
+use crate::run::hostname;
+use crate::spool::Spool;
+use crate::tracker::{Output, Plan, Tracker};
+use crate::units::GramsPerKwh;
+
+/// `slurm_spank_job_prolog` for a tracked job: what the sampling step will
+/// need, left root-owned in the spool. Returns the record's path.
+pub(super) fn write_handoff(
+    host: &dyn Host,
+    cfg: &Config,
+    choice: JobChoice,
+) -> Result<PathBuf, String> {
+    let env = |name: &str| host.env(name).filter(|v| !v.is_empty());
+    let job_id = host.job_id().ok_or("no job id")?;
+    let number = |name: &str| env(name).and_then(|v| v.parse::<u32>().ok());
+    let uid = host
+        .uid()
+        .or_else(|| number("SLURM_JOB_UID"))
+        .ok_or("no job uid")?;
+    let gid = host
+        .gid()
+        .or_else(|| number("SLURM_JOB_GID"))
+        .ok_or("no job gid")?;
+    let user = env("SLURM_JOB_USER").unwrap_or_default();
+    // Without the list, files are still written as the user, with fewer groups.
+    let groups = user_groups(&user, gid).unwrap_or_else(|_| vec![gid]);
+    let info = JobInfo {
+        job_id,
+        uid,
+        gid,
+        groups,
+        user,
+        account: env("SLURM_JOB_ACCOUNT").unwrap_or_default(),
+        partition: env("SLURM_JOB_PARTITION").unwrap_or_default(),
+        node: env("SLURMD_NODENAME").unwrap_or_else(hostname),
+        work_dir: env("SLURM_JOB_WORK_DIR").map(PathBuf::from),
+        slurm_gpus: env("SLURM_JOB_GPUS"),
+        cuda_visible: env("CUDA_VISIBLE_DEVICES"),
+        epochs: choice.epochs,
+    };
+    let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
+    spool.write_handoff(&info).map_err(|e| e.to_string())
+}
+
+/// In every step but the extern one, before its tasks start: tell the job
+/// where to mark epochs, if the job is tracked.
+pub(super) fn export_epoch_file(host: &dyn Host, cfg: &Config) {
+    let Some(job_id) = host.job_id() else { return };
+    let Ok(spool) = Spool::open(&cfg.spool) else {
+        return;
+    };
+    if let Ok(Some(job)) = spool.read_handoff(job_id)
+        && let Some(dir) = &job.work_dir
+    {
+        let path = epoch_file(dir, &job_id.to_string());
+        if let Err(e) = host.set_job_env(EPOCH_FILE_ENV, &path.to_string_lossy()) {
+            host.log(
+                Level::Error,
+                &format!("job {job_id}: cannot set {EPOCH_FILE_ENV}: {e}"),
+            );
+        }
+    }
+}
+
+/// A job being sampled by this step on this node.
+pub(super) struct Tracking {
+    tracker: Tracker,
+    job: JobInfo,
+    spool: Spool,
+    config: Config,
+    /// Whether this node writes the user's files (a job on one node); on
+    /// several nodes the epilog joins the nodes' parts first.
+    writes_user_files: bool,
+    /// Held for as long as this step samples.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracking")
+            .field("job", &self.job.job_id)
+            .field("node", &self.job.node)
+            .finish()
+    }
+}
+
+/// Starts sampling if the job is tracked and no other step of it samples on
+/// this node. Logs what it decided, once.
+pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
+    let step = host.step()?;
+    if step == Step::Pending {
+        return None;
+    }
+    let job_id = host.job_id()?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        host.log(
+            Level::Error,
+            &format!("job {job_id}: {what}: {e}; not measured on this node"),
+        );
+    };
+    let spool = match Spool::open(&cfg.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            fail("spool", &e);
+            return None;
+        }
+    };
+    let job = match spool.read_handoff(job_id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return None, // not tracked
+        Err(e) => {
+            fail("hand-off", &e);
+            return None;
+        }
+    };
+    let lock = match spool.try_lock_sampler(job_id) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            host.log(
+                Level::Debug,
+                &format!("job {job_id} step {step}: another step samples this job here"),
+            );
+            return None;
+        }
+        Err(e) => {
+            fail("sampler lock", &e);
+            return None;
+        }
+    };
+
+    let cpus = cpuset::job_cpuset(&cfg.cgroup, job_id, Some(job.uid));
+    let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
+    let shares = cpuset::attribute(
+        cpus.as_ref().map(|c| &c.cpus).map_err(|e| e.to_string()),
+        topo.as_ref(),
+        host.ncpus(),
+    );
+    let single_node = host.node_count().is_none_or(|n| n <= 1);
+    let id = FsIdentity {
+        uid: job.uid,
+        gid: job.gid,
+        groups: job.groups.clone(),
+    };
+    let mut plan = Plan::new(job_id.to_string(), job.node.clone(), cfg.clone());
+    plan.shares = shares;
+    plan.gpus = gpu_hints(&job);
+    plan.user = Some(id);
+    plan.epochs = job.epochs;
+    plan.epoch_file = job
+        .work_dir
+        .as_deref()
+        .map(|d| epoch_file(d, &job_id.to_string()));
+    let writes_user_files =
+        single_node && cfg.report == ReportTarget::Workdir && job.work_dir.is_some();
+    plan.output = match (&job.work_dir, writes_user_files) {
+        (Some(d), true) => Output::WorkDir(d.clone()),
+        _ => Output::None,
+    };
+    // The node's footprint may have earlier segments: the plugin joins them
+    // and writes the final files itself.
+    plan.final_files = false;
+    plan.join_timeout = Duration::from_secs(10);
+
+    let (tracker, notes) = match Tracker::start(plan) {
+        Ok(t) => t,
+        Err(e) => {
+            fail("cannot start the sampler", &e);
+            return None;
+        }
+    };
+    host.log(
+        Level::Info,
+        &format!(
+            "job {job_id}: sampling on {} in step {step} every {}",
+            job.node,
+            humantime::format_duration(cfg.interval)
+        ),
+    );
+    for n in notes {
+        host.log(Level::Info, &format!("job {job_id}: {n}"));
+    }
+    Some(Tracking {
+        tracker,
+        job,
+        spool,
+        config: cfg.clone(),
+        writes_user_files,
+        _lock: lock,
+    })
+}
+
+/// The job's GPUs as the prolog saw them. A job Slurm gave no GPU gets none,
+/// rather than every GPU of the node.
+fn gpu_hints(job: &JobInfo) -> GpuHints {
+    let none = job.slurm_gpus.is_none() && job.cuda_visible.is_none();
+    GpuHints {
+        slurm_gpus: job.slurm_gpus.clone(),
+        cuda_visible: if none {
+            Some(String::new())
+        } else {
+            job.cuda_visible.clone()
+        },
+        job_pids: None,
+    }
+}
+
+impl Tracking {
+    /// Stops sampling, joins this segment with earlier ones, and leaves the
+    /// node's footprint in the spool and, for a one-node job, the user's files.
+    pub(super) fn finish(self, host: &dyn Host) {
+        let job_id = self.job.job_id;
+        let done = self.tracker.finish();
+        for p in &done.problems {
+            host.log(Level::Error, &format!("job {job_id}: {p}"));
+        }
+        let path = self.spool.node_footprint_path(job_id, &self.job.node);
+        let earlier = std::fs::File::open(&path)
+            .ok()
+            .and_then(|f| read_csv(f).ok());
+        let (rows, summary) = match earlier {
+            Some(prev) if !prev.is_empty() => {
+                let rows = merge_segments(&prev, &done.rows);
+                let summary = summary_of(&self.job, &self.config, &rows);
+                (rows, summary)
+            }
+            _ => (done.rows, done.summary),
+        };
+        let mut csv = Vec::new();
+        if let Err(e) = write_csv(&mut csv, &rows) {
+            host.log(
+                Level::Error,
+                &format!("job {job_id}: cannot format the footprint: {e}"),
+            );
+            return;
+        }
+        let kept = match self
+            .spool
+            .write_node_footprint(job_id, &self.job.node, &csv)
+        {
+            Ok(p) => p,
+            Err(e) => {
+                host.log(
+                    Level::Error,
+                    &format!("job {job_id}: cannot keep the footprint in the spool: {e}"),
+                );
+                return;
+            }
+        };
+        host.log(Level::Info, &format!("job {job_id}: {}", one_line(&rows)));
+        if !self.writes_user_files {
+            return;
+        }
+        let (Some(dir), id) = (
+            &self.job.work_dir,
+            FsIdentity {
+                uid: self.job.uid,
+                gid: self.job.gid,
+                groups: self.job.groups.clone(),
+            },
+        ) else {
+            return;
+        };
+        for (name, bytes) in [
+            (format!("carbontrack-{job_id}.csv"), csv.as_slice()),
+            (format!("carbontrack-{job_id}.txt"), summary.as_bytes()),
+        ] {
+            if let Err(e) = write_user_file(Some(&id), dir, &name, bytes) {
+                host.log(
+                    Level::Error,
+                    &format!(
+                        "job {job_id}: {e}; the footprint is kept in {}",
+                        kept.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A summary from rows alone, for a footprint joined from several segments.
+fn summary_of(job: &JobInfo, cfg: &Config, rows: &[Row]) -> String {
+    let total = rows.iter().find(|r| r.is_total());
+    let intensity = Resolved {
+        g_per_kwh: GramsPerKwh(total.and_then(|t| t.intensity_g_per_kwh).unwrap_or(0.0)),
+        source: total
+            .map(|t| t.intensity_source.clone())
+            .unwrap_or_default(),
+        note: None,
+    };
+    render_final(&SummaryInput {
+        job_id: &job.job_id.to_string(),
+        rows,
+        elapsed: Duration::from_secs_f64(total.map_or(0.0, |t| t.duration_s)),
+        time_limit: None,
+        pue: cfg.pue,
+        intensity: &intensity,
+        epochs: None,
+    })
+}
+
+/// The node's result in one log line.
+fn one_line(rows: &[Row]) -> String {
+    match rows.iter().find(|r| r.is_total()) {
+        Some(t) => match (t.energy_kwh, t.co2e_g) {
+            (Some(kwh), Some(g)) => {
+                format!(
+                    "{} kWh, {g:.3} g CO2e over {:.0} s on {} ({})",
+                    crate::footprint::fmt_kwh(kwh),
+                    t.duration_s,
+                    t.node,
+                    t.status
+                )
+            }
+            _ => format!("nothing measured on {} ({})", t.node, t.status),
+        },
+        None => "no footprint rows".to_string(),
+    }
+}
