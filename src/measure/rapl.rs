@@ -164,6 +164,24 @@ pub fn open(
             }
         }
     }
+    if packages.iter().all(|pkg| shares.share(pkg.package) <= 0.0) {
+        // Every package at share 0 would silently report nothing at all.
+        let why = format!(
+            "the job's CPU share is 0 on every package{}",
+            shares.note().map(|n| format!(" ({n})")).unwrap_or_default()
+        );
+        for (on, c) in [
+            (components.cpu, Component::Cpu),
+            (components.dram, Component::Dram),
+        ] {
+            if on {
+                meter
+                    .unavailable
+                    .push(DeviceEnergy::unavailable(c, "rapl", why.clone()));
+            }
+        }
+        return RaplOpen { meter, warnings };
+    }
     for pkg in packages {
         let share = shares.share(pkg.package);
         if share <= 0.0 {

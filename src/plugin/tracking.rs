@@ -159,8 +159,10 @@ pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
     let shares = cpuset::attribute(
         cpus.as_ref().map(|c| &c.cpus).map_err(|e| e.to_string()),
         topo.as_ref(),
-        host.ncpus(),
+        // 0 is what Slurm says where it does not know (the extern step).
+        host.ncpus().filter(|&n| n > 0),
     );
+    let attribution = shares.note().map(str::to_string);
     let single_node = host.node_count().is_none_or(|n| n <= 1);
     let id = FsIdentity {
         uid: job.uid,
@@ -197,9 +199,10 @@ pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
     host.log(
         Level::Info,
         &format!(
-            "job {job_id}: sampling on {} in step {step} every {}",
+            "job {job_id}: sampling on {} in step {step} every {}{}",
             job.node,
-            humantime::format_duration(cfg.interval)
+            humantime::format_duration(cfg.interval),
+            attribution.map(|n| format!("; CPU {n}")).unwrap_or_default()
         ),
     );
     for n in notes {
