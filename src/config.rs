@@ -116,6 +116,9 @@ pub struct Config {
     /// Completed epochs needed before a prediction is shown (carbontracker's
     /// `epochs_before_pred`).
     pub epochs_before_pred: u32,
+    /// How often a running job's summary file (`carbontrack-<jobid>.txt`) is
+    /// rewritten: each rewrite is a few file operations as the user.
+    pub refresh: Duration,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -142,6 +145,7 @@ impl Default for Config {
             accounting_field: "AdminComment".to_string(),
             ledger: Some(PathBuf::from("/var/lib/carbontrack/ledger.csv")),
             epochs_before_pred: 1,
+            refresh: Duration::from_secs(60),
             test_panic: None,
         }
     }
@@ -195,6 +199,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("accounting_field", "AdminComment|Comment|SystemComment"),
     ("ledger", "an absolute file path, or none"),
     ("epochs_before_pred", "a whole number from 1 to 1000"),
+    ("refresh", "a duration from 1s to 1h, e.g. 60s"),
 ];
 
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -316,6 +321,13 @@ impl Config {
                     p if p.starts_with('/') => Some(PathBuf::from(p)),
                     _ => return Err(format!("`{v}` is not an absolute path")),
                 }
+            }
+            "refresh" => {
+                let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                    return Err(format!("`{v}` is out of range"));
+                }
+                self.refresh = d;
             }
             "epochs_before_pred" => {
                 let n: u32 = v
@@ -465,6 +477,7 @@ mod tests {
             "accounting_field=Comment",
             "ledger=none",
             "epochs_before_pred=2",
+            "refresh=5s",
         ])
         .unwrap();
         assert_eq!(c.mode, Mode::Always);
@@ -484,6 +497,7 @@ mod tests {
         assert_eq!(c.accounting_field, "Comment");
         assert_eq!(c.ledger, None);
         assert_eq!(c.epochs_before_pred, 2);
+        assert_eq!(c.refresh, Duration::from_secs(5));
     }
 
     #[test]

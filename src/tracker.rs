@@ -71,6 +71,7 @@ pub struct Plan {
 impl Plan {
     /// A plan with the defaults for everything but identity and output.
     pub fn new(job_id: impl Into<String>, node: impl Into<String>, config: Config) -> Plan {
+        let config_refresh = config.refresh;
         Plan {
             job_id: job_id.into(),
             node: node.into(),
@@ -83,7 +84,7 @@ impl Plan {
             epochs: None,
             epoch_file: None,
             time_limit: None,
-            refresh: Duration::from_secs(60),
+            refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
         }
     }

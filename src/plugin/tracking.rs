@@ -202,7 +202,9 @@ pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
             "job {job_id}: sampling on {} in step {step} every {}{}",
             job.node,
             humantime::format_duration(cfg.interval),
-            attribution.map(|n| format!("; CPU {n}")).unwrap_or_default()
+            attribution
+                .map(|n| format!("; CPU {n}"))
+                .unwrap_or_default()
         ),
     );
     for n in notes {
