@@ -133,16 +133,7 @@ pub fn open(
              module is not loaded (`modprobe intel_rapl_msr`; AMD Zen needs a recent kernel)",
             powercap_root.display()
         );
-        for (on, c) in [
-            (components.cpu, Component::Cpu),
-            (components.dram, Component::Dram),
-        ] {
-            if on {
-                meter
-                    .unavailable
-                    .push(DeviceEnergy::unavailable(c, "rapl", why.clone()));
-            }
-        }
+        meter.mark_unavailable(components, "rapl", &why, 0.0);
         return RaplOpen { meter, warnings };
     }
     // A package with job CPUs but no zone would silently count as nothing.
@@ -152,16 +143,7 @@ pub fn open(
                 "no RAPL zone named package-{p} under {} although the job has CPUs there",
                 powercap_root.display()
             );
-            for (on, c) in [
-                (components.cpu, Component::Cpu),
-                (components.dram, Component::Dram),
-            ] {
-                if on {
-                    let mut row = DeviceEnergy::unavailable(c, format!("package-{p}"), why.clone());
-                    row.share = share;
-                    meter.unavailable.push(row);
-                }
-            }
+            meter.mark_unavailable(components, &format!("package-{p}"), &why, share);
         }
     }
     if packages.iter().all(|pkg| shares.share(pkg.package) <= 0.0) {
@@ -170,16 +152,7 @@ pub fn open(
             "the job's CPU share is 0 on every package{}",
             shares.note().map(|n| format!(" ({n})")).unwrap_or_default()
         );
-        for (on, c) in [
-            (components.cpu, Component::Cpu),
-            (components.dram, Component::Dram),
-        ] {
-            if on {
-                meter
-                    .unavailable
-                    .push(DeviceEnergy::unavailable(c, "rapl", why.clone()));
-            }
-        }
+        meter.mark_unavailable(components, "rapl", &why, 0.0);
         return RaplOpen { meter, warnings };
     }
     for pkg in packages {
@@ -320,6 +293,20 @@ pub fn unreadable_reason(path: &Path, err: &io::Error) -> String {
 }
 
 impl RaplMeter {
+    /// One `unavailable` row for each requested component of `device`.
+    fn mark_unavailable(&mut self, components: Components, device: &str, why: &str, share: f64) {
+        for (on, c) in [
+            (components.cpu, Component::Cpu),
+            (components.dram, Component::Dram),
+        ] {
+            if on {
+                let mut row = DeviceEnergy::unavailable(c, device, why);
+                row.share = share;
+                self.unavailable.push(row);
+            }
+        }
+    }
+
     fn add(
         &mut self,
         component: Component,
