@@ -1,1 +1,12 @@
-//! (being written)
+//! The admin side: the Epilog that puts each job's total into Slurm
+//! accounting and the cluster ledger, the retry queue for what could not be
+//! delivered, and the reports over both.
+//!
+//! Pure parts (the accounting segment, totals, report aggregation) are kept
+//! apart from the parts that run Slurm's commands or touch files.
+
+pub mod accounting;
+pub mod cmd;
+pub mod ledger;
+pub mod plugstack;
+pub mod total;
