@@ -6,7 +6,11 @@
 //! apart from the parts that run Slurm's commands or touch files.
 
 pub mod accounting;
+pub mod aggregate;
+pub mod cli;
 pub mod cmd;
+pub mod epilog;
 pub mod ledger;
 pub mod plugstack;
+pub mod status;
 pub mod total;
