@@ -1,6 +1,15 @@
 //! The only module with `unsafe`: Slurm's SPANK C API and the few OS calls std
 //! does not wrap. Everything here is a thin, safe face over a C call; the
 //! logic it serves lives in safe modules ([`crate::plugin`], [`crate::measure`]).
+//!
+//! Slurm functions are looked up at run time in the process that loaded the
+//! plugin (see [`sys`]), so the library has no undefined Slurm symbols and
+//! links into the `carbontrack` command and the tests without libslurm.
 
+mod exports;
 pub mod identity;
 pub mod signals;
+mod spank;
+pub mod sys;
+
+pub use spank::{Spank, SpankError, log};

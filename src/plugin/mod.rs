@@ -1,1 +1,339 @@
-//! (being written)
+//! What the SPANK plugin does in each callback. Safe code only: the C entry
+//! points in [`crate::ffi`] catch panics and hand over a [`Host`], through
+//! which this module talks to Slurm. Tests drive the same code with a fake host.
+//!
+//! One [`Plugin`] lives per loaded copy of the plugin (one per sbatch, srun,
+//! salloc or slurmstepd process); it keeps what a later callback of the same
+//! process needs.
+
+pub mod options;
+
+use std::fmt;
+
+use crate::config::{Config, ConfigError};
+pub use options::{HasArg, JobChoice, OptionSpec, UserOption};
+
+/// Where the plugin has been loaded (`spank_context()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// sbatch or salloc.
+    Allocator,
+    /// srun.
+    Local,
+    /// slurmstepd: the extern, batch, interactive and srun steps.
+    Remote,
+    /// slurmd itself.
+    Slurmd,
+    /// The `slurmstepd spank prolog|epilog` run by slurmd for each job.
+    JobScript,
+    /// Slurm could not say.
+    Unknown,
+}
+
+impl Context {
+    pub fn name(self) -> &'static str {
+        match self {
+            Context::Allocator => "allocator",
+            Context::Local => "local",
+            Context::Remote => "remote",
+            Context::Slurmd => "slurmd",
+            Context::JobScript => "job_script",
+            Context::Unknown => "unknown",
+        }
+    }
+}
+
+/// A job step, as `S_JOB_STEPID` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The batch script.
+    Batch,
+    /// The extern step that holds the allocation (`PrologFlags=Contain`).
+    Extern,
+    Interactive,
+    Pending,
+    /// An srun step: 0, 1, ...
+    Numbered(u32),
+}
+
+impl Step {
+    pub fn from_raw(id: u32) -> Step {
+        use crate::ffi::sys;
+        match id {
+            sys::SLURM_BATCH_SCRIPT => Step::Batch,
+            sys::SLURM_EXTERN_CONT => Step::Extern,
+            sys::SLURM_INTERACTIVE_STEP => Step::Interactive,
+            sys::SLURM_PENDING_STEP => Step::Pending,
+            n => Step::Numbered(n),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Batch => f.write_str("batch"),
+            Step::Extern => f.write_str("extern"),
+            Step::Interactive => f.write_str("interactive"),
+            Step::Pending => f.write_str("pending"),
+            Step::Numbered(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The exported SPANK callbacks; `name` is what `_test_panic=` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callback {
+    Init,
+    InitPostOpt,
+    JobProlog,
+    Exit,
+    /// The callback Slurm calls with each option value.
+    Option,
+}
+
+impl Callback {
+    pub fn name(self) -> &'static str {
+        match self {
+            Callback::Init => "init",
+            Callback::InitPostOpt => "init_post_opt",
+            Callback::JobProlog => "job_prolog",
+            Callback::Exit => "exit",
+            Callback::Option => "option",
+        }
+    }
+
+    /// The C symbol, for log lines an admin can grep the source for.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Callback::Init => "slurm_spank_init",
+            Callback::InitPostOpt => "slurm_spank_init_post_opt",
+            Callback::JobProlog => "slurm_spank_job_prolog",
+            Callback::Exit => "slurm_spank_exit",
+            Callback::Option => "the option callback",
+        }
+    }
+}
+
+/// Log levels; Slurm's own, each line prefixed `carbontrack: `.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Info,
+    Verbose,
+    Debug,
+}
+
+/// What the plugin needs from Slurm during one callback.
+pub trait Host {
+    fn context(&self) -> Context;
+    /// `None` where Slurm has no job (sbatch before submission) or refuses.
+    fn job_id(&self) -> Option<u32>;
+    fn step(&self) -> Option<Step>;
+    fn register_option(&self, spec: &OptionSpec) -> Result<(), String>;
+    /// `Ok(None)`: not given; `Ok(Some(None))`: given without a value.
+    fn option_value(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, String>;
+    fn log(&self, level: Level, msg: &str);
+}
+
+/// The state of one loaded copy of the plugin.
+#[derive(Debug, Default)]
+pub struct Plugin {
+    /// Whether this process has read the plugstack arguments yet.
+    configured: bool,
+    /// `None` before that, or when the arguments were refused: the plugin is
+    /// then inert for this job.
+    config: Option<Config>,
+    /// What the option callback saw in this process (sbatch, srun, slurmstepd).
+    choice: JobChoice,
+}
+
+impl Plugin {
+    pub const fn new() -> Plugin {
+        Plugin {
+            configured: false,
+            config: None,
+            choice: JobChoice {
+                track: None,
+                epochs: None,
+            },
+        }
+    }
+
+    /// The configuration, when `init` accepted it.
+    pub fn config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// What the job asked for, as far as this process has seen.
+    pub fn choice(&self) -> JobChoice {
+        self.choice
+    }
+
+    /// `slurm_spank_init`: registers the options in every context (a static
+    /// options table is ignored by sbatch) and reads the plugstack arguments.
+    pub fn init(&mut self, host: &dyn Host, args: &[String]) {
+        let ctx = host.context();
+        // Options first: even with a bad config, `#SBATCH --carbon-track`
+        // must not turn into "unrecognized option" and a refused job.
+        for opt in UserOption::ALL {
+            if let Err(e) = host.register_option(&opt.spec()) {
+                host.log(
+                    Level::Error,
+                    &format!(
+                        "cannot register --{} in {} context: {e}",
+                        opt.spec().name,
+                        ctx.name()
+                    ),
+                );
+            }
+        }
+        self.configure(host, args);
+        self.injected_panic(Callback::Init);
+    }
+
+    /// Reads the plugstack arguments once per process. Every callback starts
+    /// here because not every process calls `slurm_spank_init`: the per-job
+    /// `slurmstepd spank prolog` calls only `slurm_spank_job_prolog`.
+    fn configure(&mut self, host: &dyn Host, args: &[String]) {
+        if self.configured {
+            return;
+        }
+        self.configured = true;
+        self.config = match Config::from_args(args) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                report_config_error(host, &e);
+                None
+            }
+        };
+    }
+
+    /// `slurm_spank_init_post_opt`: the option callbacks have run.
+    pub fn init_post_opt(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
+        let Some(config) = &self.config else { return };
+        if host.context() == Context::Remote {
+            host.log(
+                Level::Verbose,
+                &format!(
+                    "job {} step {}: loaded, mode {}, {}",
+                    fmt_opt(host.job_id()),
+                    host.step().map_or("?".to_string(), |s| s.to_string()),
+                    mode_name(config),
+                    self.choice.describe()
+                ),
+            );
+        }
+        self.injected_panic(Callback::InitPostOpt);
+    }
+
+    /// `slurm_spank_job_prolog` (root, every node of the job, before the
+    /// extern step): the one place where the job's options are readable and
+    /// the extern step can still be told about them.
+    pub fn job_prolog(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
+        let Some(config) = &self.config else { return };
+        let choice = read_choice(host);
+        let tracked = config.mode.tracks(choice.track);
+        host.log(
+            Level::Info,
+            &format!(
+                "job {}: {} ({}, mode {})",
+                fmt_opt(host.job_id()),
+                if tracked { "tracked" } else { "not tracked" },
+                choice.describe(),
+                mode_name(config)
+            ),
+        );
+        self.choice = choice;
+        self.injected_panic(Callback::JobProlog);
+    }
+
+    /// `slurm_spank_exit`: the last callback before Slurm unloads the plugin.
+    pub fn exit(&mut self, host: &dyn Host, args: &[String]) {
+        self.configure(host, args);
+        let panic_here = self.wants_panic(Callback::Exit);
+        *self = Plugin::new();
+        if panic_here {
+            panic!("carbontrack test knob: injected panic in exit");
+        }
+    }
+
+    /// The option callback: validates a value the user gave. An error refuses
+    /// the option at submit time (sbatch, srun, salloc); in slurmstepd the
+    /// caller logs it and lets the job run.
+    pub fn option_given(&mut self, val: i32, value: Option<&str>) -> Result<(), String> {
+        let opt = UserOption::from_val(val).ok_or_else(|| format!("unknown option value {val}"))?;
+        self.choice.set(opt, value)?;
+        self.injected_panic(Callback::Option);
+        Ok(())
+    }
+
+    fn wants_panic(&self, cb: Callback) -> bool {
+        self.config
+            .as_ref()
+            .and_then(|c| c.test_panic.as_deref())
+            .is_some_and(|name| name == cb.name())
+    }
+
+    /// The test-only knob `_test_panic=<callback>`: proves that a panic never
+    /// fails a job.
+    fn injected_panic(&self, cb: Callback) {
+        if self.wants_panic(cb) {
+            panic!("carbontrack test knob: injected panic in {}", cb.name());
+        }
+    }
+}
+
+/// A refused plugstack argument is reported once per job and node: by the
+/// prolog, which slurmd runs once per job on each node, into slurmd's log.
+/// Elsewhere (every step, every sbatch) it is logged quietly.
+fn report_config_error(host: &dyn Host, e: &ConfigError) {
+    let level = match host.context() {
+        Context::JobScript => Level::Error,
+        Context::Allocator | Context::Local => Level::Verbose,
+        _ => Level::Debug,
+    };
+    host.log(
+        level,
+        &format!("plugstack.conf: {e}; carbontrack is off for this job"),
+    );
+}
+
+fn read_choice(host: &dyn Host) -> JobChoice {
+    let mut choice = JobChoice::default();
+    for opt in UserOption::ALL {
+        match host.option_value(&opt.spec()) {
+            Ok(None) => {}
+            Ok(Some(value)) => {
+                if let Err(e) = choice.set(opt, value.as_deref()) {
+                    host.log(
+                        Level::Error,
+                        &format!("ignoring --{}: {e}", opt.spec().name),
+                    );
+                }
+            }
+            Err(e) => host.log(
+                Level::Error,
+                &format!("cannot read --{}: {e}", opt.spec().name),
+            ),
+        }
+    }
+    choice
+}
+
+fn mode_name(c: &Config) -> &'static str {
+    match c.mode {
+        crate::config::Mode::OptIn => "optin",
+        crate::config::Mode::Always => "always",
+        crate::config::Mode::Off => "off",
+    }
+}
+
+fn fmt_opt(v: Option<u32>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::*;
+
+/// A Slurm stand-in that records what the plugin asked of it.
+struct FakeHost {
+    context: Context,
+    job_id: Option<u32>,
+    /// Option name -> value as `spank_option_getopt` would return it.
+    given: HashMap<&'static str, Option<String>>,
+    registered: RefCell<Vec<&'static str>>,
+    log: RefCell<Vec<(Level, String)>>,
+}
+
+impl FakeHost {
+    fn new(context: Context) -> FakeHost {
+        FakeHost {
+            context,
+            job_id: Some(42),
+            given: HashMap::new(),
+            registered: RefCell::new(Vec::new()),
+            log: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn lines(&self, level: Level) -> Vec<String> {
+        self.log
+            .borrow()
+            .iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+impl Host for FakeHost {
+    fn context(&self) -> Context {
+        self.context
+    }
+    fn job_id(&self) -> Option<u32> {
+        self.job_id
+    }
+    fn step(&self) -> Option<Step> {
+        Some(Step::Extern)
+    }
+    fn register_option(&self, spec: &OptionSpec) -> Result<(), String> {
+        self.registered.borrow_mut().push(spec.name);
+        Ok(())
+    }
+    fn option_value(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, String> {
+        Ok(self.given.get(spec.name).cloned())
+    }
+    fn log(&self, level: Level, msg: &str) {
+        self.log.borrow_mut().push((level, msg.to_string()));
+    }
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn init_registers_both_options_in_every_context() {
+    for ctx in [
+        Context::Allocator,
+        Context::Local,
+        Context::Remote,
+        Context::JobScript,
+    ] {
+        let host = FakeHost::new(ctx);
+        let mut p = Plugin::new();
+        p.init(&host, &args(&["mode=always"]));
+        assert_eq!(
+            *host.registered.borrow(),
+            ["carbon-track", "carbon-epochs"],
+            "{ctx:?}"
+        );
+        assert_eq!(p.config().unwrap().mode, crate::config::Mode::Always);
+        assert!(host.log.borrow().is_empty(), "{:?}", host.log.borrow());
+    }
+}
+
+#[test]
+fn bad_plugstack_argument_is_one_error_in_the_prolog_and_leaves_the_plugin_inert() {
+    // The per-job `slurmstepd spank prolog` calls only job_prolog (no init).
+    let mut host = FakeHost::new(Context::JobScript);
+    host.given.insert("carbon-track", Some("yes".into()));
+    let bad = args(&["mode=optin", "colour=blue"]);
+    let mut p = Plugin::new();
+    p.job_prolog(&host, &bad);
+    assert!(p.config().is_none());
+    let errors = host.lines(Level::Error);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("colour=blue"), "{}", errors[0]);
+    assert!(errors[0].contains("mode, interval"), "{}", errors[0]);
+    // Inert: nothing else is said, and the option is not read.
+    p.exit(&host, &bad);
+    assert_eq!(host.log.borrow().len(), 1);
+    assert_eq!(p.choice(), JobChoice::default());
+}
+
+#[test]
+fn arguments_are_read_once_per_process() {
+    let host = FakeHost::new(Context::JobScript);
+    let bad = args(&["pue=0"]);
+    let mut p = Plugin::new();
+    p.init(&host, &bad);
+    p.init_post_opt(&host, &bad);
+    p.job_prolog(&host, &bad);
+    assert_eq!(host.lines(Level::Error).len(), 1);
+    // Options are still registered so the user's job is not refused.
+    assert_eq!(host.registered.borrow().len(), 2);
+}
+
+#[test]
+fn bad_plugstack_argument_is_not_an_error_in_steps_or_at_submit() {
+    for ctx in [Context::Allocator, Context::Local, Context::Remote] {
+        let host = FakeHost::new(ctx);
+        let mut p = Plugin::new();
+        p.init(&host, &args(&["pue=9"]));
+        assert!(p.config().is_none());
+        assert!(host.lines(Level::Error).is_empty(), "{ctx:?}");
+        assert_eq!(host.log.borrow().len(), 1, "{ctx:?}");
+    }
+}
+
+#[test]
+fn prolog_reports_the_decision_from_mode_and_option() {
+    for (mode, given, expect) in [
+        (
+            "optin",
+            Some("yes"),
+            "job 42: tracked (--carbon-track=yes, mode optin)",
+        ),
+        (
+            "optin",
+            None,
+            "job 42: not tracked (no --carbon-track, mode optin)",
+        ),
+        (
+            "always",
+            None,
+            "job 42: tracked (no --carbon-track, mode always)",
+        ),
+        (
+            "always",
+            Some("no"),
+            "job 42: not tracked (--carbon-track=no, mode always)",
+        ),
+        (
+            "off",
+            Some("yes"),
+            "job 42: not tracked (--carbon-track=yes, mode off)",
+        ),
+    ] {
+        let mut host = FakeHost::new(Context::JobScript);
+        if let Some(v) = given {
+            host.given.insert("carbon-track", Some(v.to_string()));
+        }
+        let mut p = Plugin::new();
+        p.job_prolog(&host, &args(&[&format!("mode={mode}")]));
+        assert_eq!(host.lines(Level::Info), [expect]);
+        assert_eq!(p.choice().track, given.map(|v| v == "yes"));
+    }
+}
+
+#[test]
+fn prolog_reads_epochs_and_a_bare_track_flag() {
+    let mut host = FakeHost::new(Context::JobScript);
+    host.given.insert("carbon-track", None);
+    host.given.insert("carbon-epochs", Some("30".into()));
+    let mut p = Plugin::new();
+    p.job_prolog(&host, &[]);
+    assert_eq!(
+        p.choice(),
+        JobChoice {
+            track: Some(true),
+            epochs: Some(30)
+        }
+    );
+    assert_eq!(
+        host.lines(Level::Info),
+        ["job 42: tracked (--carbon-track=yes --carbon-epochs=30, mode optin)"]
+    );
+}
+
+#[test]
+fn option_callback_refuses_bad_values_with_a_message() {
+    let mut p = Plugin::new();
+    let track = UserOption::Track.spec().val;
+    let epochs = UserOption::Epochs.spec().val;
+    assert!(p.option_given(track, Some("yes")).is_ok());
+    assert!(p.option_given(epochs, Some("5")).is_ok());
+    let e = p.option_given(track, Some("maybe")).unwrap_err();
+    assert!(e.contains("--carbon-track") && e.contains("maybe"), "{e}");
+    let e = p.option_given(epochs, Some("-3")).unwrap_err();
+    assert!(e.contains("--carbon-epochs") && e.contains("-3"), "{e}");
+    assert!(p.option_given(99, None).is_err());
+    assert_eq!(
+        p.choice(),
+        JobChoice {
+            track: Some(true),
+            epochs: Some(5)
+        }
+    );
+}
+
+#[test]
+fn the_panic_knob_fires_only_in_the_named_callback() {
+    let host = FakeHost::new(Context::JobScript);
+    let run = |name: &str, cb: Callback| {
+        let mut p = Plugin::new();
+        let knob = format!("_test_panic={name}");
+        catch_unwind(AssertUnwindSafe(|| {
+            p.init(&host, &args(&[&knob]));
+            match cb {
+                Callback::Init => {}
+                Callback::InitPostOpt => p.init_post_opt(&host, &[]),
+                Callback::JobProlog => p.job_prolog(&host, &[]),
+                Callback::Exit => p.exit(&host, &[]),
+                Callback::Option => {
+                    let _ = p.option_given(1, Some("yes"));
+                }
+            }
+        }))
+        .is_err()
+    };
+    let all = [
+        Callback::Init,
+        Callback::InitPostOpt,
+        Callback::JobProlog,
+        Callback::Exit,
+        Callback::Option,
+    ];
+    for named in all {
+        for called in all {
+            // init runs before every other callback, so its knob fires for all.
+            let expect = named == called || named == Callback::Init;
+            assert_eq!(
+                run(named.name(), called),
+                expect,
+                "knob {} callback {}",
+                named.name(),
+                called.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn exit_forgets_the_job() {
+    let host = FakeHost::new(Context::Remote);
+    let mut p = Plugin::new();
+    p.init(&host, &[]);
+    p.option_given(1, Some("yes")).unwrap();
+    p.exit(&host, &[]);
+    assert!(p.config().is_none());
+    assert_eq!(p.choice(), JobChoice::default());
+}
+
+#[test]
+fn step_ids_map_to_named_steps() {
+    use crate::ffi::sys;
+    assert_eq!(Step::from_raw(sys::SLURM_BATCH_SCRIPT), Step::Batch);
+    assert_eq!(Step::from_raw(sys::SLURM_EXTERN_CONT), Step::Extern);
+    assert_eq!(Step::from_raw(0), Step::Numbered(0));
+    assert_eq!(Step::from_raw(sys::SLURM_EXTERN_CONT).to_string(), "extern");
+}

@@ -1,0 +1,301 @@
+//! The throwaway Slurm cluster of `scripts/test-cluster`, driven from tests:
+//! start it, submit jobs as the unprivileged user, read slurmd's log.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The submit user `scripts/test-cluster` creates.
+pub const USER: &str = "ctuser";
+/// How long a job of these tests may take before it counts as hung.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether missing prerequisites must fail instead of skip (CI runs them all).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Why the cluster cannot run here, if it cannot.
+pub fn missing_prerequisite(accounting: bool) -> Option<String> {
+    let uid = run_capture(Command::new("id").arg("-u"));
+    if uid.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) != Some("0".into()) {
+        return Some("not running as root (the cluster needs root)".into());
+    }
+    let mut tools = vec![
+        "munged",
+        "slurmctld",
+        "slurmd",
+        "sbatch",
+        "srun",
+        "salloc",
+        "runuser",
+        "nm",
+    ];
+    if accounting {
+        tools.extend(["slurmdbd", "sacctmgr", "mariadbd", "mariadb-install-db"]);
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| which(t).is_none()).collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "missing {} (install the Slurm packages, see .ci/run)",
+            missing.join(", ")
+        ))
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn run_capture(cmd: &mut Command) -> Option<Output> {
+    cmd.stdin(Stdio::null()).output().ok()
+}
+
+/// The outcome of one batch job.
+#[derive(Debug)]
+pub struct Job {
+    pub id: u32,
+    /// sbatch --wait's exit status: the job's own exit code.
+    pub exit_code: Option<i32>,
+    /// The job's output file.
+    pub output: String,
+    pub sbatch_stderr: String,
+}
+
+/// A running cluster; stopped when dropped (unless CT_KEEP_CLUSTER=1).
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub plugin: PathBuf,
+    port_base: u16,
+}
+
+impl Cluster {
+    /// Builds the plugin and starts a fresh cluster in its own directory and
+    /// ports, apart from the demo's.
+    pub fn start(accounting: bool) -> Result<Cluster, String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // `cargo test` does not refresh the cdylib; the cluster must load the
+        // code under test.
+        let built = Command::new(&cargo)
+            .args(["build", "--lib", "--quiet"])
+            .current_dir(repo())
+            .status()
+            .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+        if !built.success() {
+            return Err("cargo build --lib failed".into());
+        }
+        let plugin = target_dir().join("libcarbontrack.so");
+        let cluster = Cluster {
+            dir: std::env::var_os("CT_TEST_CLUSTER_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp/carbontrack-test-cluster".into()),
+            plugin,
+            port_base: std::env::var("CT_TEST_PORT_BASE")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(16917),
+        };
+        let mut args = vec!["start"];
+        if accounting {
+            args.push("--accounting");
+        }
+        let out = cluster.script(&args);
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/test-cluster start failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(cluster)
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new(repo().join("scripts/test-cluster"))
+            .args(args)
+            .env("CT_CLUSTER_DIR", &self.dir)
+            .env("CT_PLUGIN", &self.plugin)
+            .env("CT_PORT_BASE", self.port_base.to_string())
+            .env_remove("CT_PLUGIN_ARGS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("scripts/test-cluster runs")
+    }
+
+    pub fn slurm_conf(&self) -> PathBuf {
+        self.dir.join("etc/slurm.conf")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    pub fn slurmd_log(&self) -> PathBuf {
+        self.dir.join("log/slurmd.log")
+    }
+
+    /// Rewrites plugstack.conf with these plugin arguments; the next job reads it.
+    pub fn set_plugin_args(&self, args: &[&str]) {
+        let mut a = vec!["plugstack"];
+        a.extend_from_slice(args);
+        let out = self.script(&a);
+        assert!(
+            out.status.success(),
+            "plugstack {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A Slurm client command run as the submit user.
+    pub fn as_user(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--", "env"])
+            .arg(format!("SLURM_CONF={}", self.slurm_conf().display()))
+            .arg(program)
+            .args(args)
+            .current_dir(self.work_dir());
+        c
+    }
+
+    /// A Slurm command run as root (scontrol, sacct, ...).
+    pub fn as_root(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .env("SLURM_CONF", self.slurm_conf())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
+    }
+
+    /// Submits `script` (read by sbatch from stdin) as the submit user and
+    /// waits for the job to end.
+    pub fn submit(&self, sbatch_args: &[&str], script: &str) -> Result<Job, String> {
+        let timeout = JOB_TIMEOUT.as_secs().to_string();
+        let mut args = vec!["--wait", "--parsable", "--output=job-%j.out", "--chdir"];
+        let work = self.work_dir().display().to_string();
+        args.push(&work);
+        args.extend_from_slice(sbatch_args);
+        let mut cmd = self.as_user("timeout", &[]);
+        cmd.arg(&timeout).arg("sbatch").args(&args);
+        let out = pipe_in(cmd, script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let id: u32 = stdout
+            .lines()
+            .next()
+            .and_then(|l| l.split(';').next())
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("sbatch {sbatch_args:?} gave no job id: {stderr}"))?;
+        if out.status.code() == Some(124) {
+            return Err(format!("job {id} did not end within {timeout}s"));
+        }
+        let output = std::fs::read_to_string(self.work_dir().join(format!("job-{id}.out")))
+            .unwrap_or_default();
+        Ok(Job {
+            id,
+            exit_code: out.status.code(),
+            output,
+            sbatch_stderr: stderr,
+        })
+    }
+
+    /// Runs sbatch expecting it to refuse the submission; returns its stderr.
+    pub fn refused(&self, sbatch_args: &[&str]) -> String {
+        let mut args = sbatch_args.to_vec();
+        args.extend(["--wrap", "true"]);
+        let out = self
+            .as_user("sbatch", &args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("sbatch runs");
+        assert!(
+            !out.status.success(),
+            "sbatch {sbatch_args:?} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("Submitted"),
+            "a job was submitted"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The current end of slurmd's log, to read what a job adds after it.
+    pub fn log_mark(&self) -> u64 {
+        std::fs::metadata(self.slurmd_log()).map_or(0, |m| m.len())
+    }
+
+    pub fn log_since(&self, mark: u64) -> String {
+        let all = std::fs::read(self.slurmd_log()).unwrap_or_default();
+        let start = usize::try_from(mark).unwrap_or(0).min(all.len());
+        String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+
+    /// slurmd's log since `mark`, once job `id` has completely finished on the
+    /// node (its extern step, the last to go, has said so).
+    pub fn log_of_job(&self, mark: u64, id: u32) -> String {
+        let done = format!("[{id}.extern] done with job");
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        loop {
+            let log = self.log_since(mark);
+            if log.contains(&done) || Instant::now() > deadline {
+                return log;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var("CT_KEEP_CLUSTER").is_ok_and(|v| v == "1") {
+            eprintln!("cluster kept running in {}", self.dir.display());
+            return;
+        }
+        let out = self.script(&["stop"]);
+        if !out.status.success() {
+            eprintln!(
+                "scripts/test-cluster stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn pipe_in(mut cmd: Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("command starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .expect("script written to sbatch");
+    child.wait_with_output().expect("command ends")
+}
+
+/// target/debug (or release) of this build: the test binary lives in its deps/.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target/<profile>/deps/<test>")
+}
