@@ -22,7 +22,7 @@ db=$(dirname "$0")/db
 echo "sacct $*" >>"$db/calls"
 [[ -e $db/down ]] && { echo "sacct: error: Problem talking to the database: Connection refused" >&2; exit 1; }
 while (($#)); do [[ $1 == -j ]] && job=$2; shift; done
-[[ -f $db/job.$job ]] && { cat "$db/job.$job"; echo; }
+[[ -f $db/job.$job ]] && { printf '%s|' "$(cat "$db/end.$job" 2>/dev/null || echo 2024-05-01T01:00:00)"; cat "$db/job.$job"; echo; }
 exit 0
 "#;
 
@@ -305,6 +305,24 @@ fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     assert!(Segment::parse(&e.field(301)).is_some(), "{}", stderr(&o));
     assert!(Segment::parse(&e.field(302)).is_some());
     assert!(!e.spool().join("outbox/301.json").exists());
+
+    // In the database but without its end (slurmctld's completion record,
+    // which carries its own copy of the field, is still on its way): not
+    // written before it, or it would overwrite the segment.
+    e.footprint(303, "n1", 3600.0, Some(0.0));
+    e.db_job(303, "");
+    fs::write(e.dir.join("bin/db/end.303"), "Unknown").unwrap();
+    let o = e.carbontrack(&["epilog", "--end-wait", "300ms"], Some(303));
+    assert!(
+        stderr(&o).contains("no end time for job 303"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.field(303), "");
+    fs::remove_file(e.dir.join("bin/db/end.303")).unwrap();
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(Segment::parse(&e.field(303)).is_some());
 }
 
 #[test]

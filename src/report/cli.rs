@@ -51,6 +51,10 @@ pub struct ConfigFlags {
     /// How long one Slurm command may run before it is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
+    /// How long the epilog waits for accounting to record the job's end
+    /// (slurmctld sends it asynchronously) before queueing the job.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub end_wait: Duration,
 }
 
 impl ConfigFlags {
@@ -80,6 +84,7 @@ impl ConfigFlags {
             sacct: self.sacct.clone(),
             sacctmgr: self.sacctmgr.clone(),
             timeout: self.command_timeout,
+            end_wait: self.end_wait,
         }
     }
 }

@@ -32,6 +32,10 @@ use super::total::{JobMeta, JobTotal};
 /// How long each sacct/sacctmgr call may take.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the epilog waits for accounting to record a job's end before
+/// queueing it.
+pub const DEFAULT_END_WAIT: Duration = Duration::from_secs(3);
+
 /// How long one epilog spends on older queued jobs after its own.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 
@@ -42,6 +46,8 @@ pub struct Tools {
     pub sacct: PathBuf,
     pub sacctmgr: PathBuf,
     pub timeout: Duration,
+    /// How long to wait for accounting to record the job's end.
+    pub end_wait: Duration,
 }
 
 impl Default for Tools {
@@ -50,6 +56,7 @@ impl Default for Tools {
             sacct: PathBuf::from("sacct"),
             sacctmgr: PathBuf::from("sacctmgr"),
             timeout: DEFAULT_COMMAND_TIMEOUT,
+            end_wait: DEFAULT_END_WAIT,
         }
     }
 }
@@ -89,6 +96,8 @@ pub enum AccountingError {
     Command(#[from] CmdError),
     #[error("job {0} is not in accounting yet (slurmctld has not sent it to slurmdbd)")]
     NotYet(u32),
+    #[error("accounting has no end time for job {0} yet (slurmctld has not sent its completion)")]
+    NotEnded(u32),
     #[error("sacctmgr changed nothing for job {job}: {output}")]
     NotModified { job: u32, output: String },
 }
@@ -462,13 +471,28 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
 
 /// Reads the job's field, merges the segment in, and writes it back if it
 /// changed. Returns once accounting holds the segment.
+///
+/// Waits (up to `end_wait`) until accounting has the job's end: slurmctld
+/// sends the job's completion record, which carries its own copy of the
+/// comment fields, asynchronously; written before it, the segment could be
+/// overwritten by it.
 pub fn set_segment(
     tools: &Tools,
     job: u32,
     field: &str,
     segment: &str,
 ) -> Result<(), AccountingError> {
-    let current = read_field(tools, job, field)?.ok_or(AccountingError::NotYet(job))?;
+    let deadline = Instant::now() + tools.end_wait;
+    let current = loop {
+        match read_field(tools, job, field)? {
+            Some(JobField { ended: true, text }) => break text,
+            Some(_) | None if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Some(_) => return Err(AccountingError::NotEnded(job)),
+            None => return Err(AccountingError::NotYet(job)),
+        }
+    };
     let merged = accounting::merge(&current, segment);
     if merged == current {
         return Ok(());
@@ -497,10 +521,23 @@ pub fn set_segment(
     Ok(())
 }
 
+/// A job's field as accounting holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobField {
+    /// Whether accounting has the job's end time.
+    pub ended: bool,
+    pub text: String,
+}
+
 /// The job's field as accounting holds it; `None` when sacct knows no such
 /// job. `-X`: the allocation's record only, not its steps; `-P`: no width
-/// limit.
-pub fn read_field(tools: &Tools, job: u32, field: &str) -> Result<Option<String>, AccountingError> {
+/// limit; the field comes last since it may hold the `|` separator or
+/// newlines.
+pub fn read_field(
+    tools: &Tools,
+    job: u32,
+    field: &str,
+) -> Result<Option<JobField>, AccountingError> {
     let out = cmd::run(
         &tools.sacct,
         [
@@ -510,14 +547,22 @@ pub fn read_field(tools: &Tools, job: u32, field: &str) -> Result<Option<String>
             "-j".into(),
             job.to_string(),
             "-o".into(),
-            field.to_string(),
+            format!("End,{field}"),
         ],
         &[],
         tools.timeout,
     )?;
-    if out.stdout.is_empty() {
+    let Some(line) = out
+        .stdout
+        .strip_suffix('\n')
+        .or(Some(&out.stdout))
+        .filter(|l| !l.is_empty())
+    else {
         return Ok(None);
-    }
-    let text = out.stdout.strip_suffix('\n').unwrap_or(&out.stdout);
-    Ok(Some(text.to_string()))
+    };
+    let (end, text) = line.split_once('|').unwrap_or((line, ""));
+    Ok(Some(JobField {
+        ended: !matches!(end.trim(), "" | "Unknown" | "None"),
+        text: text.to_string(),
+    }))
 }
