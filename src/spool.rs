@@ -6,7 +6,17 @@
 //! <spool>/jobs/<jobid>/handoff        the prolog's JobInfo for the sampling step
 //! <spool>/jobs/<jobid>/node-<host>.csv this node's footprint, for the epilog
 //! <spool>/jobs/<jobid>/sampler.lock   who samples, when there is no extern step
+//! <spool>/jobs/<jobid>/live-<host>.csv this node's footprint so far, refreshed
+//!                                      while the job runs (`carbontrack status`)
+//! <spool>/outbox/<jobid>.json         a finished job's total not yet delivered
+//!                                      to accounting and/or the ledger
+//! <spool>/outbox/<jobid>.lock         held by whoever is delivering that job
+//! <spool>/corrupt/<jobid>-<name>      spool files that could not be read,
+//!                                      moved aside once, with one log line
 //! ```
+//! The epilog turns a job's node footprints into one outbox record and
+//! removes the job's directory and the record only once both deliveries are
+//! done; until then any later epilog or `carbontrack flush` retries it.
 //! Everything is written by root, mode 0600, atomically (temporary file and
 //! rename), and the spool itself is refused unless root owns it and nobody
 //! else can write to it: a spool others could write would let them forge
@@ -123,6 +133,10 @@ impl Spool {
 
     /// Every node footprint present for a job, sorted by path.
     pub fn node_footprints(&self, job_id: u32) -> Result<Vec<PathBuf>, SpoolError> {
+        self.job_files(job_id, "node-", ".csv")
+    }
+
+    fn job_files(&self, job_id: u32, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
         let d = self.job_dir(job_id);
         let rd = match fs::read_dir(&d) {
             Ok(rd) => rd,
@@ -135,11 +149,114 @@ impl Spool {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("node-") && n.ends_with(".csv"))
+                    .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
             })
             .collect();
         v.sort();
         Ok(v)
+    }
+
+    /// Where the sampler keeps this node's footprint so far while the job
+    /// runs (same CSV as the final footprint), for `carbontrack status`.
+    pub fn live_path(&self, job_id: u32, node: &str) -> PathBuf {
+        self.job_dir(job_id)
+            .join(format!("live-{}.csv", sanitize(node)))
+    }
+
+    /// Every live footprint of a job on this node, sorted by path.
+    pub fn live_footprints(&self, job_id: u32) -> Result<Vec<PathBuf>, SpoolError> {
+        self.job_files(job_id, "live-", ".csv")
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+
+    /// The undelivered total of a job.
+    pub fn outbox_path(&self, job_id: u32) -> PathBuf {
+        self.outbox_dir().join(format!("{job_id}.json"))
+    }
+
+    /// The lock file that guards delivery of one outbox record. It is a file
+    /// apart from the record because the record is replaced (renamed over)
+    /// as parts get delivered, which would drop a lock held on it.
+    pub fn outbox_lock_path(&self, job_id: u32) -> PathBuf {
+        self.outbox_dir().join(format!("{job_id}.lock"))
+    }
+
+    /// Writes a job's outbox record atomically.
+    pub fn write_outbox(&self, job_id: u32, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        ensure_private_dir(&self.outbox_dir())?;
+        let p = self.outbox_path(job_id);
+        write_atomic(&p, bytes)?;
+        Ok(p)
+    }
+
+    /// Takes the delivery lock of a job's record; `None` while another
+    /// process delivers it. Released when the file is dropped.
+    pub fn try_lock_outbox(&self, job_id: u32) -> Result<Option<File>, SpoolError> {
+        ensure_private_dir(&self.outbox_dir())?;
+        let p = self.outbox_lock_path(job_id);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// Removes a delivered job's record and then its lock file (call while
+    /// holding the lock: a process that opens the lock after this finds no
+    /// record and leaves).
+    pub fn remove_outbox(&self, job_id: u32) -> Result<(), SpoolError> {
+        for p in [self.outbox_path(job_id), self.outbox_lock_path(job_id)] {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Job ids with a record in the outbox, in ascending order (oldest first
+    /// for Slurm's increasing ids).
+    pub fn outbox_jobs(&self) -> Result<Vec<u32>, SpoolError> {
+        let d = self.outbox_dir();
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&d)(e)),
+        };
+        let mut v: Vec<u32> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let n = e.file_name();
+                n.to_str()?.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Moves a spool file that could not be read to `<spool>/corrupt/`, so
+    /// it is reported once and kept for a look, not retried forever.
+    pub fn quarantine(&self, job_id: u32, path: &Path) -> Result<PathBuf, SpoolError> {
+        let d = self.root.join("corrupt");
+        ensure_private_dir(&d)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = d.join(format!("{job_id}-{name}"));
+        fs::rename(path, &to).map_err(io_err(path))?;
+        Ok(to)
     }
 
     /// Tries to become the one sampler of a job on this node. The lock lives as
@@ -254,6 +371,32 @@ mod tests {
         assert_eq!(names, ["node-node2.csv", "node-node_1.csv"]);
         s.remove_job(5).unwrap();
         assert!(s.node_footprints(5).unwrap().is_empty());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn outbox_records_locks_and_quarantine() {
+        let root = temp("outbox");
+        let s = Spool::open(&root).unwrap();
+        assert!(s.outbox_jobs().unwrap().is_empty());
+        s.write_outbox(12, b"{}").unwrap();
+        s.write_outbox(9, b"{}").unwrap();
+        assert_eq!(s.outbox_jobs().unwrap(), [9, 12]);
+        let held = s.try_lock_outbox(9).unwrap();
+        assert!(held.is_some());
+        assert!(s.try_lock_outbox(9).unwrap().is_none());
+        s.remove_outbox(9).unwrap();
+        drop(held);
+        assert_eq!(s.outbox_jobs().unwrap(), [12]);
+        assert!(!s.outbox_lock_path(9).exists());
+
+        s.write_node_footprint(4, "n1", b"garbage").unwrap();
+        let p = s.node_footprint_path(4, "n1");
+        let to = s.quarantine(4, &p).unwrap();
+        assert_eq!(to, root.join("corrupt/4-node-n1.csv"));
+        assert!(!p.exists() && to.exists());
+        assert!(s.node_footprints(4).unwrap().is_empty());
+        assert_eq!(s.live_path(4, "n/1"), s.job_dir(4).join("live-n_1.csv"));
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,0 +1,458 @@
+//! `carbontrack report`: job count, GPU-hours, energy and CO2e per user,
+//! account, partition or day, from Slurm accounting (the segments) or from
+//! the ledger. The aggregation is pure; reading sacct is in [`sacct_records`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::accounting::Segment;
+use super::cmd;
+use super::total::JobTotal;
+
+/// One tracked job, whichever source it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub user: String,
+    pub account: String,
+    pub partition: String,
+    /// When the job ended (UTC); `None` if unknown.
+    pub end: Option<SystemTime>,
+    pub gpu_hours: f64,
+    pub energy_kwh: Option<f64>,
+    pub co2e_g: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    User,
+    Account,
+    Partition,
+    Day,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Which jobs count: all given conditions hold. `since`/`until` bound the
+/// job's end time, `since` inclusive, `until` exclusive, so consecutive
+/// periods never count a job twice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub account: Option<String>,
+    pub partition: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+}
+
+impl Filter {
+    pub fn admits(&self, r: &JobRecord) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
+        eq(&self.user, &r.user)
+            && eq(&self.account, &r.account)
+            && eq(&self.partition, &r.partition)
+            && self.since.is_none_or(|s| r.end.is_some_and(|e| e >= s))
+            && self.until.is_none_or(|u| r.end.is_some_and(|e| e < u))
+    }
+}
+
+/// Totals of one group (or of everything).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub group: String,
+    pub jobs: u64,
+    pub gpu_hours: f64,
+    /// Sums over the jobs whose figure is known.
+    pub energy_kwh: f64,
+    pub co2e_g: f64,
+    /// Jobs whose energy or CO2e is unknown: the sums above leave them out.
+    pub unmeasured_jobs: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &JobRecord) {
+        self.jobs += 1;
+        self.gpu_hours += r.gpu_hours;
+        self.energy_kwh += r.energy_kwh.unwrap_or(0.0);
+        self.co2e_g += r.co2e_g.unwrap_or(0.0);
+        if r.energy_kwh.is_none() || r.co2e_g.is_none() {
+            self.unmeasured_jobs += 1;
+        }
+    }
+}
+
+/// The groups in key order, then the total over all admitted jobs. A job is
+/// counted once even if it appears twice (a ledger shared by retries).
+pub fn aggregate(
+    records: &[JobRecord],
+    filter: &Filter,
+    by: Option<GroupBy>,
+) -> (Vec<Totals>, Totals) {
+    let mut seen = std::collections::HashSet::new();
+    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut all = Totals {
+        group: "total".into(),
+        ..Totals::default()
+    };
+    for r in records.iter().filter(|r| filter.admits(r)) {
+        if !seen.insert(&r.job_id) {
+            continue;
+        }
+        all.add(r);
+        if let Some(by) = by {
+            let key = match by {
+                GroupBy::User => r.user.clone(),
+                GroupBy::Account => r.account.clone(),
+                GroupBy::Partition => r.partition.clone(),
+                GroupBy::Day => r.end.map(day).unwrap_or_else(|| "unknown".into()),
+            };
+            groups
+                .entry(key.clone())
+                .or_insert_with(|| Totals {
+                    group: key,
+                    ..Totals::default()
+                })
+                .add(r);
+        }
+    }
+    (groups.into_values().collect(), all)
+}
+
+/// The UTC date of a time, `YYYY-MM-DD`.
+pub fn day(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
+}
+
+/// The report text.
+pub fn render(groups: &[Totals], total: &Totals, by: Option<GroupBy>, format: Format) -> String {
+    let key = match by {
+        Some(GroupBy::User) => "user",
+        Some(GroupBy::Account) => "account",
+        Some(GroupBy::Partition) => "partition",
+        Some(GroupBy::Day) => "day",
+        None => "group",
+    };
+    let rows: Vec<&Totals> = groups.iter().chain(std::iter::once(total)).collect();
+    let cells = |t: &Totals| {
+        vec![
+            t.group.clone(),
+            t.jobs.to_string(),
+            format!("{:.3}", t.gpu_hours),
+            format!("{:.6}", t.energy_kwh),
+            format!("{:.3}", t.co2e_g),
+            t.unmeasured_jobs.to_string(),
+        ]
+    };
+    let header = [
+        key,
+        "jobs",
+        "gpu_hours",
+        "energy_kwh",
+        "co2e_g",
+        "unmeasured_jobs",
+    ];
+    match format {
+        Format::Json => {
+            #[derive(Serialize)]
+            struct Out<'a> {
+                group_by: &'a str,
+                groups: &'a [Totals],
+                total: &'a Totals,
+            }
+            let mut s = serde_json::to_string_pretty(&Out {
+                group_by: key,
+                groups,
+                total,
+            })
+            .unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let _ = w.write_record(header);
+            for t in rows {
+                let _ = w.write_record(cells(t));
+            }
+            String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+        }
+        Format::Table => {
+            let table: Vec<Vec<String>> = std::iter::once(header.map(String::from).to_vec())
+                .chain(rows.iter().map(|t| cells(t)))
+                .collect();
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| {
+                    table
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let mut s = String::new();
+            for (n, r) in table.iter().enumerate() {
+                if n == table.len() - 1 && table.len() > 2 {
+                    let line: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                    s.push_str(&"-".repeat(line));
+                    s.push('\n');
+                }
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(i, (c, w))| {
+                        if i == 0 {
+                            format!("{c:<w$}")
+                        } else {
+                            format!("{c:>w$}")
+                        }
+                    })
+                    .collect();
+                s.push_str(line.join("  ").trim_end());
+                s.push('\n');
+            }
+            s
+        }
+    }
+}
+
+/// Ledger rows as records.
+pub fn ledger_records(rows: &[JobTotal]) -> Vec<JobRecord> {
+    rows.iter()
+        .map(|t| JobRecord {
+            job_id: if t.cluster.is_empty() {
+                t.job_id.to_string()
+            } else {
+                format!("{}:{}", t.cluster, t.job_id)
+            },
+            user: t.user.clone(),
+            account: t.account.clone(),
+            partition: t.partition.clone(),
+            end: parse_time(&t.end),
+            gpu_hours: t.gpu_hours,
+            energy_kwh: t.energy_kwh,
+            co2e_g: t.co2e_g,
+        })
+        .collect()
+}
+
+/// A time as reports take it: RFC 3339, or `YYYY-MM-DD[THH:MM[:SS]]` read
+/// as UTC (also sacct's output under `TZ=UTC`).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let full = match s.len() {
+        10 => format!("{s}T00:00:00Z"),
+        16 => format!("{s}:00Z"),
+        19 => format!("{s}Z"),
+        _ => s.to_string(),
+    };
+    humantime::parse_rfc3339_weak(&full).ok()
+}
+
+/// The sacct columns read, in order; the job field comes last because it may
+/// hold the `|` separator.
+pub const SACCT_COLUMNS: &str = "JobID,User,Account,Partition,End,ElapsedRaw,AllocTRES";
+
+/// Records from `sacct -n -P -o SACCT_COLUMNS,<field>` output: jobs whose
+/// field holds a segment. A field spanning lines is joined back.
+pub fn parse_sacct(text: &str) -> Vec<JobRecord> {
+    let n = SACCT_COLUMNS.split(',').count();
+    let mut lines: Vec<String> = Vec::new();
+    for l in text.lines() {
+        let starts_record = l.split('|').count() > n
+            && l.split('|')
+                .next()
+                .is_some_and(|id| id.starts_with(|c: char| c.is_ascii_digit()));
+        match lines.last_mut() {
+            Some(prev) if !starts_record => {
+                prev.push('\n');
+                prev.push_str(l);
+            }
+            _ => lines.push(l.to_string()),
+        }
+    }
+    lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.splitn(n + 1, '|').collect();
+            if f.len() <= n {
+                return None;
+            }
+            let seg = Segment::parse(f[n])?;
+            let elapsed: f64 = f[5].parse().unwrap_or(0.0);
+            Some(JobRecord {
+                job_id: f[0].to_string(),
+                user: f[1].to_string(),
+                account: f[2].to_string(),
+                partition: f[3].to_string(),
+                end: parse_time(f[4]),
+                gpu_hours: gpus(f[6]) * elapsed / 3600.0,
+                energy_kwh: seg.energy_kwh,
+                co2e_g: seg.co2e_g,
+            })
+        })
+        .collect()
+}
+
+/// The GPU count in an AllocTRES string (`…,gres/gpu=2,…`).
+pub fn gpus(tres: &str) -> f64 {
+    tres.split(',')
+        .find_map(|kv| kv.strip_prefix("gres/gpu="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Asks sacct for the jobs the filter may admit (the user's own or, for
+/// those Slurm lets see them, everyone's), with times in UTC.
+pub fn sacct_records(
+    sacct: &Path,
+    field: &str,
+    filter: &Filter,
+    timeout: Duration,
+) -> Result<Vec<JobRecord>, cmd::CmdError> {
+    let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string()[..19].to_string();
+    let mut args: Vec<String> = vec![
+        "-a".into(),
+        "-X".into(),
+        "-n".into(),
+        "-P".into(),
+        "-o".into(),
+        format!("{SACCT_COLUMNS},{field}"),
+        "-S".into(),
+        filter
+            .since
+            .map(fmt)
+            .unwrap_or_else(|| "1970-01-01T00:00:00".into()),
+    ];
+    if let Some(u) = filter.until {
+        args.extend(["-E".into(), fmt(u)]);
+    }
+    for (flag, v) in [
+        ("-u", &filter.user),
+        ("-A", &filter.account),
+        ("-r", &filter.partition),
+    ] {
+        if let Some(v) = v {
+            args.extend([flag.into(), v.clone()]);
+        }
+    }
+    let out = cmd::run(
+        sacct,
+        &args,
+        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
+        timeout,
+    )?;
+    Ok(parse_sacct(&out.stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u32, user: &str, account: &str, end: &str, kwh: Option<f64>) -> JobRecord {
+        JobRecord {
+            job_id: id.to_string(),
+            user: user.into(),
+            account: account.into(),
+            partition: "gpu".into(),
+            end: parse_time(end),
+            gpu_hours: 0.5,
+            energy_kwh: kwh,
+            co2e_g: kwh.map(|k| k * 100.0),
+        }
+    }
+
+    #[test]
+    fn groups_add_up_to_their_jobs() {
+        let recs = vec![
+            rec(1, "alice", "ml", "2024-05-01T10:00:00Z", Some(1.0)),
+            rec(2, "bob", "ml", "2024-05-01T23:59:59Z", Some(2.0)),
+            rec(3, "alice", "phys", "2024-05-02T00:00:00Z", Some(4.0)),
+            rec(4, "alice", "ml", "2024-05-03T00:00:00Z", None),
+            rec(1, "alice", "ml", "2024-05-01T10:00:00Z", Some(1.0)),
+        ];
+        let (g, t) = aggregate(&recs, &Filter::default(), Some(GroupBy::User));
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (
+                g[0].group.as_str(),
+                g[0].jobs,
+                g[0].energy_kwh,
+                g[0].unmeasured_jobs
+            ),
+            ("alice", 3, 5.0, 1)
+        );
+        assert_eq!((g[1].jobs, g[1].energy_kwh, g[1].co2e_g), (1, 2.0, 200.0));
+        assert_eq!((t.jobs, t.energy_kwh, t.gpu_hours), (4, 7.0, 2.0));
+        let (g, _) = aggregate(&recs, &Filter::default(), Some(GroupBy::Day));
+        let days: Vec<(&str, u64)> = g.iter().map(|t| (t.group.as_str(), t.jobs)).collect();
+        assert_eq!(
+            days,
+            [("2024-05-01", 2), ("2024-05-02", 1), ("2024-05-03", 1)]
+        );
+
+        let f = Filter {
+            account: Some("ml".into()),
+            since: parse_time("2024-05-01T12:00"),
+            until: parse_time("2024-05-03"),
+            ..Filter::default()
+        };
+        let (_, t) = aggregate(&recs, &f, None);
+        assert_eq!((t.jobs, t.energy_kwh), (1, 2.0));
+    }
+
+    #[test]
+    fn parses_sacct_output() {
+        let seg = "carbontrack:v1 energy_kwh=0.500000 co2e_g=50.000 cpu_j=1.000 dram_j=unknown gpu_j=2.000 pue=1.5 intensity=100.000 nodes=1";
+        let text = format!(
+            "10|alice|ml|gpu|2024-05-01T10:00:00|3600|billing=2,cpu=2,gres/gpu=2,mem=1G,node=1|note | a {seg}\n\
+             11|bob|ml|gpu|2024-05-01T11:00:00|60|cpu=1,mem=1G,node=1|\n\
+             12|bob|ml|cpu|Unknown|60|cpu=1|line one\nline two {seg}\n"
+        );
+        let r = parse_sacct(&text);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].job_id, "10");
+        assert_eq!(r[0].gpu_hours, 2.0);
+        assert_eq!((r[0].energy_kwh, r[0].co2e_g), (Some(0.5), Some(50.0)));
+        assert_eq!(r[0].end, parse_time("2024-05-01T10:00:00Z"));
+        assert_eq!((r[1].job_id.as_str(), r[1].end), ("12", None));
+        assert_eq!(gpus("cpu=1,gres/gpu:a100=1,gres/gpu=3"), 3.0);
+    }
+
+    #[test]
+    fn renders_all_formats() {
+        let recs = vec![
+            rec(1, "alice", "ml", "2024-05-01T10:00:00Z", Some(1.0)),
+            rec(2, "bob", "ml", "2024-05-01T11:00:00Z", Some(2.5)),
+        ];
+        let (g, t) = aggregate(&recs, &Filter::default(), Some(GroupBy::User));
+        let csv = render(&g, &t, Some(GroupBy::User), Format::Csv);
+        assert_eq!(
+            csv,
+            "user,jobs,gpu_hours,energy_kwh,co2e_g,unmeasured_jobs\n\
+             alice,1,0.500,1.000000,100.000,0\n\
+             bob,1,0.500,2.500000,250.000,0\n\
+             total,2,1.000,3.500000,350.000,0\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&g, &t, Some(GroupBy::User), Format::Json)).unwrap();
+        assert_eq!(json["total"]["energy_kwh"], 3.5);
+        assert_eq!(json["groups"][1]["group"], "bob");
+        let table = render(&g, &t, Some(GroupBy::User), Format::Table);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("user   jobs"), "{table}");
+        assert!(lines[3].starts_with("-----"), "{table}");
+        assert!(
+            lines[4].starts_with("total") && lines[4].ends_with("0"),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,568 @@
+//! `carbontrack epilog` and `carbontrack flush`: a finished job's node
+//! footprints become one total, which goes into Slurm accounting (a segment
+//! in a job text field, via sacctmgr) and the cluster ledger.
+//!
+//! The Epilog must never fail (a non-zero exit drains the node) and never
+//! lose or double a job: the total is first written to the spool's outbox,
+//! each delivery is recorded there as it succeeds, and the record and the
+//! job's spool directory go only when both are done. What could not be
+//! delivered (slurmdbd down, sacctmgr missing, the job not yet in the
+//! database) waits for the next epilog on the node or for `flush`. Delivering
+//! again is harmless: the segment replaces itself, the ledger skips a job it
+//! has.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved};
+use crate::carbon::live::{LiveSettings, resolve_live};
+use crate::config::Config;
+use crate::footprint::{self, Row};
+use crate::spool::Spool;
+use crate::units::Joules;
+
+use super::accounting::{self, Segment};
+use super::cmd::{self, CmdError};
+use super::ledger::{self, Appended};
+use super::total::{JobMeta, JobTotal};
+
+/// How long each sacct/sacctmgr call may take.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the epilog waits for accounting to record a job's end before
+/// queueing it.
+pub const DEFAULT_END_WAIT: Duration = Duration::from_secs(3);
+
+/// How long one epilog spends on older queued jobs after its own.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
+
+/// The Slurm commands and their limits; overridable so tests and odd sites
+/// can name them.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub sacct: PathBuf,
+    pub sacctmgr: PathBuf,
+    pub timeout: Duration,
+    /// How long to wait for accounting to record the job's end.
+    pub end_wait: Duration,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            sacct: PathBuf::from("sacct"),
+            sacctmgr: PathBuf::from("sacctmgr"),
+            timeout: DEFAULT_COMMAND_TIMEOUT,
+            end_wait: DEFAULT_END_WAIT,
+        }
+    }
+}
+
+/// A job's total waiting in the outbox, with what has been delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub total: JobTotal,
+    /// The segment as computed at the epilog (kept, so a retry writes the
+    /// same text even under a changed configuration).
+    pub segment: String,
+    /// The job field it goes into.
+    pub field: String,
+    pub accounting_done: bool,
+    /// `None`: no ledger was configured when the job ended.
+    pub ledger: Option<PathBuf>,
+    pub ledger_done: bool,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// Where one delivery attempt got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Both parts done; the record and the job's spool state are gone.
+    Done,
+    /// Something is left; the record stays for a retry.
+    Queued,
+    /// Another process is delivering this job right now.
+    Busy,
+}
+
+/// Why accounting could not take the segment yet.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountingError {
+    #[error("{0}")]
+    Command(#[from] CmdError),
+    #[error("job {0} is not in accounting yet (slurmctld has not sent it to slurmdbd)")]
+    NotYet(u32),
+    #[error("accounting has no end time for job {0} yet (slurmctld has not sent its completion)")]
+    NotEnded(u32),
+    #[error("sacctmgr changed nothing for job {job}: {output}")]
+    NotModified { job: u32, output: String },
+}
+
+impl AccountingError {
+    /// Whether slurmdbd (or the command) is unreachable, so trying further
+    /// jobs now is pointless.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, AccountingError::Command(_))
+    }
+}
+
+/// A log sink: one line per event, each starting `carbontrack: `.
+pub type Log<'a> = &'a mut dyn FnMut(String);
+
+/// What the Epilog knows of the job from its environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpilogJob {
+    pub job_id: u32,
+    pub meta: JobMeta,
+}
+
+impl EpilogJob {
+    /// From slurmd's Epilog environment (`SLURM_JOB_ID`, `SLURM_JOB_USER`,
+    /// `SLURM_JOB_ACCOUNT`, `SLURM_JOB_PARTITION`, `SLURM_CLUSTER_NAME`).
+    pub fn from_env() -> Result<EpilogJob, String> {
+        let get = |k: &str| std::env::var(k).unwrap_or_default();
+        let id = get("SLURM_JOB_ID");
+        let job_id = id.trim().parse().map_err(|_| {
+            format!("SLURM_JOB_ID is `{id}`, not a job id (run from the Epilog, or set it)")
+        })?;
+        Ok(EpilogJob {
+            job_id,
+            meta: JobMeta {
+                user: get("SLURM_JOB_USER"),
+                account: get("SLURM_JOB_ACCOUNT"),
+                partition: get("SLURM_JOB_PARTITION"),
+                cluster: get("SLURM_CLUSTER_NAME"),
+            },
+        })
+    }
+}
+
+/// What one epilog or flush run did, for the exit status of `flush` and for
+/// tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunReport {
+    pub delivered: Vec<u32>,
+    pub queued: Vec<u32>,
+    /// Spool files that could not be read and were moved aside.
+    pub corrupt: Vec<PathBuf>,
+}
+
+/// The Epilog's work for `job`: total its node footprints into the outbox,
+/// deliver it, then retry older queued jobs within `retry_budget`. Never
+/// fails: every problem is one log line.
+pub fn epilog(
+    config: &Config,
+    tools: &Tools,
+    job: &EpilogJob,
+    retry_budget: Duration,
+    log: Log,
+) -> RunReport {
+    let mut report = RunReport::default();
+    let spool = match Spool::open(&config.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("carbontrack: job {}: {e}", job.job_id));
+            return report;
+        }
+    };
+    let mut outage = false;
+    match collect(config, &spool, job, &mut report, log) {
+        Ok(Some(pending)) => match spool.write_outbox(job.job_id, &to_json(&pending)) {
+            Ok(_) => {
+                let d = deliver(&spool, tools, job.job_id, &mut outage, log);
+                tally(&mut report, job.job_id, d);
+            }
+            Err(e) => log(format!(
+                "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
+                job.job_id
+            )),
+        },
+        Ok(None) => {}
+        Err(e) => log(format!("carbontrack: job {}: {e}", job.job_id)),
+    }
+    let deadline = Instant::now() + retry_budget;
+    retry_outbox(
+        &spool,
+        tools,
+        Some(job.job_id),
+        Some(deadline),
+        &mut outage,
+        &mut report,
+        log,
+    );
+    report
+}
+
+/// `carbontrack flush`: delivers everything in the outbox.
+pub fn flush(
+    config: &Config,
+    tools: &Tools,
+    log: Log,
+) -> Result<RunReport, crate::spool::SpoolError> {
+    let spool = Spool::open(&config.spool)?;
+    let mut report = RunReport::default();
+    let mut outage = false;
+    retry_outbox(&spool, tools, None, None, &mut outage, &mut report, log);
+    Ok(report)
+}
+
+fn tally(report: &mut RunReport, job: u32, d: Delivered) {
+    match d {
+        Delivered::Done => report.delivered.push(job),
+        Delivered::Queued => report.queued.push(job),
+        Delivered::Busy => {}
+    }
+}
+
+fn retry_outbox(
+    spool: &Spool,
+    tools: &Tools,
+    skip: Option<u32>,
+    deadline: Option<Instant>,
+    outage: &mut bool,
+    report: &mut RunReport,
+    log: Log,
+) {
+    let jobs = match spool.outbox_jobs() {
+        Ok(j) => j,
+        Err(e) => {
+            log(format!("carbontrack: outbox: {e}"));
+            return;
+        }
+    };
+    for job in jobs.into_iter().filter(|j| Some(*j) != skip) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            report.queued.push(job);
+            continue;
+        }
+        let d = deliver(spool, tools, job, outage, log);
+        tally(report, job, d);
+    }
+}
+
+/// The job's node footprints as an outbox record; `None` when this node has
+/// none (the job was not tracked here). A file that does not read as a whole
+/// footprint is moved aside with one log line and the rest are used.
+fn collect(
+    config: &Config,
+    spool: &Spool,
+    job: &EpilogJob,
+    report: &mut RunReport,
+    log: Log,
+) -> Result<Option<Pending>, String> {
+    let paths = spool
+        .node_footprints(job.job_id)
+        .map_err(|e| e.to_string())?;
+    let mut rows: Vec<Row> = Vec::new();
+    for p in &paths {
+        match read_node_footprint(p) {
+            Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
+            Err(why) => {
+                let moved = spool
+                    .quarantine(job.job_id, p)
+                    .map(|to| format!("moved to {}", to.display()))
+                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                log(format!(
+                    "carbontrack: job {}: skipped unreadable footprint {}: {why}; {moved}",
+                    job.job_id,
+                    p.display()
+                ));
+                report.corrupt.push(p.clone());
+            }
+        }
+    }
+    if rows.is_empty() {
+        if spool.job_dir(job.job_id).exists() && paths.is_empty() {
+            // Tracked here (a hand-off exists) but nothing was written: the
+            // extern step did not finish its footprint.
+            log(format!(
+                "carbontrack: job {}: no footprint in {}; nothing to deliver",
+                job.job_id,
+                spool.job_dir(job.job_id).display()
+            ));
+        }
+        if spool.job_dir(job.job_id).exists() {
+            let _ = spool.remove_job(job.job_id);
+        }
+        return Ok(None);
+    }
+    let mut meta = job.meta.clone();
+    if let Ok(Some(h)) = spool.read_handoff(job.job_id) {
+        for (mine, theirs) in [
+            (&mut meta.user, h.user),
+            (&mut meta.account, h.account),
+            (&mut meta.partition, h.partition),
+        ] {
+            if mine.is_empty() {
+                *mine = theirs;
+            }
+        }
+    }
+    if let Some(r) = live_intensity(config, &rows, SystemTime::now()) {
+        apply_intensity(&mut rows, &r);
+    }
+    let Some(total) = JobTotal::from_rows(job.job_id, &rows, config.components, &meta) else {
+        return Ok(None);
+    };
+    Ok(Some(Pending {
+        segment: Segment::of(&total).format(),
+        total,
+        field: config.accounting_field.clone(),
+        accounting_done: false,
+        ledger: config.ledger.clone(),
+        ledger_done: config.ledger.is_none(),
+        attempts: 0,
+        last_error: String::new(),
+    }))
+}
+
+/// A node footprint as the sampler writes it: rows, then the total row
+/// last. A file cut short loses its total row, so a missing one means
+/// truncated, not "smaller job".
+pub fn read_node_footprint(p: &Path) -> Result<Vec<Row>, String> {
+    let bytes = fs::read(p).map_err(|e| e.to_string())?;
+    let rows = footprint::read_csv(&bytes[..]).map_err(|e| e.to_string())?;
+    match rows.last() {
+        Some(r) if r.is_total() && rows.len() > 1 => Ok(rows),
+        Some(_) => Err("no total row at the end (truncated?)".into()),
+        None => Err("no rows".into()),
+    }
+}
+
+/// The live source's intensity for the job's window, when one is configured:
+/// the sampler could not query it, the Epilog can.
+fn live_intensity(config: &Config, rows: &[Row], now: SystemTime) -> Option<Resolved> {
+    let IntensitySpec::ElectricityMaps(zone) = &config.intensity else {
+        return None;
+    };
+    let settings = LiveSettings::from_config(config)?;
+    let spans: Vec<EnergySpan> = rows
+        .iter()
+        .filter_map(|r| {
+            let a = humantime::parse_rfc3339_weak(&r.start).ok()?;
+            let b = humantime::parse_rfc3339_weak(&r.end).ok()?;
+            Some((a, b, Joules(r.energy_j?)))
+        })
+        .collect();
+    let start = spans.iter().map(|s| s.0).min()?;
+    let end = spans.iter().map(|s| s.1).max()?;
+    Some(resolve_live(
+        zone,
+        &settings,
+        &config.intensity_fallback(),
+        (start, end),
+        &spans,
+        now,
+    ))
+}
+
+fn apply_intensity(rows: &mut [Row], r: &Resolved) {
+    for row in rows {
+        row.intensity_g_per_kwh = Some(r.g_per_kwh.0);
+        row.co2e_g = row.energy_kwh.map(|k| k * r.g_per_kwh.0);
+        row.intensity_source = r.describe();
+    }
+}
+
+fn to_json(p: &Pending) -> Vec<u8> {
+    serde_json::to_vec_pretty(p).unwrap_or_default()
+}
+
+/// Delivers one outbox record: accounting, then the ledger, recording each
+/// success; removes the record and the job's spool directory when both are
+/// done. After an outage (`*outage`), accounting is not tried again in this
+/// run.
+pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: Log) -> Delivered {
+    let _lock = match spool.try_lock_outbox(job) {
+        Ok(Some(l)) => l,
+        Ok(None) => return Delivered::Busy,
+        Err(e) => {
+            log(format!("carbontrack: job {job}: {e}"));
+            return Delivered::Queued;
+        }
+    };
+    let path = spool.outbox_path(job);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        // Delivered by another process between listing and locking.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = spool.remove_outbox(job);
+            return Delivered::Busy;
+        }
+        Err(e) => {
+            log(format!("carbontrack: job {job}: {}: {e}", path.display()));
+            return Delivered::Queued;
+        }
+    };
+    let mut p: Pending = match serde_json::from_slice(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            let moved = spool
+                .quarantine(job, &path)
+                .map(|to| format!("moved to {}", to.display()))
+                .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+            log(format!(
+                "carbontrack: job {job}: skipped unreadable outbox record {}: {e}; {moved}",
+                path.display()
+            ));
+            let _ = spool.remove_outbox(job);
+            return Delivered::Queued;
+        }
+    };
+    let before = p.clone();
+    p.attempts += 1;
+    let mut errors = Vec::new();
+    if !p.accounting_done && !*outage {
+        match set_segment(tools, job, &p.field, &p.segment) {
+            Ok(()) => p.accounting_done = true,
+            Err(e) => {
+                *outage |= e.is_outage();
+                errors.push(format!("accounting: {e}"));
+            }
+        }
+    } else if !p.accounting_done {
+        errors.push("accounting: skipped after an earlier failure in this run".into());
+    }
+    if !p.ledger_done
+        && let Some(l) = &p.ledger
+    {
+        match ledger::append(l, &p.total) {
+            Ok(Appended::Yes | Appended::AlreadyThere) => p.ledger_done = true,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if p.accounting_done && p.ledger_done {
+        let cleanup = spool
+            .remove_job(job)
+            .and_then(|()| spool.remove_outbox(job));
+        if let Err(e) = cleanup {
+            log(format!("carbontrack: job {job}: delivered, but {e}"));
+        }
+        let kwh = p
+            .total
+            .energy_kwh
+            .map_or("unknown".into(), footprint::fmt_kwh);
+        log(format!(
+            "carbontrack: job {job}: delivered {kwh} kWh to {}{}",
+            p.field,
+            p.ledger
+                .as_ref()
+                .map(|l| format!(" and {}", l.display()))
+                .unwrap_or_default()
+        ));
+        return Delivered::Done;
+    }
+    p.last_error = errors.join("; ");
+    if p != before
+        && let Err(e) = spool.write_outbox(job, &to_json(&p))
+    {
+        log(format!("carbontrack: job {job}: {e}"));
+    }
+    log(format!(
+        "carbontrack: job {job}: queued for retry (attempt {}): {}",
+        p.attempts, p.last_error
+    ));
+    Delivered::Queued
+}
+
+/// Reads the job's field, merges the segment in, and writes it back if it
+/// changed. Returns once accounting holds the segment.
+///
+/// Waits (up to `end_wait`) until accounting has the job's end: slurmctld
+/// sends the job's completion record, which carries its own copy of the
+/// comment fields, asynchronously; written before it, the segment could be
+/// overwritten by it.
+pub fn set_segment(
+    tools: &Tools,
+    job: u32,
+    field: &str,
+    segment: &str,
+) -> Result<(), AccountingError> {
+    let deadline = Instant::now() + tools.end_wait;
+    let current = loop {
+        match read_field(tools, job, field)? {
+            Some(JobField { ended: true, text }) => break text,
+            Some(_) | None if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Some(_) => return Err(AccountingError::NotEnded(job)),
+            None => return Err(AccountingError::NotYet(job)),
+        }
+    };
+    let merged = accounting::merge(&current, segment);
+    if merged == current {
+        return Ok(());
+    }
+    let out = cmd::run(
+        &tools.sacctmgr,
+        [
+            "-i".to_string(),
+            "modify".into(),
+            "job".into(),
+            "where".into(),
+            format!("jobid={job}"),
+            "set".into(),
+            format!("{field}={merged}"),
+        ],
+        &[],
+        tools.timeout,
+    )?;
+    let said = format!("{}{}", out.stdout, out.stderr);
+    if said.contains("Nothing modified") || said.contains("Nothing to modify") {
+        return Err(AccountingError::NotModified {
+            job,
+            output: cmd::one_line(&said),
+        });
+    }
+    Ok(())
+}
+
+/// A job's field as accounting holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobField {
+    /// Whether accounting has the job's end time.
+    pub ended: bool,
+    pub text: String,
+}
+
+/// The job's field as accounting holds it; `None` when sacct knows no such
+/// job. `-X`: the allocation's record only, not its steps; `-P`: no width
+/// limit; the field comes last since it may hold the `|` separator or
+/// newlines.
+pub fn read_field(
+    tools: &Tools,
+    job: u32,
+    field: &str,
+) -> Result<Option<JobField>, AccountingError> {
+    let out = cmd::run(
+        &tools.sacct,
+        [
+            "-n".to_string(),
+            "-P".into(),
+            "-X".into(),
+            "-j".into(),
+            job.to_string(),
+            "-o".into(),
+            format!("End,{field}"),
+        ],
+        &[],
+        tools.timeout,
+    )?;
+    let Some(line) = out
+        .stdout
+        .strip_suffix('\n')
+        .or(Some(&out.stdout))
+        .filter(|l| !l.is_empty())
+    else {
+        return Ok(None);
+    };
+    let (end, text) = line.split_once('|').unwrap_or((line, ""));
+    Ok(Some(JobField {
+        ended: !matches!(end.trim(), "" | "Unknown" | "None"),
+        text: text.to_string(),
+    }))
+}

@@ -1,0 +1,507 @@
+//! `carbontrack epilog`, `flush` and `report` as the Epilog runs them, with
+//! stand-ins for sacct and sacctmgr that keep each job's field in a file and
+//! record every call (tests/epilog_cluster.rs runs the same against real
+//! slurmdbd). Each test has its own spool, ledger and plugstack.conf.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use carbontrack::footprint::{self, NodeFootprint};
+use carbontrack::measure::{Component, DeviceEnergy, Status};
+use carbontrack::report::accounting::Segment;
+use carbontrack::units::{GramsPerKwh, Joules};
+
+struct Env {
+    dir: PathBuf,
+}
+
+const SACCT: &str = r#"#!/bin/bash
+db=$(dirname "$0")/db
+echo "sacct $*" >>"$db/calls"
+[[ -e $db/down ]] && { echo "sacct: error: Problem talking to the database: Connection refused" >&2; exit 1; }
+while (($#)); do [[ $1 == -j ]] && job=$2; shift; done
+[[ -f $db/job.$job ]] && { printf '%s|' "$(cat "$db/end.$job" 2>/dev/null || echo 2024-05-01T01:00:00)"; cat "$db/job.$job"; echo; }
+exit 0
+"#;
+
+const SACCTMGR: &str = r#"#!/bin/bash
+db=$(dirname "$0")/db
+echo "sacctmgr $*" >>"$db/calls"
+[[ -e $db/down ]] && { echo "sacctmgr: error: Problem talking to the database" >&2; exit 1; }
+for a; do case $a in jobid=*) job=${a#jobid=};; AdminComment=*) val=${a#AdminComment=};; esac; done
+[[ -f $db/job.$job ]] || { echo " Nothing modified"; exit 1; }
+printf '%s' "$val" | tr "\"'" '``' >"$db/job.$job"
+echo " Modified job(s)..."
+"#;
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("ct-epilog-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("bin/db")).unwrap();
+        for (n, text) in [("sacct", SACCT), ("sacctmgr", SACCTMGR)] {
+            let p = dir.join("bin").join(n);
+            fs::write(&p, text).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(
+            dir.join("plugstack.conf"),
+            format!(
+                "optional /usr/lib/slurm/libcarbontrack.so spool={0}/spool ledger={0}/ledger.csv pue=1.5 intensity=400\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Env { dir }
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.join("spool")
+    }
+
+    /// Job known to "slurmdbd" with this field text.
+    fn db_job(&self, job: u32, text: &str) {
+        fs::write(self.dir.join(format!("bin/db/job.{job}")), text).unwrap();
+    }
+
+    fn field(&self, job: u32) -> String {
+        fs::read_to_string(self.dir.join(format!("bin/db/job.{job}"))).unwrap()
+    }
+
+    fn set_down(&self, down: bool) {
+        let p = self.dir.join("bin/db/down");
+        if down {
+            fs::write(p, "").unwrap();
+        } else {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    fn calls(&self, prog: &str) -> usize {
+        fs::read_to_string(self.dir.join("bin/db/calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(prog) && l[prog.len()..].starts_with(' '))
+            .count()
+    }
+
+    fn carbontrack(&self, args: &[&str], job: Option<u32>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_carbontrack"));
+        c.args(args)
+            .arg("--plugstack")
+            .arg(self.dir.join("plugstack.conf"))
+            .arg("--sacct")
+            .arg(self.dir.join("bin/sacct"))
+            .arg("--sacctmgr")
+            .arg(self.dir.join("bin/sacctmgr"))
+            .env_remove("SLURM_JOB_ID");
+        if let Some(j) = job {
+            c.env("SLURM_JOB_ID", j.to_string())
+                .env("SLURM_JOB_USER", "alice")
+                .env("SLURM_JOB_ACCOUNT", "ml")
+                .env("SLURM_JOB_PARTITION", "gpu")
+                .env("SLURM_CLUSTER_NAME", "test");
+        }
+        c.output().unwrap()
+    }
+
+    fn epilog(&self, job: u32) -> Output {
+        self.carbontrack(&["epilog"], Some(job))
+    }
+
+    /// A node footprint in the spool, as the extern step leaves it: joules
+    /// per component (None: unavailable).
+    fn footprint(&self, job: u32, node: &str, cpu: f64, gpu: Option<f64>) -> Vec<footprint::Row> {
+        let spool = carbontrack::spool::Spool::open(&self.spool()).unwrap();
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_714_521_600);
+        let mut devices = vec![DeviceEnergy {
+            component: Component::Cpu,
+            device: "package-0".into(),
+            share: 0.5,
+            energy: Some(Joules(cpu)),
+            status: Status::Ok,
+        }];
+        devices.push(match gpu {
+            Some(j) => DeviceEnergy {
+                component: Component::Gpu,
+                device: "GPU-a".into(),
+                share: 1.0,
+                energy: Some(Joules(j)),
+                status: Status::Ok,
+            },
+            None => DeviceEnergy::unavailable(Component::Gpu, "GPU-a", "NVML not found"),
+        });
+        let fp = NodeFootprint {
+            job_id: job.to_string(),
+            node: node.into(),
+            start: t0,
+            end: t0 + std::time::Duration::from_secs(1800),
+            devices,
+        };
+        let intensity = carbontrack::carbon::intensity::Resolved {
+            g_per_kwh: GramsPerKwh(400.0),
+            source: "fixed by site".into(),
+            note: None,
+        };
+        let rows = footprint::node_rows(&fp, 1.5, &intensity);
+        let mut csv = Vec::new();
+        footprint::write_csv(&mut csv, &rows).unwrap();
+        spool.write_node_footprint(job, node, &csv).unwrap();
+        rows
+    }
+
+    fn ledger(&self) -> String {
+        fs::read_to_string(self.dir.join("ledger.csv")).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[test]
+fn delivers_the_total_keeping_other_text() {
+    let e = Env::new("deliver");
+    let rows = e.footprint(101, "n1", 360_000.0, Some(720_000.0));
+    e.footprint(101, "n2", 36_000.0, Some(0.0));
+    e.db_job(101, "ticket 42: checked by \"ops\"");
+    let o = e.epilog(101);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let field = e.field(101);
+    assert!(
+        field.starts_with("ticket 42: checked by `ops` carbontrack:v1 "),
+        "{field}"
+    );
+    let seg = Segment::parse(&field).unwrap();
+    let joules = 360_000.0 + 720_000.0 + 36_000.0;
+    assert!(
+        close(seg.energy_kwh.unwrap(), joules * 1.5 / 3.6e6),
+        "{seg:?}"
+    );
+    assert!(
+        close(seg.co2e_g.unwrap(), joules * 1.5 / 3.6e6 * 400.0),
+        "{seg:?}"
+    );
+    assert_eq!(
+        (seg.cpu_j, seg.gpu_j, seg.dram_j, seg.nodes),
+        (Some(396_000.0), Some(720_000.0), Some(0.0), 2)
+    );
+    assert_eq!((seg.pue, seg.intensity), (Some(1.5), Some(400.0)));
+    // The node's own total row agrees with what the epilog recomputed.
+    let node_total = rows.last().unwrap();
+    assert_eq!(node_total.energy_j, Some(1_080_000.0));
+    // One ledger row, spool state gone, one line in the log.
+    let ledger = e.ledger();
+    assert_eq!(ledger.lines().count(), 2, "{ledger}");
+    assert!(
+        ledger
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("101,alice,ml,gpu,2,"),
+        "{ledger}"
+    );
+    assert!(!e.spool().join("jobs/101").exists());
+    assert!(
+        fs::read_dir(e.spool().join("outbox"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(stderr(&o).contains("job 101: delivered"), "{}", stderr(&o));
+
+    // A second epilog for the same job (nothing left in the spool) changes nothing.
+    let before = e.calls("sacctmgr");
+    assert!(e.epilog(101).status.success());
+    assert_eq!(e.calls("sacctmgr"), before);
+    assert_eq!(e.ledger().lines().count(), 2);
+}
+
+#[test]
+fn unmeasured_gpu_is_unknown_in_accounting() {
+    let e = Env::new("unknown");
+    e.footprint(102, "n1", 3600.0, None);
+    e.db_job(102, "");
+    assert!(e.epilog(102).status.success());
+    let field = e.field(102);
+    assert!(field.contains(" gpu_j=unknown "), "{field}");
+    assert!(
+        field.starts_with("carbontrack:v1 energy_kwh=0.00150000 co2e_g=0.600 "),
+        "{field}"
+    );
+}
+
+#[test]
+fn outage_queues_then_flush_delivers_exactly_once() {
+    let e = Env::new("outage");
+    e.footprint(201, "n1", 7200.0, Some(7200.0));
+    e.db_job(201, "keep me");
+    e.set_down(true);
+    let o = e.epilog(201);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("job 201: queued for retry"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.field(201), "keep me");
+    assert!(e.spool().join("outbox/201.json").exists());
+    // The ledger does not depend on slurmdbd: written once already.
+    assert_eq!(e.ledger().lines().count(), 2);
+
+    // The next job's epilog, still down: both queued, nothing doubled.
+    e.footprint(202, "n1", 3600.0, Some(0.0));
+    e.db_job(202, "");
+    assert!(e.epilog(202).status.success());
+    assert_eq!(e.ledger().lines().count(), 3);
+
+    e.set_down(false);
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("delivered 2 job(s), 0 still queued"));
+    assert!(
+        e.field(201).starts_with("keep me carbontrack:v1 "),
+        "{}",
+        e.field(201)
+    );
+    assert!(Segment::parse(&e.field(202)).is_some());
+    let writes = e.calls("sacctmgr");
+    // Flushing again, and another epilog, deliver nothing more.
+    let o = e.carbontrack(&["flush"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("delivered 0 job(s), 0 still queued"));
+    assert!(e.epilog(202).status.success());
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(e.ledger().lines().count(), 3);
+    assert_eq!(e.field(201).matches("carbontrack:v1").count(), 1);
+}
+
+#[test]
+fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
+    let e = Env::new("notyet");
+    e.footprint(301, "n1", 3600.0, Some(0.0));
+    let o = e.epilog(301);
+    assert!(
+        stderr(&o).contains("not in accounting yet"),
+        "{}",
+        stderr(&o)
+    );
+    e.db_job(301, "");
+    e.footprint(302, "n1", 3600.0, Some(0.0));
+    e.db_job(302, "");
+    let o = e.epilog(302);
+    assert!(o.status.success());
+    assert!(Segment::parse(&e.field(301)).is_some(), "{}", stderr(&o));
+    assert!(Segment::parse(&e.field(302)).is_some());
+    assert!(!e.spool().join("outbox/301.json").exists());
+
+    // In the database but without its end (slurmctld's completion record,
+    // which carries its own copy of the field, is still on its way): not
+    // written before it, or it would overwrite the segment.
+    e.footprint(303, "n1", 3600.0, Some(0.0));
+    e.db_job(303, "");
+    fs::write(e.dir.join("bin/db/end.303"), "Unknown").unwrap();
+    let o = e.carbontrack(&["epilog", "--end-wait", "300ms"], Some(303));
+    assert!(
+        stderr(&o).contains("no end time for job 303"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.field(303), "");
+    fs::remove_file(e.dir.join("bin/db/end.303")).unwrap();
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(Segment::parse(&e.field(303)).is_some());
+}
+
+#[test]
+fn corrupt_or_truncated_footprints_are_skipped_with_one_line() {
+    let e = Env::new("corrupt");
+    let spool = carbontrack::spool::Spool::open(&e.spool()).unwrap();
+    e.db_job(401, "");
+    // Truncated: the node's total row is missing.
+    e.footprint(401, "n1", 3600.0, Some(3600.0));
+    let p = spool.node_footprint_path(401, "n1");
+    let text = fs::read_to_string(&p).unwrap();
+    let cut: Vec<&str> = text.lines().take(2).collect();
+    fs::write(&p, cut.join("\n") + "\n").unwrap();
+    // Garbage from another node of the job.
+    spool
+        .write_node_footprint(401, "n2", b"\x00\xffnot,a\ncsv")
+        .unwrap();
+    // And a good one.
+    e.footprint(401, "n3", 1000.0, Some(0.0));
+    let o = e.epilog(401);
+    assert!(o.status.success());
+    let log = stderr(&o);
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("skipped unreadable"))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{log}");
+    assert!(
+        skipped
+            .iter()
+            .any(|l| l.contains("node-n1.csv") && l.contains("truncated")),
+        "{log}"
+    );
+    assert!(log.lines().all(|l| l.starts_with("carbontrack: ")), "{log}");
+    let seg = Segment::parse(&e.field(401)).unwrap();
+    assert_eq!((seg.nodes, seg.cpu_j), (1, Some(1000.0)));
+    assert!(e.spool().join("corrupt/401-node-n1.csv").exists());
+
+    // Only corrupt files: nothing delivered, still exit 0.
+    spool.write_node_footprint(402, "n1", b"job_id\n").unwrap();
+    let o = e.epilog(402);
+    assert!(o.status.success());
+    assert_eq!(
+        stderr(&o)
+            .lines()
+            .filter(|l| l.contains("skipped unreadable"))
+            .count(),
+        1
+    );
+    // A corrupt outbox record: one line, moved aside, exit 0.
+    fs::write(e.spool().join("outbox/403.json"), "{ half").unwrap();
+    let o = e.epilog(402);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("skipped unreadable outbox record"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!e.spool().join("outbox/403.json").exists());
+}
+
+#[test]
+fn epilog_exits_zero_whatever_happens() {
+    let e = Env::new("zero");
+    // No job id, a bad plugstack value, a spool others can write.
+    let o = e.carbontrack(&["epilog"], None);
+    assert!(
+        o.status.success() && stderr(&o).contains("SLURM_JOB_ID"),
+        "{}",
+        stderr(&o)
+    );
+    let o = e.carbontrack(&["epilog", "--pue", "7"], Some(5));
+    assert!(
+        o.status.success() && stderr(&o).contains("pue=7"),
+        "{}",
+        stderr(&o)
+    );
+    fs::create_dir_all(e.spool()).unwrap();
+    fs::set_permissions(e.spool(), fs::Permissions::from_mode(0o777)).unwrap();
+    let o = e.epilog(5);
+    assert!(
+        o.status.success() && stderr(&o).contains("not safe"),
+        "{}",
+        stderr(&o)
+    );
+    // sacct missing altogether: queued, exit 0.
+    fs::set_permissions(e.spool(), fs::Permissions::from_mode(0o700)).unwrap();
+    e.footprint(6, "n1", 1.0, Some(1.0));
+    let o = Command::new(env!("CARGO_BIN_EXE_carbontrack"))
+        .args(["epilog", "--plugstack"])
+        .arg(e.dir.join("plugstack.conf"))
+        .args(["--sacct", "/nonexistent/sacct"])
+        .env("SLURM_JOB_ID", "6")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("cannot start /nonexistent/sacct"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(e.spool().join("outbox/6.json").exists());
+}
+
+#[test]
+fn wrapper_always_exits_zero() {
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/carbontrack-epilog");
+    let e = Env::new("wrapper");
+    e.footprint(7, "n1", 1.0, Some(1.0));
+    e.db_job(7, "");
+    let args = format!(
+        "--plugstack {0}/plugstack.conf --sacct {0}/bin/sacct --sacctmgr {0}/bin/sacctmgr",
+        e.dir.display()
+    );
+    let o = Command::new(&wrapper)
+        .env("CARBONTRACK", env!("CARGO_BIN_EXE_carbontrack"))
+        .env("CARBONTRACK_EPILOG_ARGS", &args)
+        .env("SLURM_JOB_ID", "7")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(Segment::parse(&e.field(7)).is_some(), "{}", stderr(&o));
+    // Binary missing, or killed at the time limit: still 0.
+    let o = Command::new(&wrapper)
+        .env("CARBONTRACK", "/nonexistent/carbontrack")
+        .env("SLURM_JOB_ID", "8")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("binary not found"), "{}", stderr(&o));
+    let hang = e.dir.join("hang");
+    fs::write(&hang, "#!/bin/sh\nsleep 30\n").unwrap();
+    fs::set_permissions(&hang, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(&wrapper)
+        .env("CARBONTRACK", &hang)
+        .env("CARBONTRACK_EPILOG_TIMEOUT", "1")
+        .env("SLURM_JOB_ID", "9")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("stopped after 1s"), "{}", stderr(&o));
+}
+
+#[test]
+fn report_totals_are_the_sums_of_their_jobs() {
+    let e = Env::new("report");
+    // (job, user-by-env, cpu J, gpu J)
+    let jobs = [
+        (501, 3600.0, 7200.0),
+        (502, 1800.0, 0.0),
+        (503, 36_000.0, 72_000.0),
+    ];
+    for (id, cpu, gpu) in jobs {
+        e.footprint(id, "n1", cpu, Some(gpu));
+        e.db_job(id, "");
+        assert!(e.epilog(id).status.success());
+    }
+    let out = e.carbontrack(
+        &[
+            "report", "--source", "ledger", "--by", "user", "--format", "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let joules: f64 = jobs.iter().map(|(_, c, g)| c + g).sum();
+    let kwh = joules * 1.5 / 3.6e6;
+    let total = &v["total"];
+    assert_eq!(total["jobs"], 3);
+    assert!(close(total["energy_kwh"].as_f64().unwrap(), kwh), "{v}");
+    assert!(close(total["co2e_g"].as_f64().unwrap(), kwh * 400.0), "{v}");
+    // Each job ran half an hour on one GPU.
+    assert!(close(total["gpu_hours"].as_f64().unwrap(), 1.5), "{v}");
+    assert_eq!(v["groups"][0]["group"], "alice");
+    assert_eq!(v["groups"][0]["jobs"], 3);
+    // The segments in "accounting" add up to the same.
+    let from_fields: f64 = jobs
+        .iter()
+        .map(|(id, _, _)| Segment::parse(&e.field(*id)).unwrap().energy_kwh.unwrap())
+        .sum();
+    assert!((from_fields - kwh).abs() < 1e-5, "{from_fields} vs {kwh}");
+}

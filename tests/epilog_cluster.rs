@@ -1,0 +1,443 @@
+//! The Epilog against real Slurm accounting: a throwaway cluster with MariaDB
+//! and slurmdbd (`scripts/test-cluster start --accounting`) whose slurmd runs
+//! `scripts/carbontrack-epilog` as its Epilog. Until the plugin writes node
+//! footprints, a small test Epilog puts a prepared one into the spool first,
+//! as the extern step would, then calls the real wrapper.
+//!
+//! Needs root and the Slurm packages; skipped with a message otherwise
+//! (a failure under CI=true). Everything runs in one test, in order, because
+//! the machine holds one cluster at a time.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use carbontrack::carbon::intensity::Resolved;
+use carbontrack::footprint::{self, NodeFootprint};
+use carbontrack::measure::{Component, DeviceEnergy, Status};
+use carbontrack::report::accounting::Segment;
+use carbontrack::units::{GramsPerKwh, Joules};
+use common::{Cluster, in_ci, missing_prerequisite};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct T {
+    c: Cluster,
+    spool: PathBuf,
+    ledger: PathBuf,
+    stage: PathBuf,
+    bin: PathBuf,
+    node: String,
+}
+
+impl T {
+    fn out(o: &Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+
+    fn root(&self, program: &str, args: &[&str]) -> String {
+        let o = self.c.as_root(program, args);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn carbontrack(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("SLURM_CONF", self.c.slurm_conf())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The footprint the next job's Epilog finds (as the extern step would
+    /// leave it): cpu and gpu joules on this node.
+    fn stage(&self, cpu: f64, gpu: f64) {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_714_521_600);
+        let dev = |component, device: &str, j: f64| DeviceEnergy {
+            component,
+            device: device.into(),
+            share: 1.0,
+            energy: Some(Joules(j)),
+            status: Status::Ok,
+        };
+        let fp = NodeFootprint {
+            job_id: "0".into(),
+            node: self.node.clone(),
+            start: t0,
+            end: t0 + Duration::from_secs(3600),
+            devices: vec![
+                dev(Component::Cpu, "package-0", cpu),
+                dev(Component::Gpu, "GPU-a", gpu),
+            ],
+        };
+        let intensity = Resolved {
+            g_per_kwh: GramsPerKwh(400.0),
+            source: "fixed by site".into(),
+            note: None,
+        };
+        let mut csv = Vec::new();
+        footprint::write_csv(&mut csv, &footprint::node_rows(&fp, 1.5, &intensity)).unwrap();
+        fs::write(self.stage.join("footprint.csv"), csv).unwrap();
+    }
+
+    fn stage_bytes(&self, b: &[u8]) {
+        fs::write(self.stage.join("footprint.csv"), b).unwrap();
+    }
+
+    /// Submits a job as the user; returns its id without waiting.
+    fn submit(&self, wrap: &str) -> u32 {
+        let work = self.c.work_dir().display().to_string();
+        let o = self
+            .c
+            .as_user(
+                "sbatch",
+                &[
+                    "--parsable",
+                    "--chdir",
+                    &work,
+                    "--output=/dev/null",
+                    "--wrap",
+                    wrap,
+                ],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("sbatch: {}", T::out(&o)))
+    }
+
+    fn field(&self, id: u32) -> String {
+        // The issue's own check: sacct -j N -o AdminComment%300.
+        self.root(
+            "sacct",
+            &["-n", "-X", "-j", &id.to_string(), "-o", "AdminComment%300"],
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_state(&self, id: u32, state: &str) {
+        self.wait_for(&format!("job {id} {state}"), || {
+            self.root(
+                "sacct",
+                &["-n", "-X", "-P", "-j", &id.to_string(), "-o", "State"],
+            )
+            .trim()
+                == state
+        });
+    }
+
+    fn wait_gone(&self, id: u32) {
+        self.wait_for(&format!("job {id} to leave the queue"), || {
+            self.root("squeue", &["-h", "-j", &id.to_string(), "-o", "%T"])
+                .trim()
+                .is_empty()
+        });
+    }
+
+    fn drained(&self) -> String {
+        self.root("sinfo", &["-R", "-h"]).trim().to_string()
+    }
+
+    fn epilog_log(&self) -> String {
+        fs::read_to_string(self.c.dir.join("log/ct-epilog.log")).unwrap_or_default()
+    }
+
+    fn dbd_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.c.dir.join("run/slurmdbd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+fn kwh(j: f64) -> f64 {
+    j * 1.5 / 3.6e6
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs()
+}
+
+#[test]
+fn epilog_against_real_slurmdbd() {
+    if let Some(why) = missing_prerequisite(true) {
+        assert!(!in_ci(), "cluster tests cannot run under CI: {why}");
+        println!("SKIPPED epilog cluster test: {why}");
+        return;
+    }
+    let c = Cluster::start(true).expect("test cluster starts");
+    let dir = c.dir.clone();
+    let node =
+        String::from_utf8_lossy(&Command::new("hostname").arg("-s").output().unwrap().stdout)
+            .trim()
+            .to_string();
+    let t = T {
+        spool: dir.join("ct-spool"),
+        ledger: dir.join("ct-ledger/ledger.csv"),
+        stage: dir.join("ct-stage"),
+        bin: dir.join("bin/carbontrack"),
+        node,
+        c,
+    };
+    // The binary where the Epilog (root) and the submit user can run it.
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_carbontrack"), &t.bin).unwrap();
+    fs::set_permissions(&t.bin, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(&t.stage).unwrap();
+    carbontrack::spool::Spool::open(&t.spool).unwrap();
+    // One place to configure: the epilog finds these through SLURM_CONF.
+    let spool_arg = format!("spool={}", t.spool.display());
+    let ledger_arg = format!("ledger={}", t.ledger.display());
+    t.c.set_plugin_args(&[&spool_arg, &ledger_arg, "pue=1.5", "intensity=400"]);
+
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/carbontrack-epilog");
+    let epilog = dir.join("etc/epilog.sh");
+    fs::write(
+        &epilog,
+        format!(
+            "#!/bin/bash\n\
+             # Test Epilog: the extern step's footprint, then the real wrapper.\n\
+             exec 2>>{log}\n\
+             if [[ -f {stage}/footprint.csv ]]; then\n\
+               install -d -m 700 {spool}/jobs/$SLURM_JOB_ID\n\
+               cp {stage}/footprint.csv {spool}/jobs/$SLURM_JOB_ID/node-$(hostname -s).csv\n\
+             fi\n\
+             t0=$(date +%s%N)\n\
+             CARBONTRACK={bin} {wrapper}\n\
+             rc=$?\n\
+             echo \"test-epilog: job $SLURM_JOB_ID took $(( ($(date +%s%N) - t0) / 1000000 )) ms, SLURM_CONF=$SLURM_CONF\" >&2\n\
+             exit $rc\n",
+            log = dir.join("log/ct-epilog.log").display(),
+            stage = t.stage.display(),
+            spool = t.spool.display(),
+            bin = t.bin.display(),
+            wrapper = wrapper.display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&epilog, fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = fs::read_to_string(t.c.slurm_conf()).unwrap();
+    let conf: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("#Epilog=") && !l.starts_with("Epilog="))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + &format!("Epilog={}\n", epilog.display());
+    fs::write(t.c.slurm_conf(), conf).unwrap();
+    let o = t.c.as_root("scontrol", &["reconfigure"]);
+    assert!(o.status.success(), "{}", T::out(&o));
+    sleep(Duration::from_secs(2));
+
+    let mut delivered_j = Vec::new();
+
+    // 1. The segment lands next to text an admin put there first.
+    t.stage(360_000.0, 720_000.0);
+    let id = t.submit("sleep 5");
+    t.wait_state(id, "RUNNING");
+    let o = t.c.as_root(
+        "sacctmgr",
+        &[
+            "-i",
+            "modify",
+            "job",
+            "where",
+            &format!("jobid={id}"),
+            "set",
+            "AdminComment=ticket 42 'checked'",
+        ],
+    );
+    assert!(o.status.success(), "{}", T::out(&o));
+    t.wait_for(&format!("segment of job {id}"), || {
+        t.field(id).contains("carbontrack:v1")
+    });
+    let field = t.field(id);
+    assert!(
+        field.starts_with("ticket 42 `checked` carbontrack:v1 "),
+        "{field}"
+    );
+    let seg = Segment::parse(&field).unwrap();
+    assert!(close(seg.energy_kwh.unwrap(), kwh(1_080_000.0)), "{field}");
+    assert!(
+        close(seg.co2e_g.unwrap(), kwh(1_080_000.0) * 400.0),
+        "{field}"
+    );
+    assert_eq!(
+        (seg.cpu_j, seg.gpu_j, seg.nodes),
+        (Some(360_000.0), Some(720_000.0), 1)
+    );
+    delivered_j.push(1_080_000.0);
+    assert_eq!(t.drained(), "");
+
+    // 2. A comment set through slurmctld while the job runs (it travels with
+    // the job's completion record) survives too.
+    t.stage(36_000.0, 0.0);
+    let id = t.submit("sleep 5");
+    t.wait_state(id, "RUNNING");
+    let o = t.c.as_root(
+        "scontrol",
+        &["update", &format!("jobid={id}"), "AdminComment=ops-note"],
+    );
+    assert!(o.status.success(), "{}", T::out(&o));
+    t.wait_gone(id);
+    t.wait_for(&format!("segment of job {id}"), || {
+        t.field(id).contains("carbontrack:v1")
+    });
+    sleep(Duration::from_secs(2));
+    let field = t.field(id);
+    assert!(field.starts_with("ops-note carbontrack:v1 "), "{field}");
+    delivered_j.push(36_000.0);
+
+    // 3. slurmdbd down: the job completes, the node stays up, the total
+    // waits in the outbox; once slurmdbd is back, flush delivers it once.
+    let pid = t.dbd_pid().expect("slurmdbd pid");
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+    t.wait_for("slurmdbd to stop", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    t.stage(7200.0, 3600.0);
+    let id = t.submit("true");
+    let outbox = t.spool.join(format!("outbox/{id}.json"));
+    t.wait_for("the queued total", || outbox.exists());
+    t.wait_gone(id);
+    assert_eq!(t.drained(), "", "the Epilog drained the node");
+    assert!(
+        t.epilog_log()
+            .contains(&format!("job {id}: queued for retry")),
+        "{}",
+        t.epilog_log()
+    );
+    let o = Command::new("slurmdbd")
+        .env("SLURM_CONF", t.c.slurm_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(o.success());
+    t.wait_for("slurmdbd back", || {
+        t.c.as_root("sacctmgr", &["-n", "list", "cluster"])
+            .status
+            .success()
+    });
+    let mut flushes = 0;
+    t.wait_for("flush to deliver", || {
+        flushes += 1;
+        t.carbontrack(&["flush"]).status.success()
+    });
+    assert!(!outbox.exists());
+    let field = t.field(id);
+    assert_eq!(field.matches("carbontrack:v1").count(), 1, "{field}");
+    assert!(close(
+        Segment::parse(&field).unwrap().energy_kwh.unwrap(),
+        kwh(10_800.0)
+    ));
+    delivered_j.push(10_800.0);
+    let again = t.carbontrack(&["flush"]);
+    assert!(
+        T::out(&again).contains("delivered 0 job(s), 0 still queued"),
+        "{}",
+        T::out(&again)
+    );
+    println!("slurmdbd outage: delivered after {flushes} flush attempt(s)");
+
+    // 4. A truncated footprint: skipped with one log line, Epilog exits 0.
+    let good = fs::read(t.stage.join("footprint.csv")).unwrap();
+    t.stage_bytes(&good[..good.len() * 2 / 3]);
+    let id = t.submit("true");
+    t.wait_gone(id);
+    t.wait_state(id, "COMPLETED");
+    t.wait_for("the epilog's log line", || {
+        t.epilog_log().contains(&format!("job {id} took"))
+    });
+    let lines: Vec<String> = t
+        .epilog_log()
+        .lines()
+        .filter(|l| l.contains(&format!("job {id}: skipped unreadable")))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", t.epilog_log());
+    assert_eq!(t.drained(), "");
+    assert!(!t.field(id).contains("carbontrack:v1"));
+    assert!(
+        t.spool
+            .join(format!("corrupt/{id}-node-{}.csv", t.node))
+            .exists()
+    );
+    fs::remove_file(t.stage.join("footprint.csv")).unwrap();
+
+    // 5. Reports: totals equal the sum of the jobs, from accounting (as root
+    // and as the user, who sees their own jobs) and from the ledger.
+    let want = kwh(delivered_j.iter().sum());
+    for (who, out) in [
+        (
+            "root/sacct",
+            t.carbontrack(&["report", "--by", "user", "--format", "json"]),
+        ),
+        (
+            "root/ledger",
+            t.carbontrack(&[
+                "report", "--source", "ledger", "--by", "account", "--format", "json",
+            ]),
+        ),
+        (
+            "user/sacct",
+            t.c.as_user(
+                t.bin.to_str().unwrap(),
+                &["report", "--by", "day", "--format", "json"],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+        ),
+    ] {
+        assert!(out.status.success(), "{who}: {}", T::out(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["total"]["jobs"], delivered_j.len(), "{who}: {v}");
+        assert!(
+            close(v["total"]["energy_kwh"].as_f64().unwrap(), want),
+            "{who}: {v}"
+        );
+        let groups: f64 = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["energy_kwh"].as_f64().unwrap())
+            .sum();
+        assert!(close(groups, want), "{who}: {v}");
+        println!("report {who}: {}", v["total"]);
+    }
+    let table = t.carbontrack(&["report", "--by", "account"]);
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+    for l in t
+        .epilog_log()
+        .lines()
+        .filter(|l| l.starts_with("test-epilog:"))
+    {
+        println!("{l}");
+    }
+    assert_eq!(t.drained(), "");
+}
