@@ -62,6 +62,13 @@ pub struct Plan {
     pub epoch_file: Option<PathBuf>,
     /// The job's time limit, for the projection in the live summary.
     pub time_limit: Option<Duration>,
+    /// Look the time limit up once with `squeue` (Slurm 22.05 hands it to no
+    /// plugin callback), at the first refresh: one query per job, from the
+    /// node that writes the summary.
+    pub time_limit_from_squeue: bool,
+    /// A root-only copy of the footprint so far, rewritten at each refresh,
+    /// for `carbontrack status`.
+    pub live_csv: Option<PathBuf>,
     /// How often the live summary is rewritten.
     pub refresh: Duration,
     /// How long stopping may wait for the sampler thread.
@@ -84,6 +91,8 @@ impl Plan {
             epochs: None,
             epoch_file: None,
             time_limit: None,
+            time_limit_from_squeue: false,
+            live_csv: None,
             refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
         }
@@ -104,6 +113,8 @@ struct Progress {
     marks: Vec<Mark>,
     epoch_problem: Option<String>,
     write_problem: Option<String>,
+    /// The time limit once looked up (`Some(None)`: unlimited or unknown).
+    time_limit: Option<Option<Duration>>,
 }
 
 fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
@@ -134,16 +145,36 @@ impl Observer for Live {
     }
 
     fn on_refresh(&mut self, snap: &Snapshot) {
-        let Output::WorkDir(dir) = &self.plan.output else {
+        let plan = &self.plan;
+        if plan.live_csv.is_none() && !matches!(plan.output, Output::WorkDir(_)) {
+            return;
+        }
+        let (rows, intensity) = rows_of(plan, snap);
+        if let Some(path) = &plan.live_csv {
+            let mut csv = Vec::new();
+            if write_csv(&mut csv, &rows).is_ok() {
+                // Best effort: `carbontrack status` says when it has no copy.
+                let _ = crate::spool::write_atomic(path, &csv);
+            }
+        }
+        let Output::WorkDir(dir) = &plan.output else {
             return;
         };
+        let known = lock(&self.progress).time_limit;
+        let time_limit = match known {
+            Some(t) => t,
+            None if plan.time_limit.is_none() && plan.time_limit_from_squeue => {
+                let t = squeue_time_limit(&plan.job_id);
+                lock(&self.progress).time_limit = Some(t);
+                t
+            }
+            None => plan.time_limit,
+        };
         let marks = lock(&self.progress).marks.clone();
-        let (rows, intensity) = rows_of(&self.plan, snap);
-        let text = render_live(
-            &summary_input(&self.plan, snap, &rows, &intensity, &marks).input(),
-            SystemTime::now(),
-        );
-        if let Err(e) = write_as_user(&self.plan, dir, &self.plan.txt_name(), text.as_bytes()) {
+        let mut input = summary_input(plan, snap, &rows, &intensity, &marks);
+        input.time_limit = time_limit;
+        let text = render_live(&input.input(), SystemTime::now());
+        if let Err(e) = write_as_user(plan, dir, &plan.txt_name(), text.as_bytes()) {
             let mut p = lock(&self.progress);
             // One report per run, not one per refresh.
             if p.write_problem.is_none() {
@@ -272,9 +303,9 @@ impl Tracker {
         if let Err(e) = write_csv(&mut csv, &rows) {
             problems.push(format!("cannot format the footprint CSV: {e}"));
         }
-        let summary = render_final(
-            &summary_input(plan, &snapshot, &rows, &intensity, &progress.marks).input(),
-        );
+        let mut input = summary_input(plan, &snapshot, &rows, &intensity, &progress.marks);
+        input.time_limit = progress.time_limit.flatten().or(plan.time_limit);
+        let summary = render_final(&input.input());
 
         let mut delivered = Vec::new();
         let mut deliver = |dir: &std::path::Path, name: String, bytes: &[u8]| match write_as_user(
@@ -352,6 +383,16 @@ fn write_as_user(
     write_user_file(plan.user.as_ref(), dir, name, bytes).map_err(|e| e.to_string())
 }
 
+/// The job's time limit from `squeue`, bounded to 2 s; `None` when unlimited
+/// or unknown (the summary then shows no projection to the limit).
+fn squeue_time_limit(job_id: &str) -> Option<Duration> {
+    let job = job_id.parse().ok()?;
+    let squeue = crate::report::cmd::find_program(std::path::Path::new("squeue"));
+    crate::report::status::queue_info(&squeue, job, Duration::from_secs(2))
+        .ok()?
+        .time_limit
+}
+
 /// The timeline as spans of energy, for weighting an hourly intensity.
 fn energy_spans(snap: &Snapshot) -> Vec<EnergySpan> {
     snap.timeline
@@ -410,6 +451,7 @@ fn summary_input<'a>(
     SummaryInputOwned {
         plan,
         elapsed: snap.duration,
+        time_limit: plan.time_limit,
         rows,
         intensity,
         marks: epoch_marks(snap, marks),
@@ -420,6 +462,7 @@ fn summary_input<'a>(
 struct SummaryInputOwned<'a> {
     plan: &'a Plan,
     elapsed: Duration,
+    time_limit: Option<Duration>,
     rows: &'a [Row],
     intensity: &'a Resolved,
     marks: Vec<EpochMark>,
@@ -431,7 +474,7 @@ impl<'a> SummaryInputOwned<'a> {
             job_id: &self.plan.job_id,
             rows: self.rows,
             elapsed: self.elapsed,
-            time_limit: self.plan.time_limit,
+            time_limit: self.time_limit,
             pue: self.plan.config.pue,
             intensity: self.intensity,
             epochs: self.plan.epochs.map(|total| EpochProgress {

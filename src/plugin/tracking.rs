@@ -187,6 +187,8 @@ pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
     // The node's footprint may have earlier segments: the plugin joins them
     // and writes the final files itself.
     plan.final_files = false;
+    plan.time_limit_from_squeue = writes_user_files;
+    plan.live_csv = Some(spool.live_path(job_id, &job.node));
     plan.join_timeout = Duration::from_secs(10);
 
     let (tracker, notes) = match Tracker::start(plan) {
@@ -277,6 +279,7 @@ impl Tracking {
                 return;
             }
         };
+        let _ = std::fs::remove_file(self.spool.live_path(job_id, &self.job.node));
         host.log(Level::Info, &format!("job {job_id}: {}", one_line(&rows)));
         if !self.writes_user_files {
             return;
