@@ -23,6 +23,7 @@ mod accuracy;
 mod cpu;
 mod hardware;
 mod machine;
+mod nvml_latency;
 mod rss;
 mod table;
 
@@ -56,6 +57,11 @@ struct Args {
     /// with none, which is carbontrack's own cost.
     #[arg(long, default_value_t = 50)]
     nvml_delay_us: u64,
+    /// On a machine with NVIDIA GPUs: also time the real NVML calls
+    /// carbontrack makes per GPU and sample (row 1), from this library.
+    #[arg(long, value_name = "PATH", num_args = 0..=1,
+          default_missing_value = "libnvidia-ml.so.1")]
+    real_nvml: Option<PathBuf>,
     /// The fake libnvidia-ml to use, instead of building tests/fake-nvml.
     #[arg(long, value_name = "PATH")]
     fake_nvml: Option<PathBuf>,
@@ -192,6 +198,30 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         {
             lines.push(Line::error(3, &e));
             acc = None;
+        }
+    }
+
+    if want(1)
+        && let Some(real) = &args.real_nvml
+    {
+        match nvml_latency::measure(real, 10_000) {
+            Ok((gpu, costs)) => {
+                for c in costs {
+                    lines.push(Line::info(
+                        1,
+                        format!(
+                            "real NVML per call, {} on {gpu} ({} calls): wall / CPU",
+                            c.call, c.calls
+                        ),
+                        format!(
+                            "{:.2} / {:.2} µs",
+                            c.wall.as_secs_f64() * 1e6,
+                            c.cpu.as_secs_f64() * 1e6
+                        ),
+                    ));
+                }
+            }
+            Err(e) => lines.push(Line::error(1, &e)),
         }
     }
 
@@ -343,9 +373,9 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
             out.push(Line::at_most(
                 2,
                 format!(
-                    "RSS added with the timeline at its 7-day cap (fast-forward: {} samples, \
-                     {} points of {} ms)",
-                    r.samples, r.points, r.bucket_ms
+                    "RSS added at the end of a 7-day job (fast-forward: {} timeline points of \
+                     {} µs, one snapshot refresh per point)",
+                    r.points, r.bucket_us
                 ),
                 r.added_kib() as f64,
                 2e6 / 1024.0,
@@ -353,7 +383,7 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
             ));
             out.push(Line::info(
                 2,
-                "peak RSS added with the 7-day timeline (VmHWM)".into(),
+                "peak RSS added over the 7-day job (VmHWM)".into(),
                 mb(r.peak_added_kib()),
             ));
         }

@@ -7,9 +7,10 @@
 //! (NVML loaded and initialised, GPUs listed, RAPL files opened), the sampler
 //! started and run, and `VmRSS` read again while it runs.
 //!
-//! The 7-day timeline is filled in fast-forward: one timeline point per 1 ms
-//! sample instead of per minute, so the default cap of 7 days of minutes is
-//! reached, merged and filled again in about 20 s with the real code.
+//! The 7-day timeline is filled in fast-forward with the real code: a 1 ms
+//! interval and refresh and a point per sample instead of the plugin's 1 s
+//! interval and 60 s bucket and refresh, so 7 days of minute points (and a
+//! snapshot refresh per point, as in the plugin) take about 10 s.
 
 use std::mem::size_of;
 use std::path::Path;
@@ -43,7 +44,7 @@ pub struct RssResult {
     pub hwm_kib: u64,
     pub samples: u64,
     pub points: u64,
-    pub bucket_ms: u64,
+    pub bucket_us: u64,
 }
 
 impl RssResult {
@@ -61,14 +62,14 @@ impl RssResult {
 
     fn line(&self) -> String {
         format!(
-            "baseline_kib={} opened_kib={} running_kib={} hwm_kib={} samples={} points={} bucket_ms={}",
+            "baseline_kib={} opened_kib={} running_kib={} hwm_kib={} samples={} points={} bucket_us={}",
             self.baseline_kib,
             self.opened_kib,
             self.running_kib,
             self.hwm_kib,
             self.samples,
             self.points,
-            self.bucket_ms
+            self.bucket_us
         )
     }
 
@@ -89,7 +90,7 @@ impl RssResult {
                 "hwm_kib" => r.hwm_kib = v,
                 "samples" => r.samples = v,
                 "points" => r.points = v,
-                "bucket_ms" => r.bucket_ms = v,
+                "bucket_us" => r.bucket_us = v,
                 _ => bail!("unknown key in `{kv}`"),
             }
         }
@@ -164,10 +165,13 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
             seconds.min(10) * 10,
         ),
         Child::Rss7d => {
-            let cap = SamplerOptions::default().timeline_cap as u64;
+            // A point per sample (the bucket is shorter than any gap between
+            // samples) until an hour's worth of points short of the cap, so
+            // the timeline is a 7-day job's, not yet merged; the counter is
+            // watched every 5 ms, about 5 samples.
             let ms = Duration::from_millis(1);
-            // Full, merged once, and nearly full again.
-            (ms, ms, Duration::from_millis(250), 2 * cap - 500)
+            let cap = SamplerOptions::default().timeline_cap as u64;
+            (ms, Duration::from_micros(100), ms, cap - 60)
         }
     };
     std::thread::sleep(Duration::from_millis(200));
@@ -194,7 +198,7 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
             "the sampler took only {} of {wanted} samples in 300 s",
             seen.load(Ordering::Relaxed)
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let running_kib = status_kib("VmRSS")?;
     let hwm_kib = status_kib("VmHWM")?;
@@ -207,7 +211,7 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
         hwm_kib,
         samples: snap.samples,
         points: snap.timeline.len() as u64,
-        bucket_ms: snap.timeline_bucket.as_millis() as u64,
+        bucket_us: snap.timeline_bucket.as_micros() as u64,
     };
     println!("{}", r.line());
     Ok(())
