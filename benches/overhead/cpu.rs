@@ -1,0 +1,287 @@
+//! Row 1: the sampler thread's own CPU time per sample, read from the OS.
+//!
+//! `/proc/self/task/<tid>/schedstat` gives the thread's CPU time in
+//! nanoseconds (utime + stime in `stat` come in 10 ms ticks, far too coarse
+//! for microseconds a sample). Only the sampler thread is counted: the fixture
+//! writer thread and everything else in this process are not.
+//!
+//! Readings are taken half an interval after a sample is due, so the sample
+//! count and the CPU time read together belong to the same completed samples.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail, ensure};
+use carbontrack::measure::Meter;
+use carbontrack::measure::sampler::{Sampler, SamplerOptions};
+use carbontrack_fixtures::powercap::PowercapWriter;
+use carbontrack_fixtures::profile::Profile;
+use carbontrack_fixtures::tempdir::TempDir;
+
+use crate::hardware::{self, FakeNvml, JobMeters};
+
+/// The device set of row 1: 2 packages with DRAM, 8 GPUs with energy counters.
+pub const PACKAGES: usize = 2;
+pub const GPUS: usize = 8;
+
+/// The fixture all row-1 samplers read: 2 packages + DRAM, kept current.
+pub struct Row1Hardware {
+    _dir: TempDir,
+    writer: PowercapWriter,
+    epoch: SystemTime,
+}
+
+impl Row1Hardware {
+    pub fn new() -> Result<Row1Hardware> {
+        let dir = TempDir::new("bench-cpu-powercap")?;
+        let epoch = SystemTime::now() - Duration::from_secs(100);
+        let zones = vec![(Profile::constant(150.0), Profile::constant(15.0)); PACKAGES];
+        let writer = hardware::powercap(dir.path(), &zones, epoch, Duration::from_millis(10))?;
+        Ok(Row1Hardware {
+            _dir: dir,
+            writer,
+            epoch,
+        })
+    }
+}
+
+/// Which meters a run has: the whole device set, or a part of it to show
+/// where the time goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Set {
+    Full,
+    /// The thread alone: wake-up, clocks, locks, bookkeeping.
+    NoMeters,
+    RaplOnly,
+    NvmlOnly,
+    /// Not a sampler: a bare thread sleeping to the same deadlines, the price
+    /// the OS charges for a wake-up, which no sampler can go below.
+    Sleeper,
+}
+
+impl Set {
+    fn code(self) -> char {
+        match self {
+            Set::Full => 'f',
+            Set::NoMeters => 'n',
+            Set::RaplOnly => 'r',
+            Set::NvmlOnly => 'g',
+            Set::Sleeper => 's',
+        }
+    }
+}
+
+/// Sampler CPU time over a run.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuResult {
+    pub set: Set,
+    pub interval: Duration,
+    pub delay_us: u64,
+    pub samples: u64,
+    pub cpu: Duration,
+    pub wall: Duration,
+}
+
+impl CpuResult {
+    pub fn per_sample(&self) -> Duration {
+        self.cpu / u32::try_from(self.samples.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Share of one core, in percent.
+    pub fn core_percent(&self) -> f64 {
+        100.0 * self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+}
+
+/// One sampler over the row-1 device set, measured from `begin` to `end`.
+pub struct CpuRun {
+    set: Set,
+    interval: Duration,
+    delay_us: u64,
+    probe: Option<Probe>,
+    task: PathBuf,
+    begin_at: Instant,
+    end_at: Instant,
+    begin: Option<(Duration, u64, Instant)>,
+    result: Option<CpuResult>,
+    _nvml: FakeNvml,
+}
+
+impl CpuRun {
+    /// Starts the sampler now; measurement begins after its first two samples
+    /// (the baseline and the thread's first) and spans `seconds`.
+    pub fn start(
+        hw: &Row1Hardware,
+        library: &Path,
+        interval: Duration,
+        delay_us: u64,
+        set: Set,
+        seconds: u64,
+    ) -> Result<CpuRun> {
+        let label = format!("{}ms-{delay_us}us-{}", interval.as_millis(), set.code());
+        let mut config = hardware::nvml_header(hardware::unix_secs(hw.epoch), delay_us);
+        for n in 0..GPUS {
+            config.push_str(&hardware::gpu_section(n, &Profile::constant(300.0), true));
+        }
+        let nvml = FakeNvml::install(library, &label, &config)?;
+        let meters = JobMeters::open(hw.writer.root(), nvml.lib(), interval);
+        let (rapl_rows, gpus) = match set {
+            Set::Full => (2 * PACKAGES, GPUS),
+            Set::NoMeters | Set::Sleeper => (0, 0),
+            Set::RaplOnly => (2 * PACKAGES, 0),
+            Set::NvmlOnly => (0, GPUS),
+        };
+        let meters: Vec<Box<dyn Meter>> = match set {
+            Set::Full => meters.into_boxes(),
+            Set::NoMeters | Set::Sleeper => Vec::new(),
+            Set::RaplOnly => vec![Box::new(meters.rapl)],
+            Set::NvmlOnly => vec![Box::new(meters.nvml)],
+        };
+        // Unique per run, within the 15 bytes Linux keeps.
+        let name = format!("ct-{}-{delay_us}-{}", interval.as_millis(), set.code());
+        ensure!(name.len() <= 15, "thread name `{name}` too long for Linux");
+        let opts = SamplerOptions {
+            interval,
+            thread_name: name.clone(),
+            ..SamplerOptions::default()
+        };
+        let t0 = Instant::now();
+        let probe = if set == Set::Sleeper {
+            Probe::sleeper(name.clone(), interval)?
+        } else {
+            let sampler =
+                Sampler::start(meters, opts, None).context("cannot start the sampler thread")?;
+            hardware::check_devices(&sampler.snapshot().devices, rapl_rows, gpus)?;
+            Probe::Sampler(sampler)
+        };
+        let task = task_named(&name)?;
+        let measured = (seconds as f64 / interval.as_secs_f64()).ceil().max(1.0) as u32;
+        let begin_at = t0 + interval * 3 / 2;
+        Ok(CpuRun {
+            set,
+            interval,
+            delay_us,
+            probe: Some(probe),
+            task,
+            begin_at,
+            end_at: begin_at + interval * measured,
+            begin: None,
+            result: None,
+            _nvml: nvml,
+        })
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        match (&self.begin, &self.result) {
+            (None, _) => Some(self.begin_at),
+            (Some(_), None) => Some(self.end_at),
+            _ => None,
+        }
+    }
+
+    pub fn fire(&mut self) -> Result<()> {
+        let Some(probe) = &self.probe else {
+            return Ok(());
+        };
+        let samples = probe.samples();
+        let cpu = thread_cpu(&self.task)?;
+        let now = Instant::now();
+        match self.begin {
+            None => self.begin = Some((cpu, samples, now)),
+            Some((cpu0, samples0, t0)) => {
+                self.result = Some(CpuResult {
+                    set: self.set,
+                    interval: self.interval,
+                    delay_us: self.delay_us,
+                    samples: samples - samples0,
+                    cpu: cpu.saturating_sub(cpu0),
+                    wall: now - t0,
+                });
+                if let Some(p) = self.probe.take() {
+                    p.stop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn result(&self) -> Option<CpuResult> {
+        self.result
+    }
+}
+
+/// What a run measures: the sampler, or the bare sleeping thread.
+enum Probe {
+    Sampler(Sampler),
+    Sleeper {
+        stop: Arc<AtomicBool>,
+        wakes: Arc<AtomicU64>,
+    },
+}
+
+impl Probe {
+    fn sleeper(name: String, interval: Duration) -> Result<Probe> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wakes = Arc::new(AtomicU64::new(1));
+        let (s, w) = (Arc::clone(&stop), Arc::clone(&wakes));
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let t0 = Instant::now();
+                let mut k = 0;
+                while !s.load(Ordering::Relaxed) {
+                    k += 1;
+                    std::thread::sleep(
+                        (t0 + interval * k).saturating_duration_since(Instant::now()),
+                    );
+                    w.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .context("cannot start the sleeping thread")?;
+        Ok(Probe::Sleeper { stop, wakes })
+    }
+
+    fn samples(&self) -> u64 {
+        match self {
+            Probe::Sampler(s) => s.snapshot().samples,
+            Probe::Sleeper { wakes, .. } => wakes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The sleeper is not joined: it ends by itself within an interval, and
+    /// waiting for it would delay the other runs' readings.
+    fn stop(self) {
+        match self {
+            Probe::Sampler(s) => {
+                let _ = s.stop();
+            }
+            Probe::Sleeper { stop, .. } => stop.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
+/// The `/proc/self/task` entry of the thread named `name`.
+fn task_named(name: &str) -> Result<PathBuf> {
+    for e in std::fs::read_dir("/proc/self/task")? {
+        let p = e?.path();
+        if std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            return Ok(p);
+        }
+    }
+    bail!("no thread named `{name}` in /proc/self/task")
+}
+
+/// The thread's CPU time (user + system) from `schedstat`, in nanoseconds.
+fn thread_cpu(task: &Path) -> Result<Duration> {
+    let path = task.join("schedstat");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let ns: u64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("{} does not start with a number: `{text}`", path.display()))?;
+    Ok(Duration::from_nanos(ns))
+}
