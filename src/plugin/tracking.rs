@@ -309,18 +309,38 @@ impl Tracking {
         ) else {
             return;
         };
+        let mut failed = Vec::new();
+        let mut first_error = None;
         for (name, bytes) in [
             (format!("carbontrack-{job_id}.csv"), csv.as_slice()),
             (format!("carbontrack-{job_id}.txt"), summary.as_bytes()),
         ] {
             if let Err(e) = write_user_file(Some(&id), dir, &name, bytes) {
+                first_error.get_or_insert(e);
+                failed.push(name);
+            }
+        }
+        // One line for the admin, whatever failed: both files usually fail
+        // for the same reason, and the live summary before them too.
+        match first_error {
+            Some(e) => {
+                let others = if failed.len() > 1 {
+                    format!(" (nor {})", failed[1..].join(", "))
+                } else {
+                    String::new()
+                };
                 host.log(
                     Level::Error,
                     &format!(
-                        "job {job_id}: {e}; the footprint is kept in {}",
+                        "job {job_id}: {e}{others}; the footprint is kept in {}",
                         kept.display()
                     ),
                 );
+            }
+            None => {
+                if let Some(p) = done.live_summary_problem {
+                    host.log(Level::Error, &format!("job {job_id}: {p}"));
+                }
             }
         }
     }
