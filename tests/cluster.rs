@@ -119,8 +119,9 @@ fn main() -> ExitCode {
     println!("\nrunning {} cluster tests", selected.len());
     let mut failed = Vec::new();
     for (name, check) in selected {
-        // Each check starts from the default plugstack.conf.
-        cluster.set_plugin_args(&[]);
+        // Each check starts from the default plugstack.conf, but for the
+        // spool: the tests leave nothing in the machine's own.
+        cluster.set_plugin_args(&[&hw.spool_arg()]);
         let started = Instant::now();
         let ok = catch_unwind(AssertUnwindSafe(|| check(&cluster, &hw))).is_ok();
         println!(
@@ -236,7 +237,7 @@ fn bad_values_refused(c: &Cluster, _: &Hardware) {
     );
 }
 
-fn jobs_complete(c: &Cluster, _: &Hardware) {
+fn jobs_complete(c: &Cluster, hw: &Hardware) {
     let (job, log) = submit_ok(
         c,
         &["--carbon-track=yes", "--carbon-epochs=12", "--gres=gpu:2"],
@@ -259,7 +260,7 @@ fn jobs_complete(c: &Cluster, _: &Hardware) {
     assert!(log.contains(&line), "no `{line}` in:\n{log}");
     assert_no_plugin_error(&log);
 
-    c.set_plugin_args(&["mode=always"]);
+    c.set_plugin_args(&["mode=always", &hw.spool_arg()]);
     let (job, log) = submit_ok(c, &[], TRACKED);
     let line = format!(
         "carbontrack: job {}: tracked (no --carbon-track, mode always)",
@@ -288,8 +289,8 @@ fn directive_and_steps(c: &Cluster, _: &Hardware) {
     assert_no_plugin_error(&log);
 }
 
-fn bad_plugstack(c: &Cluster, _: &Hardware) {
-    c.set_plugin_args(&["mode=optin", "colour=blue"]);
+fn bad_plugstack(c: &Cluster, hw: &Hardware) {
+    c.set_plugin_args(&["mode=optin", "colour=blue", &hw.spool_arg()]);
     let (job, log) = submit_ok(c, &["--carbon-track=yes"], TRACKED);
     let errors: Vec<&str> = log
         .lines()
@@ -310,7 +311,7 @@ fn bad_plugstack(c: &Cluster, _: &Hardware) {
     assert!(!log.contains("tracked ("), "{log}");
 }
 
-fn injected_panics(c: &Cluster, _: &Hardware) {
+fn injected_panics(c: &Cluster, hw: &Hardware) {
     for (knob, symbol) in [
         ("init", "slurm_spank_init"),
         ("init_post_opt", "slurm_spank_init_post_opt"),
@@ -318,7 +319,7 @@ fn injected_panics(c: &Cluster, _: &Hardware) {
         ("exit", "slurm_spank_exit"),
         ("option", "the option callback"),
     ] {
-        c.set_plugin_args(&[&format!("_test_panic={knob}")]);
+        c.set_plugin_args(&[&format!("_test_panic={knob}"), &hw.spool_arg()]);
         let (job, log) = submit_ok(c, &["--carbon-track=yes"], TRACKED);
         let line = format!(
             "carbontrack: {symbol} panicked (carbontrack test knob: injected panic in {knob}"

@@ -94,6 +94,12 @@ fn assert_matches_truth(hw: &Hardware, rows: &[Row]) {
         let share = r.share.expect("a measured row has a share");
         let truth = share * hw.truth(&label, time(&r.start), time(&r.end));
         let err = (energy - truth).abs() / truth;
+        println!(
+            "    {} {}: {energy:.1} J measured, {truth:.1} J true ({:+.3}%)",
+            r.component,
+            r.device,
+            (energy - truth) / truth * 100.0
+        );
         assert!(
             err <= TOLERANCE,
             "{} {}: {energy:.3} J measured, {truth:.3} J true ({:.2}% off) over {} .. {}",

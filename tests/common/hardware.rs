@@ -92,10 +92,14 @@ impl Hardware {
         self.dir.path()
     }
 
+    pub fn spool_arg(&self) -> String {
+        format!("spool={}", self.spool().display())
+    }
+
     /// plugstack.conf arguments for measuring on this hardware, and `extra`.
     pub fn plugin_args(&self, extra: &[&str]) -> Vec<String> {
         let mut a = vec![
-            format!("spool={}", self.spool().display()),
+            self.spool_arg(),
             format!("powercap={}", self.rapl.root().display()),
             format!("nvml={}", self.nvml.display()),
             "interval=500ms".to_string(),
