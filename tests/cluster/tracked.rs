@@ -579,25 +579,33 @@ fn threads(pid: u32) -> Vec<String> {
     names
 }
 
-/// slurmstepd processes of a job, with their step names.
-fn stepds(id: u32) -> Vec<(u32, String)> {
+/// slurmstepd processes of a job of this cluster, with their step names.
+/// Another cluster on the machine may run a job with the same id: a
+/// slurmstepd is ours when it has our slurmd's SLURM_CONF.
+fn stepds(c: &Cluster, id: u32) -> Vec<(u32, String)> {
     let out = Command::new("ps")
         .args(["-eo", "pid=,args="])
         .output()
         .unwrap();
     let prefix = format!("slurmstepd: [{id}.");
+    let conf = format!("SLURM_CONF={}", c.slurm_conf().display());
+    let ours = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == conf.as_bytes()))
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             let (pid, args) = l.trim().split_once(' ')?;
             let step = args.trim().strip_prefix(&prefix)?.strip_suffix(']')?;
-            Some((pid.parse().ok()?, step.to_string()))
+            let pid: u32 = pid.parse().ok()?;
+            ours(pid).then(|| (pid, step.to_string()))
         })
         .collect()
 }
 
-fn extern_stepd(id: u32) -> Option<u32> {
-    stepds(id)
+fn extern_stepd(c: &Cluster, id: u32) -> Option<u32> {
+    stepds(c, id)
         .into_iter()
         .find(|(_, s)| s == "extern")
         .map(|(p, _)| p)
@@ -627,8 +635,8 @@ pub fn sampler_thread(c: &Cluster, hw: &Hardware) {
         .submit_in(&c.work_dir(), &["--gres=gpu:1"], script)
         .unwrap_or_else(|e| panic!("{e}"));
     let (t_pid, u_pid) = wait_for("both extern steps", || {
-        let t = extern_stepd(tracked.0)?;
-        let u = extern_stepd(untracked.0)?;
+        let t = extern_stepd(c, tracked.0)?;
+        let u = extern_stepd(c, untracked.0)?;
         (c.job_state(untracked.0) == "RUNNING").then_some((t, u))
     });
     let with = steady_threads(t_pid);
@@ -652,7 +660,7 @@ pub fn sampler_thread(c: &Cluster, hw: &Hardware) {
     c.log_of_job(mark, untracked.0);
     // The extern step has said it is done; its process goes right after.
     wait_for("the job's slurmstepds to go", || {
-        (stepds(tracked.0).is_empty() && stepds(untracked.0).is_empty()).then_some(())
+        (stepds(c, tracked.0).is_empty() && stepds(c, untracked.0).is_empty()).then_some(())
     });
     assert_no_plugin_error(&log);
 }
