@@ -204,6 +204,10 @@ pub struct Finished {
     pub delivered: Vec<PathBuf>,
     /// One line each: what went wrong on the way (nothing fatal).
     pub problems: Vec<String>,
+    /// Why the live summary could not be rewritten, if it could not; among
+    /// `problems` only when the final files were written (by the tracker), so
+    /// a caller writing them itself decides whether it says anything new.
+    pub live_summary_problem: Option<String>,
 }
 
 impl Tracker {
@@ -292,11 +296,9 @@ impl Tracker {
                 .epoch_problem
                 .map(|e| format!("epoch marks ignored: {e}")),
         );
-        problems.extend(
-            progress
-                .write_problem
-                .map(|e| format!("live summary not written: {e}")),
-        );
+        let live_summary_problem = progress
+            .write_problem
+            .map(|e| format!("live summary not written: {e}"));
 
         let (rows, intensity) = rows_of(plan, &snapshot);
         let mut csv = Vec::new();
@@ -308,11 +310,15 @@ impl Tracker {
         let summary = render_final(&input.input());
 
         let mut delivered = Vec::new();
+        let mut undelivered = false;
         let mut deliver = |dir: &std::path::Path, name: String, bytes: &[u8]| match write_as_user(
             plan, dir, &name, bytes,
         ) {
             Ok(p) => delivered.push(p),
-            Err(e) => problems.push(e),
+            Err(e) => {
+                undelivered = true;
+                problems.push(e);
+            }
         };
         match &plan.output {
             _ if !plan.final_files => {}
@@ -333,6 +339,11 @@ impl Tracker {
                 deliver(dir, name, &csv);
             }
         }
+        // A final file that could not be written says why; the live summary's
+        // failure is the same one, said again.
+        if plan.final_files && !undelivered {
+            problems.extend(live_summary_problem.clone());
+        }
         Finished {
             snapshot,
             rows,
@@ -341,6 +352,7 @@ impl Tracker {
             summary,
             delivered,
             problems,
+            live_summary_problem,
         }
     }
 }
@@ -370,6 +382,7 @@ impl Finished {
             summary: String::new(),
             delivered: Vec::new(),
             problems,
+            live_summary_problem: None,
         }
     }
 }
@@ -487,5 +500,60 @@ impl<'a> SummaryInputOwned<'a> {
                 marks: &self.marks,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::identity::euid;
+
+    /// A directory the user cannot write: the live summary fails with every
+    /// refresh, and the final files for the same reason. That is said once
+    /// per file by whoever writes the final files, not again for the live one.
+    #[test]
+    fn a_live_summary_failing_like_the_final_files_is_not_said_twice() {
+        if euid() != 0 {
+            eprintln!("skipped: writing as another user needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("ct-tracker-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for final_files in [true, false] {
+            let cfg = Config {
+                interval: Duration::from_millis(10),
+                powercap: dir.join("no-powercap"),
+                nvml: dir.join("no-libnvidia-ml.so"),
+                ..Config::default()
+            };
+            let mut plan = Plan::new("7", "node1", cfg);
+            plan.user = Some(FsIdentity {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![],
+            });
+            plan.output = Output::WorkDir(dir.clone());
+            plan.refresh = Duration::from_millis(20);
+            plan.final_files = final_files;
+            let (tracker, _) = Tracker::start(plan).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let done = tracker.finish();
+            let live = done.live_summary_problem.unwrap_or_default();
+            assert!(
+                live.starts_with("live summary not written: ")
+                    && live.contains("carbontrack-7.txt"),
+                "{live}"
+            );
+            let said: Vec<&str> = done.problems.iter().map(String::as_str).collect();
+            if final_files {
+                assert_eq!(said.len(), 2, "{said:#?}");
+                assert!(said[0].contains("carbontrack-7.csv"), "{said:#?}");
+                assert!(said[1].contains("carbontrack-7.txt"), "{said:#?}");
+            } else {
+                assert!(said.is_empty(), "{said:#?}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,12 +10,17 @@
 
 mod common;
 
+#[path = "cluster/tracked.rs"]
+mod tracked;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, ExitCode};
+use std::time::Instant;
 
+use common::hardware::Hardware;
 use common::{Cluster, Job, in_ci, missing_prerequisite};
 
-type Check = fn(&Cluster);
+type Check = fn(&Cluster, &Hardware);
 
 const CHECKS: &[(&str, Check)] = &[
     (
@@ -44,6 +49,43 @@ const CHECKS: &[(&str, Check)] = &[
         injected_panics,
     ),
     ("accounting_records_the_jobs", accounting),
+    (
+        "tracked_job_footprint_matches_the_injected_truth",
+        tracked::footprint_matches_truth,
+    ),
+    (
+        "untracked_jobs_leave_nothing_and_mode_always_respects_no",
+        tracked::untracked_leave_nothing,
+    ),
+    (
+        "a_reused_job_id_inherits_nothing_from_the_earlier_job",
+        tracked::reused_job_id,
+    ),
+    (
+        "srun_steps_are_not_counted_twice_beside_the_extern_step",
+        tracked::steps_with_extern,
+    ),
+    (
+        "cancelled_and_timed_out_jobs_still_get_a_footprint",
+        tracked::cancelled_and_timed_out,
+    ),
+    (
+        "user_files_never_follow_a_planted_link",
+        tracked::planted_link,
+    ),
+    (
+        "read_only_work_dir_keeps_the_footprint_in_the_spool",
+        tracked::read_only_work_dir,
+    ),
+    (
+        "one_sampler_thread_in_the_extern_step_and_none_left_after",
+        tracked::sampler_thread,
+    ),
+    // Last: it restarts the cluster twice.
+    (
+        "without_contain_the_batch_step_samples_and_srun_steps_do_not",
+        tracked::steps_without_extern,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -73,18 +115,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let hw = Hardware::new();
     println!("\nrunning {} cluster tests", selected.len());
     let mut failed = Vec::new();
     for (name, check) in selected {
-        // Each check starts from the default plugstack.conf.
-        cluster.set_plugin_args(&[]);
-        let ok = catch_unwind(AssertUnwindSafe(|| check(&cluster))).is_ok();
-        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        // Each check starts from the default plugstack.conf, but for the
+        // spool: the tests leave nothing in the machine's own.
+        cluster.set_plugin_args(&[&hw.spool_arg()]);
+        let started = Instant::now();
+        let ok = catch_unwind(AssertUnwindSafe(|| check(&cluster, &hw))).is_ok();
+        println!(
+            "test {name} ... {} ({:.0} s)",
+            if ok { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
         if !ok {
             failed.push(*name);
         }
     }
     drop(cluster);
+    drop(hw);
     if failed.is_empty() {
         println!("\ncluster test result: ok");
         ExitCode::SUCCESS
@@ -96,7 +146,7 @@ fn main() -> ExitCode {
 
 const TRACKED: &str = "#!/bin/bash\necho carbontrack-test-job\n";
 
-fn submit_ok(c: &Cluster, args: &[&str], script: &str) -> (Job, String) {
+pub(crate) fn submit_ok(c: &Cluster, args: &[&str], script: &str) -> (Job, String) {
     let mark = c.log_mark();
     let job = c.submit(args, script).unwrap_or_else(|e| panic!("{e}"));
     let log = c.log_of_job(mark, job.id);
@@ -112,7 +162,7 @@ fn submit_ok(c: &Cluster, args: &[&str], script: &str) -> (Job, String) {
 }
 
 /// No line of the job's slurmd log shows a problem with the plugin.
-fn assert_no_plugin_error(log: &str) {
+pub(crate) fn assert_no_plugin_error(log: &str) {
     let bad: Vec<&str> = log
         .lines()
         .filter(|l| {
@@ -123,7 +173,7 @@ fn assert_no_plugin_error(log: &str) {
     assert!(bad.is_empty(), "plugin errors in slurmd's log: {bad:#?}");
 }
 
-fn exports(c: &Cluster) {
+fn exports(c: &Cluster, _: &Hardware) {
     let nm = |flag: &str| {
         let out = Command::new("nm")
             .args(["-D", flag])
@@ -162,7 +212,7 @@ fn exports(c: &Cluster) {
     assert!(slurm.is_empty(), "undefined Slurm symbols: {slurm:?}");
 }
 
-fn options_in_help(c: &Cluster) {
+fn options_in_help(c: &Cluster, _: &Hardware) {
     for tool in ["sbatch", "srun", "salloc"] {
         let out = c.as_user(tool, &["--help"]).output().expect("help runs");
         let help = String::from_utf8_lossy(&out.stdout);
@@ -172,7 +222,7 @@ fn options_in_help(c: &Cluster) {
     }
 }
 
-fn bad_values_refused(c: &Cluster) {
+fn bad_values_refused(c: &Cluster, _: &Hardware) {
     let e = c.refused(&["--carbon-track=maybe"]);
     assert!(
         e.contains("carbontrack: --carbon-track takes yes or no, not `maybe`"),
@@ -187,7 +237,7 @@ fn bad_values_refused(c: &Cluster) {
     );
 }
 
-fn jobs_complete(c: &Cluster) {
+fn jobs_complete(c: &Cluster, hw: &Hardware) {
     let (job, log) = submit_ok(
         c,
         &["--carbon-track=yes", "--carbon-epochs=12", "--gres=gpu:2"],
@@ -210,7 +260,7 @@ fn jobs_complete(c: &Cluster) {
     assert!(log.contains(&line), "no `{line}` in:\n{log}");
     assert_no_plugin_error(&log);
 
-    c.set_plugin_args(&["mode=always"]);
+    c.set_plugin_args(&["mode=always", &hw.spool_arg()]);
     let (job, log) = submit_ok(c, &[], TRACKED);
     let line = format!(
         "carbontrack: job {}: tracked (no --carbon-track, mode always)",
@@ -222,7 +272,7 @@ fn jobs_complete(c: &Cluster) {
     );
 }
 
-fn directive_and_steps(c: &Cluster) {
+fn directive_and_steps(c: &Cluster, _: &Hardware) {
     let script = "#!/bin/bash\n#SBATCH --carbon-track=yes\nsrun --carbon-epochs=3 echo step-ran\n";
     let (job, log) = submit_ok(c, &[], script);
     assert!(job.output.contains("step-ran"), "{}", job.output);
@@ -239,8 +289,8 @@ fn directive_and_steps(c: &Cluster) {
     assert_no_plugin_error(&log);
 }
 
-fn bad_plugstack(c: &Cluster) {
-    c.set_plugin_args(&["mode=optin", "colour=blue"]);
+fn bad_plugstack(c: &Cluster, hw: &Hardware) {
+    c.set_plugin_args(&["mode=optin", "colour=blue", &hw.spool_arg()]);
     let (job, log) = submit_ok(c, &["--carbon-track=yes"], TRACKED);
     let errors: Vec<&str> = log
         .lines()
@@ -261,7 +311,7 @@ fn bad_plugstack(c: &Cluster) {
     assert!(!log.contains("tracked ("), "{log}");
 }
 
-fn injected_panics(c: &Cluster) {
+fn injected_panics(c: &Cluster, hw: &Hardware) {
     for (knob, symbol) in [
         ("init", "slurm_spank_init"),
         ("init_post_opt", "slurm_spank_init_post_opt"),
@@ -269,7 +319,7 @@ fn injected_panics(c: &Cluster) {
         ("exit", "slurm_spank_exit"),
         ("option", "the option callback"),
     ] {
-        c.set_plugin_args(&[&format!("_test_panic={knob}")]);
+        c.set_plugin_args(&[&format!("_test_panic={knob}"), &hw.spool_arg()]);
         let (job, log) = submit_ok(c, &["--carbon-track=yes"], TRACKED);
         let line = format!(
             "carbontrack: {symbol} panicked (carbontrack test knob: injected panic in {knob}"
@@ -287,7 +337,7 @@ fn injected_panics(c: &Cluster) {
     }
 }
 
-fn accounting(c: &Cluster) {
+fn accounting(c: &Cluster, _: &Hardware) {
     let (job, _) = submit_ok(c, &["--carbon-track=yes"], TRACKED);
     let id = job.id.to_string();
     // slurmctld hands the job's end to slurmdbd asynchronously.

@@ -281,6 +281,15 @@ impl Plugin {
                 ),
             );
         }
+        if !tracked && let Err(e) = tracking::forget_earlier_job(host, config) {
+            host.log(
+                Level::Error,
+                &format!(
+                    "job {}: cannot clear an earlier job's state of the same id: {e}; its steps may measure it",
+                    fmt_opt(host.job_id())
+                ),
+            );
+        }
         self.choice = choice;
         self.injected_panic(Callback::JobProlog);
     }

@@ -300,3 +300,42 @@ fn step_ids_map_to_named_steps() {
     assert_eq!(Step::from_raw(0), Step::Numbered(0));
     assert_eq!(Step::from_raw(sys::SLURM_EXTERN_CONT).to_string(), "extern");
 }
+
+#[test]
+fn prolog_clears_what_an_earlier_job_of_the_same_id_left() {
+    use crate::spool::Spool;
+    let root = std::env::temp_dir().join(format!("ct-plugin-reused-id-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let spool_arg = format!("spool={}", root.display());
+    let spool = Spool::open(&root).unwrap();
+    let stale = |spool: &Spool| {
+        let earlier = crate::job::JobInfo {
+            job_id: 42,
+            uid: 1,
+            gid: 1,
+            ..Default::default()
+        };
+        spool.write_handoff(&earlier).unwrap();
+        spool
+            .write_node_footprint(42, "node1", b"job_id\n42\n")
+            .unwrap();
+    };
+
+    // Tracked: a fresh hand-off and no earlier footprint to merge.
+    stale(&spool);
+    let mut host = FakeHost::new(Context::JobScript);
+    host.given.insert("carbon-track", Some("yes".into()));
+    Plugin::new().job_prolog(&host, &args(&[&spool_arg]));
+    assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
+    assert_eq!(spool.read_handoff(42).unwrap().unwrap().uid, 65534);
+    assert!(spool.node_footprints(42).unwrap().is_empty());
+
+    // Not tracked: nothing left that would make its steps sample it.
+    stale(&spool);
+    let host = FakeHost::new(Context::JobScript);
+    Plugin::new().job_prolog(&host, &args(&[&spool_arg]));
+    assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
+    assert_eq!(spool.read_handoff(42).unwrap(), None);
+    assert!(spool.node_footprints(42).unwrap().is_empty());
+    std::fs::remove_dir_all(&root).unwrap();
+}

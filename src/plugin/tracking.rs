@@ -65,7 +65,25 @@ pub(super) fn write_handoff(
         epochs: choice.epochs,
     };
     let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
+    // An earlier job's footprint under this id would be merged in as a segment.
+    spool.remove_job(job_id).map_err(|e| e.to_string())?;
     spool.write_handoff(&info).map_err(|e| e.to_string())
+}
+
+/// `slurm_spank_job_prolog` for a job that is not tracked: drops whatever an
+/// earlier job with the same id left in the spool. Job ids come back (a
+/// cluster whose slurmctld state was reset starts again at 1; ids wrap at
+/// MaxJobId), and a stale hand-off would make this job's steps sample it.
+pub(super) fn forget_earlier_job(host: &dyn Host, cfg: &Config) -> Result<(), String> {
+    let Some(job_id) = host.job_id() else {
+        return Ok(());
+    };
+    // No spool yet: nothing to forget, and no reason to create one.
+    if std::fs::symlink_metadata(&cfg.spool).is_err() {
+        return Ok(());
+    }
+    let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
+    spool.remove_job(job_id).map_err(|e| e.to_string())
 }
 
 /// In every step but the extern one, before its tasks start: tell the job
@@ -294,18 +312,38 @@ impl Tracking {
         ) else {
             return;
         };
+        let mut failed = Vec::new();
+        let mut first_error = None;
         for (name, bytes) in [
             (format!("carbontrack-{job_id}.csv"), csv.as_slice()),
             (format!("carbontrack-{job_id}.txt"), summary.as_bytes()),
         ] {
             if let Err(e) = write_user_file(Some(&id), dir, &name, bytes) {
+                first_error.get_or_insert(e);
+                failed.push(name);
+            }
+        }
+        // One line for the admin, whatever failed: both files usually fail
+        // for the same reason, and the live summary before them too.
+        match first_error {
+            Some(e) => {
+                let others = if failed.len() > 1 {
+                    format!(" (nor {})", failed[1..].join(", "))
+                } else {
+                    String::new()
+                };
                 host.log(
                     Level::Error,
                     &format!(
-                        "job {job_id}: {e}; the footprint is kept in {}",
+                        "job {job_id}: {e}{others}; the footprint is kept in {}",
                         kept.display()
                     ),
                 );
+            }
+            None => {
+                if let Some(p) = done.live_summary_problem {
+                    host.log(Level::Error, &format!("job {job_id}: {p}"));
+                }
             }
         }
     }

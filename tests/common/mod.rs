@@ -2,6 +2,9 @@
 //! start it, submit jobs as the unprivileged user, read slurmd's log.
 #![allow(dead_code)]
 
+pub mod hardware;
+
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
@@ -74,11 +77,27 @@ pub struct Job {
     pub sbatch_stderr: String,
 }
 
+/// A job submitted without waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobId(pub u32);
+
+/// How a job ended, as `scontrol show job` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// `COMPLETED`, `CANCELLED`, `TIMEOUT`, `FAILED`, ...
+    pub state: String,
+    /// `exit:signal`, e.g. `0:0`.
+    pub exit_code: String,
+}
+
 /// A running cluster; stopped when dropped (unless CT_KEEP_CLUSTER=1).
 pub struct Cluster {
     pub dir: PathBuf,
     pub plugin: PathBuf,
     port_base: u16,
+    accounting: bool,
+    /// Whether slurm.conf has `PrologFlags=Contain` (an extern step per job).
+    contain: Cell<bool>,
 }
 
 impl Cluster {
@@ -106,20 +125,42 @@ impl Cluster {
                 .ok()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(16917),
+            accounting,
+            contain: Cell::new(true),
         };
+        cluster.restart(accounting, true)?;
+        Ok(cluster)
+    }
+
+    /// Starts the cluster afresh (state, jobs and work dir gone; job ids
+    /// start again at 1), with or without accounting and `PrologFlags=Contain`.
+    pub fn restart(&self, accounting: bool, contain: bool) -> Result<(), String> {
         let mut args = vec!["start"];
         if accounting {
             args.push("--accounting");
         }
-        let out = cluster.script(&args);
+        if !contain {
+            args.push("--no-contain");
+        }
+        let out = self.script(&args);
         if !out.status.success() {
             return Err(format!(
-                "scripts/test-cluster start failed:\n{}{}",
+                "scripts/test-cluster {args:?} failed:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        Ok(cluster)
+        self.contain.set(contain);
+        Ok(())
+    }
+
+    /// Restarts the cluster as [`Cluster::start`] left it.
+    pub fn restore(&self) -> Result<(), String> {
+        self.restart(self.accounting, true)
+    }
+
+    pub fn contain(&self) -> bool {
+        self.contain.get()
     }
 
     fn script(&self, args: &[&str]) -> Output {
@@ -182,10 +223,41 @@ impl Cluster {
     /// Submits `script` (read by sbatch from stdin) as the submit user and
     /// waits for the job to end.
     pub fn submit(&self, sbatch_args: &[&str], script: &str) -> Result<Job, String> {
+        self.sbatch(&self.work_dir(), true, sbatch_args, script)
+    }
+
+    /// Submits `script` running in `dir` and returns at once.
+    pub fn submit_in(
+        &self,
+        dir: &Path,
+        sbatch_args: &[&str],
+        script: &str,
+    ) -> Result<JobId, String> {
+        self.sbatch(dir, false, sbatch_args, script)
+            .map(|j| JobId(j.id))
+    }
+
+    /// The job's output: its file in the work dir, whatever its own dir.
+    pub fn output_of(&self, id: u32) -> String {
+        std::fs::read_to_string(self.work_dir().join(format!("job-{id}.out"))).unwrap_or_default()
+    }
+
+    fn sbatch(
+        &self,
+        dir: &Path,
+        wait: bool,
+        sbatch_args: &[&str],
+        script: &str,
+    ) -> Result<Job, String> {
         let timeout = JOB_TIMEOUT.as_secs().to_string();
-        let mut args = vec!["--wait", "--parsable", "--output=job-%j.out", "--chdir"];
-        let work = self.work_dir().display().to_string();
-        args.push(&work);
+        // The output goes to the work dir even when the job runs elsewhere
+        // (a directory it cannot write, say).
+        let output = format!("--output={}/job-%j.out", self.work_dir().display());
+        let chdir = dir.display().to_string();
+        let mut args = vec!["--parsable", &output, "--chdir", &chdir];
+        if wait {
+            args.push("--wait");
+        }
         args.extend_from_slice(sbatch_args);
         let mut cmd = self.as_user("timeout", &[]);
         cmd.arg(&timeout).arg("sbatch").args(&args);
@@ -201,14 +273,65 @@ impl Cluster {
         if out.status.code() == Some(124) {
             return Err(format!("job {id} did not end within {timeout}s"));
         }
-        let output = std::fs::read_to_string(self.work_dir().join(format!("job-{id}.out")))
-            .unwrap_or_default();
         Ok(Job {
             id,
             exit_code: out.status.code(),
-            output,
+            output: if wait {
+                self.output_of(id)
+            } else {
+                String::new()
+            },
             sbatch_stderr: stderr,
         })
+    }
+
+    /// `scontrol show job` as `key=value` pairs.
+    pub fn job_fields(&self, id: u32) -> Vec<(String, String)> {
+        let out = self.as_root("scontrol", &["-o", "show", "job", &id.to_string()]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    pub fn job_state(&self, id: u32) -> String {
+        self.job_fields(id)
+            .into_iter()
+            .find(|(k, _)| k == "JobState")
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
+    /// Waits for a job submitted with [`Cluster::submit_in`] to end.
+    pub fn wait_ended(&self, id: JobId) -> Ended {
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        loop {
+            let f = self.job_fields(id.0);
+            let get = |key: &str| {
+                f.iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let state = get("JobState");
+            let running = matches!(
+                state.as_str(),
+                "" | "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED"
+            );
+            if !running {
+                return Ended {
+                    state,
+                    exit_code: get("ExitCode"),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {} still {state} after {JOB_TIMEOUT:?}",
+                id.0
+            );
+            sleep(Duration::from_millis(200));
+        }
     }
 
     /// Runs sbatch expecting it to refuse the submission; returns its stderr.
@@ -244,9 +367,11 @@ impl Cluster {
     }
 
     /// slurmd's log since `mark`, once job `id` has completely finished on the
-    /// node (its extern step, the last to go, has said so).
+    /// node (its extern step, the last to go, has said so; without one, its
+    /// batch step).
     pub fn log_of_job(&self, mark: u64, id: u32) -> String {
-        let done = format!("[{id}.extern] done with job");
+        let last = if self.contain() { "extern" } else { "batch" };
+        let done = format!("[{id}.{last}] done with job");
         let deadline = Instant::now() + JOB_TIMEOUT;
         loop {
             let log = self.log_since(mark);

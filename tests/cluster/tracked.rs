@@ -1,0 +1,666 @@
+//! Tracked jobs end to end: what a job leaves, compared with the energy the
+//! fake hardware really used, however the job ends and whatever the user
+//! planted in its directory.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime};
+
+use carbontrack::footprint::{Row, read_csv, write_csv};
+use carbontrack::job::JobInfo;
+use carbontrack::spool::Spool;
+
+use crate::common::hardware::Hardware;
+use crate::common::{Cluster, JOB_TIMEOUT, JobId, USER};
+use crate::{assert_no_plugin_error, submit_ok};
+
+/// The footprint CSV's columns, in the contract's order (design.md).
+const CONTRACT_COLUMNS: [&str; 14] = [
+    "job_id",
+    "node",
+    "component",
+    "device",
+    "start",
+    "end",
+    "duration_s",
+    "share",
+    "energy_j",
+    "pue",
+    "energy_kwh",
+    "intensity_g_per_kwh",
+    "co2e_g",
+    "status",
+];
+
+/// How far a measured energy may be from the injected truth.
+const TOLERANCE: f64 = 0.03;
+
+/// At most this many carbontrack lines per job in slurmd's log: the decision,
+/// the start of sampling, notes about what cannot be measured, the result.
+/// A line per sample would be dozens.
+const MAX_LOG_LINES_PER_JOB: usize = 8;
+
+fn tracked_args(c: &Cluster, hw: &Hardware, extra: &[&str]) {
+    let args = hw.plugin_args(extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.set_plugin_args(&refs);
+}
+
+fn user_uid() -> u32 {
+    let out = Command::new("id").args(["-u", USER]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn user_file(c: &Cluster, dir: Option<&Path>, id: u32, ext: &str) -> PathBuf {
+    dir.map_or_else(|| c.work_dir(), Path::to_path_buf)
+        .join(format!("carbontrack-{id}.{ext}"))
+}
+
+/// The job's footprint CSV: its text and rows.
+fn footprint(path: &Path) -> (String, Vec<Row>) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no footprint {}: {e}", path.display()));
+    let rows = read_csv(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (text, rows)
+}
+
+fn time(s: &str) -> SystemTime {
+    humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("bad time `{s}`: {e}"))
+}
+
+fn row<'a>(rows: &'a [Row], component: &str, device: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.component == component && r.device == device)
+        .unwrap_or_else(|| panic!("no {component} {device} row in {rows:#?}"))
+}
+
+/// Every device row's energy is its share of what the fake device really used
+/// over the row's own span; the total row adds them up.
+fn assert_matches_truth(hw: &Hardware, rows: &[Row]) {
+    let devices: Vec<&Row> = rows.iter().filter(|r| !r.is_total()).collect();
+    assert!(!devices.is_empty(), "no device rows: {rows:#?}");
+    for r in &devices {
+        let label = match r.component.as_str() {
+            "cpu" => r.device.clone(),
+            "dram" => format!("{}/dram", r.device),
+            "gpu" => r.device.clone(),
+            other => panic!("unexpected component `{other}` in {r:?}"),
+        };
+        let energy = r
+            .energy_j
+            .unwrap_or_else(|| panic!("{} {} not measured: {r:?}", r.component, r.device));
+        let share = r.share.expect("a measured row has a share");
+        let truth = share * hw.truth(&label, time(&r.start), time(&r.end));
+        let err = (energy - truth).abs() / truth;
+        println!(
+            "    {} {}: {energy:.1} J measured, {truth:.1} J true ({:+.3}%)",
+            r.component,
+            r.device,
+            (energy - truth) / truth * 100.0
+        );
+        assert!(
+            err <= TOLERANCE,
+            "{} {}: {energy:.3} J measured, {truth:.3} J true ({:.2}% off) over {} .. {}",
+            r.component,
+            r.device,
+            err * 100.0,
+            r.start,
+            r.end
+        );
+        // energy_kwh = energy_j x pue / 3.6e6; co2e_g = energy_kwh x intensity.
+        let kwh = r.energy_kwh.expect("kWh beside joules");
+        assert!(
+            (kwh - energy * r.pue / 3.6e6).abs() <= 1e-6 + kwh * 1e-4,
+            "{r:?}"
+        );
+        let g = r.co2e_g.expect("CO2e beside kWh");
+        let intensity = r.intensity_g_per_kwh.expect("intensity");
+        assert!((g - kwh * intensity).abs() <= 1e-3 + g * 1e-4, "{r:?}");
+    }
+    let totals: Vec<&Row> = rows.iter().filter(|r| r.is_total()).collect();
+    assert_eq!(totals.len(), 1, "one total row: {rows:#?}");
+    let total = totals[0];
+    assert!(
+        std::ptr::eq(total, rows.last().unwrap()),
+        "the total row comes last"
+    );
+    let sum: f64 = devices.iter().filter_map(|r| r.energy_j).sum();
+    let energy = total.energy_j.expect("total energy");
+    assert!(
+        (energy - sum).abs() <= 0.001 * devices.len() as f64,
+        "total {energy} J is not the sum {sum} J"
+    );
+    let sum_g: f64 = devices.iter().filter_map(|r| r.co2e_g).sum();
+    assert!((total.co2e_g.unwrap() - sum_g).abs() <= 0.001 * devices.len() as f64);
+}
+
+/// The carbontrack lines slurmd logged for a job: no errors, not one per sample.
+fn assert_quiet_log(log: &str, id: u32) {
+    assert_no_plugin_error(log);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("carbontrack")).collect();
+    assert!(
+        lines.len() <= MAX_LOG_LINES_PER_JOB,
+        "job {id}: {} carbontrack lines in slurmd's log:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+}
+
+/// The lines saying which step samples the job.
+fn sampling_lines(log: &str, id: u32) -> Vec<String> {
+    let needle = format!("carbontrack: job {id}: sampling on ");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Submits and waits until the job's sampler has started on the node.
+fn start_sampled(c: &Cluster, args: &[&str], script: &str) -> JobId {
+    let mark = c.log_mark();
+    let id = c
+        .submit_in(&c.work_dir(), args, script)
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(&format!("job {} to start sampling", id.0), || {
+        (!sampling_lines(&c.log_since(mark), id.0).is_empty()).then_some(())
+    });
+    id
+}
+
+pub fn footprint_matches_truth(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let mark = c.log_mark();
+    let id = c
+        .submit_in(
+            &c.work_dir(),
+            &["--carbon-track=yes", "--gres=gpu:2"],
+            "#!/bin/bash\necho gpus=$CUDA_VISIBLE_DEVICES\nsleep 15\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (csv, txt) = (
+        user_file(c, None, id.0, "csv"),
+        user_file(c, None, id.0, "txt"),
+    );
+    let uid = user_uid();
+
+    // While it runs, the summary says so and is the user's (refresh=2s).
+    let live = wait_for("the live summary", || {
+        let t = std::fs::read_to_string(&txt).ok()?;
+        (c.job_state(id.0) == "RUNNING").then_some(t)
+    });
+    assert!(
+        live.contains(&format!("carbontrack: job {} (running;", id.0))
+            && live.contains("Energy so far"),
+        "live summary:\n{live}"
+    );
+    assert_eq!(std::fs::metadata(&txt).unwrap().uid(), uid);
+
+    let ended = c.wait_ended(id);
+    let log = c.log_of_job(mark, id.0);
+    assert_eq!(
+        (ended.state.as_str(), ended.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{}",
+        c.output_of(id.0)
+    );
+    assert!(c.output_of(id.0).contains("gpus=0,1"));
+
+    let (text, rows) = footprint(&csv);
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    assert!(
+        header.len() >= CONTRACT_COLUMNS.len()
+            && header[..CONTRACT_COLUMNS.len()] == CONTRACT_COLUMNS,
+        "header {header:?}"
+    );
+    // The package and its DRAM, the job's two GPUs and no other, the total.
+    let components: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.component.as_str(), r.device.as_str()))
+        .collect();
+    let gpu = |minor: u32| hw.gpus[minor as usize].uuid.as_str();
+    assert_eq!(
+        components,
+        [
+            ("cpu", "package-0"),
+            ("dram", "package-0"),
+            ("gpu", gpu(0)),
+            ("gpu", gpu(1)),
+            ("total", "")
+        ],
+        "{text}"
+    );
+    assert!(rows.iter().all(|r| r.job_id == id.0.to_string()));
+    assert_matches_truth(hw, &rows);
+    for dev in [gpu(0), gpu(1)] {
+        let r = row(&rows, "gpu", dev);
+        assert_eq!((r.share, r.status.as_str()), (Some(1.0), "ok"), "{r:?}");
+    }
+    let total = rows.last().unwrap();
+    assert!(total.duration_s >= 15.0, "{total:?}");
+    for f in [&csv, &txt] {
+        let m = std::fs::symlink_metadata(f).unwrap();
+        assert!(m.is_file(), "{}", f.display());
+        assert_eq!(m.uid(), uid, "{} not the user's", f.display());
+    }
+    let summary = std::fs::read_to_string(&txt).unwrap();
+    assert!(!summary.contains("(running;"), "final summary:\n{summary}");
+    assert_eq!(sampling_lines(&log, id.0).len(), 1, "{log}");
+    assert_quiet_log(&log, id.0);
+}
+
+pub fn untracked_leave_nothing(c: &Cluster, hw: &Hardware) {
+    let nothing_left = |id: u32| {
+        for ext in ["csv", "txt"] {
+            let f = user_file(c, None, id, ext);
+            assert!(!f.exists(), "{} for an untracked job", f.display());
+        }
+        let state = hw.spool().join("jobs").join(id.to_string());
+        assert!(!state.exists(), "{} for an untracked job", state.display());
+    };
+    tracked_args(c, hw, &[]);
+    let (job, log) = submit_ok(c, &[], "#!/bin/bash\ntrue\n");
+    nothing_left(job.id);
+    assert!(sampling_lines(&log, job.id).is_empty(), "{log}");
+
+    tracked_args(c, hw, &["mode=always"]);
+    let (job, log) = submit_ok(c, &[], "#!/bin/bash\ntrue\n");
+    let (_, rows) = footprint(&user_file(c, None, job.id, "csv"));
+    assert!(rows.last().is_some_and(Row::is_total), "{rows:#?}");
+    assert_quiet_log(&log, job.id);
+
+    let (job, log) = submit_ok(c, &["--carbon-track=no"], "#!/bin/bash\ntrue\n");
+    nothing_left(job.id);
+    assert!(sampling_lines(&log, job.id).is_empty(), "{log}");
+}
+
+/// Slurm's name for this node, as `scripts/test-cluster` declares it.
+fn node_name() -> String {
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Submits a held job, leaves in the spool what an earlier job with the same
+/// id would have left (its hand-off and a footprint of a megajoule an hour
+/// ago), then lets the job run to its end.
+fn run_after_an_earlier_job_of_its_id(c: &Cluster, hw: &Hardware, args: &[&str]) -> (u32, String) {
+    let mut held = vec!["--hold"];
+    held.extend_from_slice(args);
+    let mark = c.log_mark();
+    let id = c
+        .submit_in(
+            &c.work_dir(),
+            &held,
+            "#!/bin/bash
+sleep 1
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let spool = Spool::open(&hw.spool()).unwrap();
+    let earlier = JobInfo {
+        job_id: id.0,
+        uid: user_uid(),
+        gid: user_uid(),
+        user: USER.into(),
+        node: node_name(),
+        work_dir: Some(c.work_dir()),
+        ..JobInfo::default()
+    };
+    spool.write_handoff(&earlier).unwrap();
+    let an_hour_ago =
+        humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(3600));
+    let stale = Row {
+        job_id: id.0.to_string(),
+        node: node_name(),
+        component: "gpu".into(),
+        device: hw.gpus[0].uuid.clone(),
+        start: an_hour_ago.to_string(),
+        end: an_hour_ago.to_string(),
+        duration_s: 600.0,
+        share: Some(1.0),
+        energy_j: Some(1e6),
+        pue: 1.0,
+        energy_kwh: Some(1e6 / 3.6e6),
+        intensity_g_per_kwh: Some(100.0),
+        co2e_g: Some(1e6 / 3.6e6 * 100.0),
+        status: "ok".into(),
+        intensity_source: "an earlier job".into(),
+    };
+    let mut csv = Vec::new();
+    write_csv(&mut csv, &[stale]).unwrap();
+    spool
+        .write_node_footprint(id.0, &node_name(), &csv)
+        .unwrap();
+
+    let out = c
+        .as_user("scontrol", &["release", &id.0.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ended = c.wait_ended(id);
+    let log = c.log_of_job(mark, id.0);
+    assert_eq!(ended.state, "COMPLETED", "{log}");
+    (id.0, log)
+}
+
+pub fn reused_job_id(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let submitted = SystemTime::now();
+    // Not tracked: the earlier job's hand-off does not make it sampled.
+    let (id, log) = run_after_an_earlier_job_of_its_id(c, hw, &[]);
+    assert!(sampling_lines(&log, id).is_empty(), "{log}");
+    assert!(!user_file(c, None, id, "csv").exists());
+    assert!(!hw.spool().join("jobs").join(id.to_string()).exists());
+    assert_no_plugin_error(&log);
+
+    // Tracked: the earlier footprint is not merged into this job's.
+    let (id, log) =
+        run_after_an_earlier_job_of_its_id(c, hw, &["--carbon-track=yes", "--gres=gpu:1"]);
+    let (_, rows) = footprint(&user_file(c, None, id, "csv"));
+    let total = rows.last().unwrap();
+    assert!(time(&total.start) >= submitted, "{rows:#?}");
+    assert_matches_truth(hw, &rows);
+    assert_quiet_log(&log, id);
+}
+
+/// Two srun steps one after the other and one beside them.
+const STEPS: &str = "#!/bin/bash
+srun --overlap bash -c 'sleep 5; echo step-beside' &
+srun --overlap bash -c 'sleep 2; echo step-one'
+srun --overlap bash -c 'sleep 2; echo step-two'
+wait
+";
+
+/// A job with srun steps counts its energy once, sampled by `sampler`.
+fn steps_counted_once(c: &Cluster, hw: &Hardware, sampler: &str) {
+    tracked_args(c, hw, &[]);
+    let (job, log) = submit_ok(c, &["--carbon-track=yes", "--gres=gpu:1"], STEPS);
+    for step in ["step-beside", "step-one", "step-two"] {
+        assert!(job.output.contains(step), "{}", job.output);
+    }
+    for step in 0..3 {
+        assert!(log.contains(&format!("[{}.{step}]", job.id)), "{log}");
+    }
+    let sampling = sampling_lines(&log, job.id);
+    assert_eq!(sampling.len(), 1, "one sampler per job: {sampling:#?}");
+    assert!(
+        sampling[0].contains(&format!("in step {sampler} ")),
+        "{}",
+        sampling[0]
+    );
+    let (_, rows) = footprint(&user_file(c, None, job.id, "csv"));
+    let gpu = row(&rows, "gpu", &hw.gpus[0].uuid);
+    assert!(gpu.duration_s >= 5.0, "{gpu:?}");
+    // Within 3% of the truth over the job's span: twice would be 100% off.
+    assert_matches_truth(hw, &rows);
+    assert_quiet_log(&log, job.id);
+}
+
+pub fn steps_with_extern(c: &Cluster, hw: &Hardware) {
+    assert!(c.contain());
+    steps_counted_once(c, hw, "extern");
+}
+
+/// Puts the cluster back as it was, also when the check fails.
+struct Restore<'a>(&'a Cluster);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.restore() {
+            eprintln!("could not restore the cluster: {e}");
+        }
+    }
+}
+
+pub fn steps_without_extern(c: &Cluster, hw: &Hardware) {
+    let _restore = Restore(c);
+    c.restart(false, false).unwrap_or_else(|e| panic!("{e}"));
+    // Job ids start again at 1 while the spool keeps the earlier jobs' state:
+    // a job must not inherit what an earlier one of its id left.
+    steps_counted_once(c, hw, "batch");
+}
+
+pub fn cancelled_and_timed_out(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let script = "#!/bin/bash\nsleep 120\n";
+    let submitted = SystemTime::now();
+    let cancelled = start_sampled(c, &["--carbon-track=yes"], script);
+    let timed_out = start_sampled(c, &["--carbon-track=yes", "--time=5"], script);
+    sleep(Duration::from_secs(2));
+    let stopped = SystemTime::now();
+    let out = c
+        .as_user("scancel", &[&cancelled.0.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The time limit, reached now: slurmctld ends the job as TIMEOUT at its
+    // next limit check (Slurm's limits are whole minutes).
+    let out = c.as_root(
+        "scontrol",
+        &["update", &format!("jobid={}", timed_out.0), "EndTime=now"],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    for (id, state) in [(cancelled, "CANCELLED"), (timed_out, "TIMEOUT")] {
+        let ended = c.wait_ended(id);
+        assert!(ended.state.starts_with(state), "job {}: {ended:?}", id.0);
+        let csv = user_file(c, None, id.0, "csv");
+        let (_, rows) = wait_for(&format!("{}", csv.display()), || {
+            csv.exists().then(|| footprint(&csv))
+        });
+        let total = rows.last().unwrap();
+        assert!(total.is_total(), "{rows:#?}");
+        // The span covers sampling up to the stop, within the job's life.
+        let (start, end) = (time(&total.start), time(&total.end));
+        assert!(start >= submitted && end >= stopped, "{total:?}");
+        assert!(end <= SystemTime::now(), "{total:?}");
+        assert_matches_truth(hw, &rows);
+    }
+}
+
+pub fn planted_link(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let precious = hw.dir().join("precious");
+    std::fs::write(&precious, "root's own\n").unwrap();
+    std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mark = c.log_mark();
+    let id = c
+        .submit_in(
+            &c.work_dir(),
+            &["--hold", "--carbon-track=yes"],
+            "#!/bin/bash\nsleep 3\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    for ext in ["csv", "txt"] {
+        let link = user_file(c, None, id.0, ext);
+        let out = c
+            .as_user("ln", &["-s"])
+            .arg(&precious)
+            .arg(&link)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = c
+        .as_user("scontrol", &["release", &id.0.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ended = c.wait_ended(id);
+    let log = c.log_of_job(mark, id.0);
+    assert_eq!(ended.state, "COMPLETED", "{log}");
+
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "root's own\n");
+    let m = std::fs::metadata(&precious).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o644));
+    for ext in ["csv", "txt"] {
+        let f = user_file(c, None, id.0, ext);
+        let m = std::fs::symlink_metadata(&f).unwrap();
+        assert!(m.is_file(), "{} is not a regular file", f.display());
+        assert_eq!(m.uid(), user_uid());
+    }
+    footprint(&user_file(c, None, id.0, "csv"));
+    assert_quiet_log(&log, id.0);
+}
+
+pub fn read_only_work_dir(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let dir = c.work_dir().join("read-only");
+    for cmd in [vec!["mkdir", "-p"], vec!["chmod", "555"]] {
+        let out = c.as_user(cmd[0], &cmd[1..]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let mark = c.log_mark();
+    // Long enough for the live summary to be tried a few times (refresh=2s).
+    let id = c
+        .submit_in(&dir, &["--carbon-track=yes"], "#!/bin/bash\nsleep 5\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ended = c.wait_ended(id);
+    let log = c.log_of_job(mark, id.0);
+    assert_eq!(
+        (ended.state.as_str(), ended.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{log}"
+    );
+    let jobs = hw.spool().join("jobs").join(id.0.to_string());
+    let kept: Vec<PathBuf> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("node-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let (_, rows) = footprint(&kept[0]);
+    assert_matches_truth(hw, &rows);
+    let naming: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&kept[0].display().to_string()))
+        .collect();
+    assert_eq!(naming.len(), 1, "{log}");
+    assert!(
+        naming[0].contains(&dir.display().to_string()),
+        "{}",
+        naming[0]
+    );
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("carbontrack") && l.contains("error"))
+        .count();
+    assert_eq!(errors, 1, "one line about the undelivered files:\n{log}");
+}
+
+/// The names of a process's threads.
+fn threads(pid: u32) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// slurmstepd processes of a job of this cluster, with their step names.
+/// Another cluster on the machine may run a job with the same id: a
+/// slurmstepd is ours when it has our slurmd's SLURM_CONF.
+fn stepds(c: &Cluster, id: u32) -> Vec<(u32, String)> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid=,args="])
+        .output()
+        .unwrap();
+    let prefix = format!("slurmstepd: [{id}.");
+    let conf = format!("SLURM_CONF={}", c.slurm_conf().display());
+    let ours = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == conf.as_bytes()))
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pid, args) = l.trim().split_once(' ')?;
+            let step = args.trim().strip_prefix(&prefix)?.strip_suffix(']')?;
+            let pid: u32 = pid.parse().ok()?;
+            ours(pid).then(|| (pid, step.to_string()))
+        })
+        .collect()
+}
+
+fn extern_stepd(c: &Cluster, id: u32) -> Option<u32> {
+    stepds(c, id)
+        .into_iter()
+        .find(|(_, s)| s == "extern")
+        .map(|(p, _)| p)
+}
+
+/// A process's thread names once two readings agree (slurmstepd starts a
+/// short-lived thread per request it serves).
+fn steady_threads(pid: u32) -> Vec<String> {
+    let mut last = threads(pid);
+    for _ in 0..50 {
+        sleep(Duration::from_millis(200));
+        let now = threads(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the threads of {pid} never settled: {last:?}");
+}
+
+pub fn sampler_thread(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &[]);
+    let mark = c.log_mark();
+    let script = "#!/bin/bash\nsleep 8\n";
+    let tracked = start_sampled(c, &["--carbon-track=yes", "--gres=gpu:1"], script);
+    let untracked = c
+        .submit_in(&c.work_dir(), &["--gres=gpu:1"], script)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (t_pid, u_pid) = wait_for("both extern steps", || {
+        let t = extern_stepd(c, tracked.0)?;
+        let u = extern_stepd(c, untracked.0)?;
+        (c.job_state(untracked.0) == "RUNNING").then_some((t, u))
+    });
+    let with = steady_threads(t_pid);
+    let without = steady_threads(u_pid);
+    assert_eq!(
+        with.iter().filter(|n| *n == "carbontrack").count(),
+        1,
+        "{with:?}"
+    );
+    assert!(!without.iter().any(|n| n == "carbontrack"), "{without:?}");
+    assert_eq!(
+        with.len(),
+        without.len() + 1,
+        "tracked {with:?}, untracked {without:?}"
+    );
+
+    for id in [tracked, untracked] {
+        assert_eq!(c.wait_ended(id).state, "COMPLETED");
+    }
+    let log = c.log_of_job(mark, tracked.0);
+    c.log_of_job(mark, untracked.0);
+    // The extern step has said it is done; its process goes right after.
+    wait_for("the job's slurmstepds to go", || {
+        (stepds(c, tracked.0).is_empty() && stepds(c, untracked.0).is_empty()).then_some(())
+    });
+    assert_no_plugin_error(&log);
+}
