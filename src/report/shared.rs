@@ -56,8 +56,12 @@ use super::total::{JobMeta, JobTotal};
 pub const TOTAL_FILE: &str = "total.csv";
 const JOB_FILE: &str = "job.json";
 
-/// How long an Epilog waits for another node holding the job's lock.
+/// How long an Epilog waits for another node holding its job's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a sweep waits for another job's lock: whoever holds it is
+/// delivering that job.
+const SWEEP_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// A claimed job's directory stays this long, to recognise late parts.
 const KEEP_CLAIMED: Duration = Duration::from_secs(30 * 86_400);
@@ -113,7 +117,8 @@ pub fn epilog(
     if !deposited {
         return;
     }
-    match complete(config, shared, id, tools.part_wait, SystemTime::now(), log) {
+    let now = SystemTime::now();
+    match complete(config, shared, id, tools.part_wait, now, LOCK_WAIT, log) {
         Ok(Outcome::Queued { .. }) => {
             let d = deliver(shared, tools, id, outage, log);
             tally(report, id, d);
@@ -229,13 +234,14 @@ pub fn complete(
     id: u32,
     part_wait: Duration,
     now: SystemTime,
+    lock_wait: Duration,
     log: Log,
 ) -> Result<Outcome, String> {
     let dir = shared.job_dir(id);
     if dir.join(TOTAL_FILE).exists() {
         return Ok(Outcome::Claimed);
     }
-    let Some(_lock) = shared.lock_job(id, LOCK_WAIT).map_err(|e| e.to_string())? else {
+    let Some(_lock) = shared.lock_job(id, lock_wait).map_err(|e| e.to_string())? else {
         return Ok(Outcome::Busy);
     };
     if dir.join(TOTAL_FILE).exists() {
@@ -246,12 +252,9 @@ pub fn complete(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let paths = shared.node_footprints(id).map_err(|e| e.to_string())?;
+    let first = first_arrival(&paths);
     let mut rows: Vec<Row> = Vec::new();
-    let mut first_arrival: Option<SystemTime> = None;
     for p in &paths {
-        if let Ok(t) = fs::metadata(p).and_then(|m| m.modified()) {
-            first_arrival = Some(first_arrival.map_or(t, |f| f.min(t)));
-        }
         match read_node_footprint(p) {
             Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
             Err(why) => {
@@ -268,8 +271,7 @@ pub fn complete(
     }
     let present: BTreeSet<String> = rows.iter().map(|r| r.node.clone()).collect();
     let missing = missing_nodes(&record.nodes, &present);
-    let overdue =
-        first_arrival.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= part_wait);
+    let overdue = is_overdue(first, part_wait, now);
     // Without a node list (an older or damaged record), only time tells.
     if (!missing.is_empty() || record.nodes.is_empty()) && !overdue {
         return Ok(Outcome::Waiting { missing });
@@ -372,7 +374,22 @@ pub fn sweep(
             }
             continue;
         }
-        match complete(config, shared, id, tools.part_wait, now, log) {
+        // Only overdue jobs need counting here: a job still within its wait
+        // is completed by its own nodes' Epilogs. A stat per part, no lock.
+        let paths = shared.node_footprints(id).unwrap_or_default();
+        if !is_overdue(first_arrival(&paths), tools.part_wait, now) {
+            report.queued.push(id);
+            continue;
+        }
+        match complete(
+            config,
+            shared,
+            id,
+            tools.part_wait,
+            now,
+            SWEEP_LOCK_WAIT,
+            log,
+        ) {
             Ok(Outcome::Queued { .. }) => {
                 let d = deliver(shared, tools, id, outage, log);
                 tally(report, id, d);
@@ -383,6 +400,20 @@ pub fn sweep(
         }
     }
     retry_outbox(shared, tools, skip, deadline, outage, report, log);
+}
+
+/// When the first of these parts arrived (their modification times).
+fn first_arrival(paths: &[std::path::PathBuf]) -> Option<SystemTime> {
+    paths
+        .iter()
+        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .min()
+}
+
+/// Whether missing parts have been waited for long enough; a job with no
+/// part left (all quarantined) is.
+fn is_overdue(first: Option<SystemTime>, part_wait: Duration, now: SystemTime) -> bool {
+    first.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= part_wait)
 }
 
 /// The job's nodes with no part, in the job's order.
