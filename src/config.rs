@@ -119,6 +119,11 @@ pub struct Config {
     /// How often a running job's summary file (`carbontrack-<jobid>.txt`) is
     /// rewritten: each rewrite is a few file operations as the user.
     pub refresh: Duration,
+    /// Where the nodes of a multi-node job leave their parts so that one
+    /// total over all of them is delivered once: a root-owned directory on a
+    /// filesystem every node mounts (`shared=`). `None`: each node's Epilog
+    /// only sees its own part, so a multi-node job gets no job total.
+    pub shared: Option<PathBuf>,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -146,6 +151,7 @@ impl Default for Config {
             ledger: Some(PathBuf::from("/var/lib/carbontrack/ledger.csv")),
             epochs_before_pred: 1,
             refresh: Duration::from_secs(60),
+            shared: None,
             test_panic: None,
         }
     }
@@ -200,6 +206,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("ledger", "an absolute file path, or none"),
     ("epochs_before_pred", "a whole number from 1 to 1000"),
     ("refresh", "a duration from 1s to 1h, e.g. 60s"),
+    (
+        "shared",
+        "an absolute directory on a filesystem all nodes share, root-owned (for multi-node job totals), or none",
+    ),
 ];
 
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -320,6 +330,12 @@ impl Config {
                     "none" => None,
                     p if p.starts_with('/') => Some(PathBuf::from(p)),
                     _ => return Err(format!("`{v}` is not an absolute path")),
+                }
+            }
+            "shared" => {
+                self.shared = match v {
+                    "none" => None,
+                    _ => Some(abs_dir(v)?),
                 }
             }
             "refresh" => {
@@ -478,6 +494,7 @@ mod tests {
             "ledger=none",
             "epochs_before_pred=2",
             "refresh=5s",
+            "shared=/shared/carbontrack",
         ])
         .unwrap();
         assert_eq!(c.mode, Mode::Always);
@@ -498,6 +515,9 @@ mod tests {
         assert_eq!(c.ledger, None);
         assert_eq!(c.epochs_before_pred, 2);
         assert_eq!(c.refresh, Duration::from_secs(5));
+        assert_eq!(c.shared, Some(PathBuf::from("/shared/carbontrack")));
+        assert_eq!(Config::default().shared, None);
+        assert_eq!(Config::from_args(["shared=none"]).unwrap().shared, None);
     }
 
     #[test]
@@ -508,6 +528,7 @@ mod tests {
             ("interval=fast", "interval="),
             ("components=cpu,tpu", "cpu,dram,gpu"),
             ("spool=relative", "absolute"),
+            ("shared=scratch/ct", "filesystem all nodes share"),
             ("pue=0.9", "1.0 to 3.0"),
             ("pue=abc", "pue="),
             ("report=email", "workdir|none"),

@@ -13,6 +13,7 @@ pub mod epochs;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod footprint;
+pub mod hostlist;
 pub mod job;
 pub mod measure;
 pub mod plugin;

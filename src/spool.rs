@@ -26,6 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::job::JobInfo;
 
@@ -277,6 +278,59 @@ impl Spool {
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(io_err(&p)(e)),
         }
+    }
+
+    /// Writes one file of a job's directory atomically (creating the
+    /// directory); `name` is ours, never the user's.
+    pub fn write_job_file(
+        &self,
+        job_id: u32,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
+        let p = self.ensure_job_dir(job_id)?.join(name);
+        write_atomic(&p, bytes)?;
+        Ok(p)
+    }
+
+    /// Takes the lock of a job's directory, waiting up to `wait` for another
+    /// holder; `None` when it could not be had in that time. Released when
+    /// the file is dropped. A kernel `flock`, so on a network filesystem it
+    /// needs working locks across clients (NFS: not mounted `nolock`; Lustre:
+    /// `-o flock`).
+    pub fn lock_job(&self, job_id: u32, wait: Duration) -> Result<Option<File>, SpoolError> {
+        let p = self.ensure_job_dir(job_id)?.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(Some(f)),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+
+    /// Job ids with a directory here, in ascending order.
+    pub fn job_ids(&self) -> Result<Vec<u32>, SpoolError> {
+        let d = self.root.join("jobs");
+        let rd = fs::read_dir(&d).map_err(io_err(&d))?;
+        let mut v: Vec<u32> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// Removes all state of a job.

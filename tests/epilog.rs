@@ -114,7 +114,18 @@ impl Env {
     /// A node footprint in the spool, as the extern step leaves it: joules
     /// per component (None: unavailable).
     fn footprint(&self, job: u32, node: &str, cpu: f64, gpu: Option<f64>) -> Vec<footprint::Row> {
-        let spool = carbontrack::spool::Spool::open(&self.spool()).unwrap();
+        self.footprint_in(&self.spool(), job, node, cpu, gpu)
+    }
+
+    fn footprint_in(
+        &self,
+        spool: &Path,
+        job: u32,
+        node: &str,
+        cpu: f64,
+        gpu: Option<f64>,
+    ) -> Vec<footprint::Row> {
+        let spool = carbontrack::spool::Spool::open(spool).unwrap();
         let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_714_521_600);
         let mut devices = vec![DeviceEnergy {
             component: Component::Cpu,
@@ -504,4 +515,247 @@ fn report_totals_are_the_sums_of_their_jobs() {
         .map(|(id, _, _)| Segment::parse(&e.field(*id)).unwrap().energy_kwh.unwrap())
         .sum();
     assert!((from_fields - kwh).abs() < 1e-5, "{from_fields} vs {kwh}");
+}
+
+/// A job on nodes n1 and n2, each with its own spool and the same shared=
+/// directory: `node`'s Epilog with the Epilog's environment.
+fn node_epilog(e: &Env, job: u32, node: &str, extra: &[&str]) -> Output {
+    let spool = e.dir.join(format!("spool-{node}"));
+    let mut args = vec!["epilog", "--spool", spool.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_carbontrack"));
+    c.args(&args)
+        .arg("--plugstack")
+        .arg(e.dir.join("plugstack.conf"))
+        .arg("--sacct")
+        .arg(e.dir.join("bin/sacct"))
+        .arg("--sacctmgr")
+        .arg(e.dir.join("bin/sacctmgr"))
+        .env("SLURM_JOB_ID", job.to_string())
+        .env("SLURM_JOB_USER", "alice")
+        .env("SLURM_JOB_ACCOUNT", "ml")
+        .env("SLURM_JOB_PARTITION", "gpu")
+        .env("SLURM_CLUSTER_NAME", "test")
+        .env("SLURMD_NODENAME", node)
+        .env_remove("SLURM_JOB_NODELIST")
+        // Slurm 22.05's name for it in the Epilog.
+        .env("SLURM_NODELIST", "n[1-2]");
+    c.output().unwrap()
+}
+
+/// The plugstack of `Env` plus shared=, and a hand-off in both node spools
+/// whose user is this process (so the user's files can be checked).
+fn multi_node_env(name: &str, jobs: &[u32]) -> Env {
+    let e = Env::new(name);
+    let conf = fs::read_to_string(e.dir.join("plugstack.conf")).unwrap();
+    fs::write(
+        e.dir.join("plugstack.conf"),
+        format!("{} shared={}/shared\n", conf.trim_end(), e.dir.display()),
+    )
+    .unwrap();
+    fs::create_dir_all(e.dir.join("work")).unwrap();
+    let me = carbontrack::ffi::identity::euid();
+    for node in ["n1", "n2"] {
+        let spool = carbontrack::spool::Spool::open(&e.dir.join(format!("spool-{node}"))).unwrap();
+        for &job in jobs {
+            spool
+                .write_handoff(&carbontrack::job::JobInfo {
+                    job_id: job,
+                    uid: me,
+                    gid: 0,
+                    groups: vec![0],
+                    user: "alice".into(),
+                    node: node.into(),
+                    work_dir: Some(e.dir.join("work")),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    e
+}
+
+fn ledger_rows(e: &Env, job: u32) -> Vec<String> {
+    e.ledger()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{job},")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn two_nodes_one_total_whichever_epilog_ends_last() {
+    let e = multi_node_env("multi", &[401]);
+    e.db_job(401, "");
+    let n1 = e.footprint_in(
+        &e.dir.join("spool-n1"),
+        401,
+        "n1",
+        360_000.0,
+        Some(720_000.0),
+    );
+    let n2 = e.footprint_in(&e.dir.join("spool-n2"), 401, "n2", 36_000.0, Some(72_000.0));
+
+    // n2 ends first: its part waits in the shared directory, nothing delivered.
+    let o = node_epilog(&e, 401, "n2", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("job 401: part of n2 kept; waiting for n1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.field(401), "");
+    assert!(ledger_rows(&e, 401).is_empty());
+    assert!(e.dir.join("shared/jobs/401/node-n2.csv").exists());
+    assert!(
+        !e.dir.join("spool-n2/jobs/401").exists(),
+        "the node's copy goes once shared"
+    );
+
+    // n1 ends: the total over both nodes goes out once.
+    let o = node_epilog(&e, 401, "n1", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seg = Segment::parse(&e.field(401)).unwrap();
+    let joules = 360_000.0 + 720_000.0 + 36_000.0 + 72_000.0;
+    assert!(
+        close(seg.energy_kwh.unwrap(), joules * 1.5 / 3.6e6),
+        "{seg:?}"
+    );
+    assert_eq!(
+        (seg.cpu_j, seg.gpu_j, seg.nodes),
+        (Some(396_000.0), Some(792_000.0), 2)
+    );
+    let rows = ledger_rows(&e, 401);
+    assert_eq!(rows.len(), 1, "{}", e.ledger());
+    assert!(
+        rows[0].contains(",ok,") && rows[0].contains("n1 n2"),
+        "{}",
+        rows[0]
+    );
+
+    // The user's CSV: every node's device rows as the nodes measured them,
+    // then one total that is their sum.
+    let csv = fs::read(e.dir.join("work/carbontrack-401.csv")).unwrap();
+    let got = footprint::read_csv(&csv[..]).unwrap();
+    let want: Vec<&footprint::Row> = n1.iter().chain(&n2).filter(|r| !r.is_total()).collect();
+    let devices: Vec<&footprint::Row> = got.iter().filter(|r| !r.is_total()).collect();
+    assert_eq!(devices, want);
+    let total = got.last().unwrap();
+    assert!(
+        total.is_total() && total.node == "all" && total.status == "ok",
+        "{total:?}"
+    );
+    assert!(close(total.energy_j.unwrap(), joules));
+    let txt = fs::read_to_string(e.dir.join("work/carbontrack-401.txt")).unwrap();
+    assert!(
+        txt.contains("job 401 (finished)") && !txt.contains("Incomplete"),
+        "{txt}"
+    );
+
+    // Nothing more happens, however often it is asked.
+    let writes = e.calls("sacctmgr");
+    for o in [
+        node_epilog(&e, 401, "n1", &[]),
+        node_epilog(&e, 401, "n2", &[]),
+    ] {
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = e.carbontrack(&["flush", "--part-wait", "0s"], None);
+    assert!(
+        stderr(&o).is_empty() || !stderr(&o).contains("401"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(ledger_rows(&e, 401).len(), 1);
+    assert_eq!(e.field(401).matches("carbontrack:v1").count(), 1);
+}
+
+#[test]
+fn a_missing_node_part_is_delivered_late_and_marked_incomplete() {
+    let e = multi_node_env("missing", &[402]);
+    e.db_job(402, "");
+    e.footprint_in(&e.dir.join("spool-n1"), 402, "n1", 36_000.0, Some(3_600.0));
+    let o = node_epilog(&e, 402, "n1", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(e.field(402), "");
+
+    // n2 never ran its Epilog. Before the wait is over, flush leaves it.
+    let o = e.carbontrack(&["flush", "--part-wait", "1h"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(e.field(402), "");
+    // Then the parts present go out, once, saying what is missing.
+    let o = e.carbontrack(&["flush", "--part-wait", "0s"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "job 402: no part from n2 after 0s; delivering the parts of n1 as incomplete"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let seg = Segment::parse(&e.field(402)).unwrap();
+    assert!(
+        close(seg.energy_kwh.unwrap(), 39_600.0 * 1.5 / 3.6e6),
+        "{seg:?}"
+    );
+    assert_eq!(seg.nodes, 1);
+    let rows = ledger_rows(&e, 402);
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].contains("incomplete: node n2 part missing"),
+        "{}",
+        rows[0]
+    );
+    let csv = fs::read(e.dir.join("work/carbontrack-402.csv")).unwrap();
+    let got = footprint::read_csv(&csv[..]).unwrap();
+    assert!(got.iter().filter(|r| !r.is_total()).all(|r| r.node == "n1"));
+    assert_eq!(
+        got.last().unwrap().status,
+        "incomplete: node n2 part missing"
+    );
+    let txt = fs::read_to_string(e.dir.join("work/carbontrack-402.txt")).unwrap();
+    assert!(
+        txt.contains("Incomplete: no footprint arrived from n2"),
+        "{txt}"
+    );
+
+    // n2's part turns up after all: kept, said, not added.
+    e.footprint_in(&e.dir.join("spool-n2"), 402, "n2", 50_000.0, Some(0.0));
+    let writes = e.calls("sacctmgr");
+    let o = node_epilog(&e, 402, "n2", &[]);
+    assert!(
+        stderr(&o).contains(
+            "job 402: the part of n2 arrived after the job's total was delivered without it"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = e.carbontrack(&["flush", "--part-wait", "0s"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(ledger_rows(&e, 402).len(), 1);
+    assert_eq!(Segment::parse(&e.field(402)).unwrap().nodes, 1);
+}
+
+#[test]
+fn without_shared_a_multi_node_job_says_what_it_lacks() {
+    let e = Env::new("noshared");
+    e.db_job(403, "");
+    e.footprint_in(&e.dir.join("spool-n1"), 403, "n1", 3_600.0, Some(0.0));
+    let o = node_epilog(&e, 403, "n1", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.contains("shared="))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(
+        lines[0].contains("job 403: runs on 2 nodes"),
+        "{}",
+        lines[0]
+    );
+    // What exists without it: this node's own figures.
+    assert_eq!(Segment::parse(&e.field(403)).unwrap().nodes, 1);
 }

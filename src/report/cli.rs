@@ -55,6 +55,11 @@ pub struct ConfigFlags {
     /// (slurmctld sends it asynchronously) before queueing the job.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub end_wait: Duration,
+    /// How long after a multi-node job's first part reached the shared=
+    /// directory its missing parts are waited for; then the parts present
+    /// are delivered, marked incomplete.
+    #[arg(long, value_name = "DURATION", default_value = "10min", value_parser = humantime::parse_duration)]
+    pub part_wait: Duration,
 }
 
 impl ConfigFlags {
@@ -85,6 +90,7 @@ impl ConfigFlags {
             sacctmgr: self.sacctmgr.clone(),
             timeout: self.command_timeout,
             end_wait: self.end_wait,
+            part_wait: self.part_wait,
         }
     }
 }

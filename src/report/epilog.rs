@@ -10,6 +10,11 @@
 //! database) waits for the next epilog on the node or for `flush`. Delivering
 //! again is harmless: the segment replaces itself, the ledger skips a job it
 //! has.
+//!
+//! A job on several nodes is joined in the `shared=` directory first
+//! ([`super::shared`]): each node's Epilog leaves its part there, and the one
+//! that finds every part (or `flush`/a later Epilog, once a missing part is
+//! overdue) queues the job's one total.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +44,12 @@ pub const DEFAULT_END_WAIT: Duration = Duration::from_secs(3);
 /// How long one epilog spends on older queued jobs after its own.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 
+/// How long after a multi-node job's first part arrived its missing parts
+/// are waited for before the total goes out without them (marked
+/// incomplete). Node Epilogs of one job start within seconds of each other;
+/// a part later than this comes from a node that failed.
+pub const DEFAULT_PART_WAIT: Duration = Duration::from_secs(600);
+
 /// The Slurm commands and their limits; overridable so tests and odd sites
 /// can name them.
 #[derive(Debug, Clone)]
@@ -48,6 +59,8 @@ pub struct Tools {
     pub timeout: Duration,
     /// How long to wait for accounting to record the job's end.
     pub end_wait: Duration,
+    /// How long a multi-node job's missing parts are waited for.
+    pub part_wait: Duration,
 }
 
 impl Default for Tools {
@@ -57,6 +70,7 @@ impl Default for Tools {
             sacctmgr: PathBuf::from("sacctmgr"),
             timeout: DEFAULT_COMMAND_TIMEOUT,
             end_wait: DEFAULT_END_WAIT,
+            part_wait: DEFAULT_PART_WAIT,
         }
     }
 }
@@ -76,6 +90,28 @@ pub struct Pending {
     pub ledger_done: bool,
     pub attempts: u32,
     pub last_error: String,
+    /// The user's files, for a total joined from several nodes (a one-node
+    /// job's files are written by the plugin on its node).
+    #[serde(default)]
+    pub user_files: Option<UserFiles>,
+    #[serde(default)]
+    pub user_files_done: bool,
+    /// Keep the job's directory once delivered: in the shared directory it
+    /// holds `total.csv`, the proof that stops a late part from being
+    /// delivered a second time.
+    #[serde(default)]
+    pub keep_job_dir: bool,
+}
+
+/// The footprint and summary to write into the job's work dir, as its user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserFiles {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub dir: PathBuf,
+    pub csv: String,
+    pub txt: String,
 }
 
 /// Where one delivery attempt got to.
@@ -118,18 +154,36 @@ pub type Log<'a> = &'a mut dyn FnMut(String);
 pub struct EpilogJob {
     pub job_id: u32,
     pub meta: JobMeta,
+    /// This node, as Slurm names it (`SLURMD_NODENAME`).
+    pub node: String,
+    /// Every node of the job (empty when unknown).
+    pub nodes: Vec<String>,
+    /// Why the node list could not be read, if it could not.
+    pub nodes_error: Option<String>,
 }
 
 impl EpilogJob {
     /// From slurmd's Epilog environment (`SLURM_JOB_ID`, `SLURM_JOB_USER`,
-    /// `SLURM_JOB_ACCOUNT`, `SLURM_JOB_PARTITION`, `SLURM_CLUSTER_NAME`).
+    /// `SLURM_JOB_ACCOUNT`, `SLURM_JOB_PARTITION`, `SLURM_CLUSTER_NAME`,
+    /// `SLURMD_NODENAME`, and the node list: `SLURM_JOB_NODELIST`, which
+    /// Slurm 22.05 calls `SLURM_NODELIST` in the Epilog).
     pub fn from_env() -> Result<EpilogJob, String> {
         let get = |k: &str| std::env::var(k).unwrap_or_default();
         let id = get("SLURM_JOB_ID");
         let job_id = id.trim().parse().map_err(|_| {
             format!("SLURM_JOB_ID is `{id}`, not a job id (run from the Epilog, or set it)")
         })?;
+        let list = Some(get("SLURM_JOB_NODELIST"))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| get("SLURM_NODELIST"));
+        let (nodes, nodes_error) = match crate::hostlist::expand(&list) {
+            Ok(n) => (n, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         Ok(EpilogJob {
+            node: get("SLURMD_NODENAME"),
+            nodes,
+            nodes_error,
             job_id,
             meta: JobMeta {
                 user: get("SLURM_JOB_USER"),
@@ -170,19 +224,52 @@ pub fn epilog(
         }
     };
     let mut outage = false;
-    match collect(config, &spool, job, &mut report, log) {
-        Ok(Some(pending)) => match spool.write_outbox(job.job_id, &to_json(&pending)) {
-            Ok(_) => {
-                let d = deliver(&spool, tools, job.job_id, &mut outage, log);
-                tally(&mut report, job.job_id, d);
+    if let Some(e) = &job.nodes_error {
+        log(format!(
+            "carbontrack: job {}: {e}; treated as a job on this node only",
+            job.job_id
+        ));
+    }
+    let multi = job.nodes.len() > 1;
+    let shared = match (&config.shared, multi) {
+        (Some(dir), _) => match Spool::open(dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log(format!(
+                    "carbontrack: job {}: shared= directory: {e}; a multi-node job's part stays in {}",
+                    job.job_id,
+                    spool.root().display()
+                ));
+                None
             }
-            Err(e) => log(format!(
-                "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
-                job.job_id
-            )),
         },
-        Ok(None) => {}
-        Err(e) => log(format!("carbontrack: job {}: {e}", job.job_id)),
+        (None, true) => {
+            log(format!(
+                "carbontrack: job {}: runs on {} nodes, and no shared= directory is configured: this node delivers its own part only (another node's may replace it in accounting); per-job totals over nodes need shared= in plugstack.conf",
+                job.job_id,
+                job.nodes.len()
+            ));
+            None
+        }
+        (None, false) => None,
+    };
+    if multi && config.shared.is_some() {
+        // Whatever happens to the shared directory, the part stays in this
+        // node's spool until it is safely there.
+        if let Some(shared) = &shared {
+            super::shared::epilog(
+                config,
+                tools,
+                &spool,
+                shared,
+                job,
+                &mut outage,
+                &mut report,
+                log,
+            );
+        }
+    } else {
+        local_epilog(config, tools, &spool, job, &mut outage, &mut report, log);
     }
     let deadline = Instant::now() + retry_budget;
     retry_outbox(
@@ -194,7 +281,45 @@ pub fn epilog(
         &mut report,
         log,
     );
+    if let Some(shared) = &shared {
+        super::shared::sweep(
+            config,
+            tools,
+            shared,
+            Some(job.job_id),
+            Some(deadline),
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     report
+}
+
+/// A job on this node only: its footprint becomes the total.
+fn local_epilog(
+    config: &Config,
+    tools: &Tools,
+    spool: &Spool,
+    job: &EpilogJob,
+    outage: &mut bool,
+    report: &mut RunReport,
+    log: Log,
+) {
+    match collect(config, spool, job, report, log) {
+        Ok(Some(pending)) => match spool.write_outbox(job.job_id, &to_json(&pending)) {
+            Ok(_) => {
+                let d = deliver(spool, tools, job.job_id, outage, log);
+                tally(report, job.job_id, d);
+            }
+            Err(e) => log(format!(
+                "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
+                job.job_id
+            )),
+        },
+        Ok(None) => {}
+        Err(e) => log(format!("carbontrack: job {}: {e}", job.job_id)),
+    }
 }
 
 /// `carbontrack flush`: delivers everything in the outbox.
@@ -207,10 +332,23 @@ pub fn flush(
     let mut report = RunReport::default();
     let mut outage = false;
     retry_outbox(&spool, tools, None, None, &mut outage, &mut report, log);
+    if let Some(dir) = &config.shared {
+        let shared = Spool::open(dir)?;
+        super::shared::sweep(
+            config,
+            tools,
+            &shared,
+            None,
+            None,
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     Ok(report)
 }
 
-fn tally(report: &mut RunReport, job: u32, d: Delivered) {
+pub(super) fn tally(report: &mut RunReport, job: u32, d: Delivered) {
     match d {
         Delivered::Done => report.delivered.push(job),
         Delivered::Queued => report.queued.push(job),
@@ -218,7 +356,7 @@ fn tally(report: &mut RunReport, job: u32, d: Delivered) {
     }
 }
 
-fn retry_outbox(
+pub(super) fn retry_outbox(
     spool: &Spool,
     tools: &Tools,
     skip: Option<u32>,
@@ -292,23 +430,33 @@ fn collect(
     }
     let mut meta = job.meta.clone();
     if let Ok(Some(h)) = spool.read_handoff(job.job_id) {
-        for (mine, theirs) in [
-            (&mut meta.user, h.user),
-            (&mut meta.account, h.account),
-            (&mut meta.partition, h.partition),
-        ] {
-            if mine.is_empty() {
-                *mine = theirs;
-            }
-        }
+        fill_meta(&mut meta, &h);
     }
     if let Some(r) = live_intensity(config, &rows, SystemTime::now()) {
         apply_intensity(&mut rows, &r);
     }
-    let Some(total) = JobTotal::from_rows(job.job_id, &rows, config.components, &meta) else {
-        return Ok(None);
-    };
-    Ok(Some(Pending {
+    Ok(
+        JobTotal::from_rows(job.job_id, &rows, config.components, &meta)
+            .map(|total| pending_of(config, total)),
+    )
+}
+
+/// Fills what the Epilog's environment did not say from the hand-off.
+pub(super) fn fill_meta(meta: &mut JobMeta, h: &crate::job::JobInfo) {
+    for (mine, theirs) in [
+        (&mut meta.user, &h.user),
+        (&mut meta.account, &h.account),
+        (&mut meta.partition, &h.partition),
+    ] {
+        if mine.is_empty() {
+            mine.clone_from(theirs);
+        }
+    }
+}
+
+/// A fresh outbox record for a total.
+pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
+    Pending {
         segment: Segment::of(&total).format(),
         total,
         field: config.accounting_field.clone(),
@@ -317,7 +465,10 @@ fn collect(
         ledger_done: config.ledger.is_none(),
         attempts: 0,
         last_error: String::new(),
-    }))
+        user_files: None,
+        user_files_done: true,
+        keep_job_dir: false,
+    }
 }
 
 /// A node footprint as the sampler writes it: rows, then the total row
@@ -335,7 +486,7 @@ pub fn read_node_footprint(p: &Path) -> Result<Vec<Row>, String> {
 
 /// The live source's intensity for the job's window, when one is configured:
 /// the sampler could not query it, the Epilog can.
-fn live_intensity(config: &Config, rows: &[Row], now: SystemTime) -> Option<Resolved> {
+pub(super) fn live_intensity(config: &Config, rows: &[Row], now: SystemTime) -> Option<Resolved> {
     let IntensitySpec::ElectricityMaps(zone) = &config.intensity else {
         return None;
     };
@@ -360,7 +511,7 @@ fn live_intensity(config: &Config, rows: &[Row], now: SystemTime) -> Option<Reso
     ))
 }
 
-fn apply_intensity(rows: &mut [Row], r: &Resolved) {
+pub(super) fn apply_intensity(rows: &mut [Row], r: &Resolved) {
     for row in rows {
         row.intensity_g_per_kwh = Some(r.g_per_kwh.0);
         row.co2e_g = row.energy_kwh.map(|k| k * r.g_per_kwh.0);
@@ -368,7 +519,7 @@ fn apply_intensity(rows: &mut [Row], r: &Resolved) {
     }
 }
 
-fn to_json(p: &Pending) -> Vec<u8> {
+pub(super) fn to_json(p: &Pending) -> Vec<u8> {
     serde_json::to_vec_pretty(p).unwrap_or_default()
 }
 
@@ -435,10 +586,22 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
             Err(e) => errors.push(e.to_string()),
         }
     }
+    if !p.user_files_done
+        && let Some(u) = &p.user_files
+    {
+        write_user_files(job, u, spool, log);
+        // Once: what stops it (the work dir gone or not writable by its
+        // owner) does not mend itself, and the total is kept by the admin.
+        p.user_files_done = true;
+    }
     if p.accounting_done && p.ledger_done {
-        let cleanup = spool
-            .remove_job(job)
-            .and_then(|()| spool.remove_outbox(job));
+        let cleanup = if p.keep_job_dir {
+            spool.remove_outbox(job)
+        } else {
+            spool
+                .remove_job(job)
+                .and_then(|()| spool.remove_outbox(job))
+        };
         if let Err(e) = cleanup {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
         }
@@ -467,6 +630,25 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
         p.attempts, p.last_error
     ));
     Delivered::Queued
+}
+
+fn write_user_files(job: u32, u: &UserFiles, spool: &Spool, log: Log) {
+    let id = crate::ffi::identity::FsIdentity {
+        uid: u.uid,
+        gid: u.gid,
+        groups: u.groups.clone(),
+    };
+    for (name, bytes) in [
+        (format!("carbontrack-{job}.csv"), u.csv.as_bytes()),
+        (format!("carbontrack-{job}.txt"), u.txt.as_bytes()),
+    ] {
+        if let Err(e) = crate::deliver::write_user_file(Some(&id), &u.dir, &name, bytes) {
+            log(format!(
+                "carbontrack: job {job}: {e}; the footprint is kept in {}",
+                spool.job_dir(job).display()
+            ));
+        }
+    }
 }
 
 /// Reads the job's field, merges the segment in, and writes it back if it

@@ -12,5 +12,6 @@ pub mod cmd;
 pub mod epilog;
 pub mod ledger;
 pub mod plugstack;
+pub mod shared;
 pub mod status;
 pub mod total;

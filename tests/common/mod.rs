@@ -96,6 +96,7 @@ pub struct Cluster {
     pub plugin: PathBuf,
     port_base: u16,
     accounting: bool,
+    nodes: u32,
     /// Whether slurm.conf has `PrologFlags=Contain` (an extern step per job).
     contain: Cell<bool>,
 }
@@ -104,6 +105,36 @@ impl Cluster {
     /// Builds the plugin and starts a fresh cluster in its own directory and
     /// ports, apart from the demo's.
     pub fn start(accounting: bool) -> Result<Cluster, String> {
+        let dir = std::env::var_os("CT_TEST_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp/carbontrack-test-cluster".into());
+        let port_base = std::env::var("CT_TEST_PORT_BASE")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(16917);
+        Cluster::start_in(accounting, 1, dir, port_base)
+    }
+
+    /// A cluster of `nodes` nodes (`ct1`..), each a slurmd in its own network
+    /// namespace, in its own directory and ports (CT_TEST_MULTINODE_DIR,
+    /// CT_TEST_MULTINODE_PORT_BASE), so it can run beside the one-node one.
+    pub fn start_multinode(accounting: bool, nodes: u32) -> Result<Cluster, String> {
+        let dir = std::env::var_os("CT_TEST_MULTINODE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp/carbontrack-multinode-cluster".into());
+        let port_base = std::env::var("CT_TEST_MULTINODE_PORT_BASE")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(17017);
+        Cluster::start_in(accounting, nodes, dir, port_base)
+    }
+
+    fn start_in(
+        accounting: bool,
+        nodes: u32,
+        dir: PathBuf,
+        port_base: u16,
+    ) -> Result<Cluster, String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // `cargo test` does not refresh the cdylib; the cluster must load the
         // code under test.
@@ -117,15 +148,11 @@ impl Cluster {
         }
         let plugin = target_dir().join("libcarbontrack.so");
         let cluster = Cluster {
-            dir: std::env::var_os("CT_TEST_CLUSTER_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/tmp/carbontrack-test-cluster".into()),
+            dir,
             plugin,
-            port_base: std::env::var("CT_TEST_PORT_BASE")
-                .ok()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(16917),
+            port_base,
             accounting,
+            nodes,
             contain: Cell::new(true),
         };
         cluster.restart(accounting, true)?;
@@ -135,7 +162,8 @@ impl Cluster {
     /// Starts the cluster afresh (state, jobs and work dir gone; job ids
     /// start again at 1), with or without accounting and `PrologFlags=Contain`.
     pub fn restart(&self, accounting: bool, contain: bool) -> Result<(), String> {
-        let mut args = vec!["start"];
+        let nodes = self.nodes.to_string();
+        let mut args = vec!["start", "--nodes", &nodes];
         if accounting {
             args.push("--accounting");
         }
