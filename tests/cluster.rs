@@ -81,6 +81,10 @@ const CHECKS: &[(&str, Check)] = &[
         "one_sampler_thread_in_the_extern_step_and_none_left_after",
         tracked::sampler_thread,
     ),
+    (
+        "epochs_marked_by_the_job_give_a_prediction_and_zone_intensity_applies",
+        tracked::epochs_predict_and_zone_intensity,
+    ),
     // Last: it restarts the cluster twice.
     (
         "without_contain_the_batch_step_samples_and_srun_steps_do_not",

@@ -664,3 +664,53 @@ pub fn sampler_thread(c: &Cluster, hw: &Hardware) {
     });
     assert_no_plugin_error(&log);
 }
+
+/// Issue 5 in a real job: 3 of 10 declared epochs marked from the job, a
+/// prediction in the live summary, actual against predicted at the end, and
+/// the CSV's intensity and CO2e from the configured zone.
+pub fn epochs_predict_and_zone_intensity(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &["intensity=DK"]);
+    let dk = carbontrack::carbon::zones::zone_intensity("DK").unwrap().0;
+    let mark = c.log_mark();
+    let id = c
+        .submit_in(
+            &c.work_dir(),
+            &["--carbon-track=yes", "--carbon-epochs=10", "--gres=gpu:1"],
+            "#!/bin/bash\nfor e in 1 2 3; do sleep 3; echo >> \"$CARBONTRACK_EPOCH_FILE\"; done\nsleep 5\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let txt = user_file(c, None, id.0, "txt");
+
+    let live = wait_for("a prediction in the live summary", || {
+        let t = std::fs::read_to_string(&txt).ok()?;
+        (c.job_state(id.0) == "RUNNING" && t.contains("Predicted consumption for 10 epoch(s)"))
+            .then_some(t)
+    });
+    assert!(live.contains("(running;"), "live summary:\n{live}");
+
+    let ended = c.wait_ended(id);
+    assert_eq!(ended.state, "COMPLETED", "{}", c.output_of(id.0));
+    let summary = std::fs::read_to_string(&txt).unwrap();
+    assert!(
+        summary.contains("Predicted after 1 epoch(s)"),
+        "final summary:\n{summary}"
+    );
+    assert!(
+        summary.contains("Actual for 3 completed epoch(s)"),
+        "final summary:\n{summary}"
+    );
+
+    let (text, rows) = footprint(&user_file(c, None, id.0, "csv"));
+    assert_matches_truth(hw, &rows);
+    for r in rows.iter().filter(|r| r.energy_j.is_some()) {
+        let g = r.intensity_g_per_kwh.unwrap();
+        assert!((g - dk).abs() < 0.01, "{r:?}\n{text}");
+        let kwh = r.energy_kwh.unwrap();
+        assert!(
+            (r.co2e_g.unwrap() - kwh * dk).abs() <= 0.002 + kwh * dk * 1e-3,
+            "{r:?}"
+        );
+        assert!(r.intensity_source.contains("DK"), "{r:?}");
+    }
+    assert_quiet_log(&c.log_of_job(mark, id.0), id.0);
+}
