@@ -59,6 +59,22 @@ pub struct SummaryInput<'a> {
     pub epochs: Option<EpochProgress<'a>>,
 }
 
+/// What an incomplete total means for the reader. Energy that was not
+/// measured makes it a lower bound; a share attributed by CPU count or to the
+/// whole node (no cpuset) is an approximation that usually overstates the
+/// job's part of a shared node.
+fn incompleteness(rows: &[Row]) -> &'static str {
+    let devices = || rows.iter().filter(|r| !r.is_total() && r.status != "ok");
+    let attribution =
+        |r: &&Row| r.status.starts_with("incomplete: ") && r.status.contains("attributed");
+    let missing = devices().any(|r| !attribution(&r));
+    match (missing, devices().any(|r| attribution(&r))) {
+        (true, true) => "energy missing from some devices, CPU share approximate",
+        (true, false) => "a lower bound",
+        (false, _) => "CPU share approximate (no cpuset for the job)",
+    }
+}
+
 /// The live summary, as of `now`.
 pub fn render_live(i: &SummaryInput, now: SystemTime) -> String {
     let mut s = String::new();
@@ -251,7 +267,7 @@ fn energy_block(s: &mut String, i: &SummaryInput, title: &str) -> Option<Joules>
             let note = if total.status == "ok" {
                 String::new()
             } else {
-                format!(" ({}; a lower bound)", total.status)
+                format!(" ({}; {})", total.status, incompleteness(i.rows))
             };
             let _ = writeln!(s, "  total {} kWh{note}", fmt_kwh(j / JOULES_PER_KWH));
             Some(Joules(j))
@@ -419,6 +435,27 @@ mod tests {
             devices,
         };
         node_rows(&fp, 1.58, &world())
+    }
+
+    #[test]
+    fn an_incomplete_total_says_which_way_it_errs() {
+        let attributed = |mut rows: Vec<Row>| {
+            rows[0].status = "incomplete: whole node attributed to the job (no cpuset)".into();
+            rows
+        };
+        for (rows, want) in [
+            (rows(100.0, None), "a lower bound"),
+            (
+                attributed(rows(100.0, Some(50.0))),
+                "CPU share approximate (no cpuset for the job)",
+            ),
+            (
+                attributed(rows(100.0, None)),
+                "energy missing from some devices, CPU share approximate",
+            ),
+        ] {
+            assert_eq!(incompleteness(&rows), want);
+        }
     }
 
     fn mark(at: u64, e: f64) -> EpochMark {
