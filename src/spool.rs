@@ -198,19 +198,7 @@ impl Spool {
     pub fn try_lock_outbox(&self, job_id: u32) -> Result<Option<File>, SpoolError> {
         ensure_private_dir(&self.outbox_dir())?;
         let p = self.outbox_lock_path(job_id);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)
-            .map_err(io_err(&p))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(io_err(&p)(e)),
-        }
+        lock_file(&p, Duration::ZERO)
     }
 
     /// Removes a delivered job's record and then its lock file (call while
@@ -265,19 +253,7 @@ impl Spool {
     /// however it exits), so the next step can take over.
     pub fn try_lock_sampler(&self, job_id: u32) -> Result<Option<File>, SpoolError> {
         let p = self.ensure_job_dir(job_id)?.join("sampler.lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)
-            .map_err(io_err(&p))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(io_err(&p)(e)),
-        }
+        lock_file(&p, Duration::ZERO)
     }
 
     /// Writes one file of a job's directory atomically (creating the
@@ -300,25 +276,7 @@ impl Spool {
     /// `-o flock`).
     pub fn lock_job(&self, job_id: u32, wait: Duration) -> Result<Option<File>, SpoolError> {
         let p = self.ensure_job_dir(job_id)?.join(".lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)
-            .map_err(io_err(&p))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(Some(f)),
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(io_err(&p)(e)),
-            }
-        }
+        lock_file(&p, wait)
     }
 
     /// Job ids with a directory here, in ascending order.
@@ -339,6 +297,31 @@ impl Spool {
         match fs::remove_dir_all(&d) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&d)(e)),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Takes an exclusive `flock` on the lock file `p` (created 0600, never
+/// through a link), waiting up to `wait`; `None` when another holder keeps
+/// it. The lock lives as long as the returned file.
+fn lock_file(p: &Path, wait: Duration) -> Result<Option<File>, SpoolError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(io_err(p))?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(p)(e)),
         }
     }
 }

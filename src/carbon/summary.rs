@@ -11,7 +11,7 @@ use super::equivalents::{equivalents, fmt_significant};
 use super::intensity::Resolved;
 use super::predict::{EpochMark, EpochPrediction, predict_epochs, project_to_limit};
 use crate::footprint::{Row, total_of};
-use crate::units::{GramsCo2e, JOULES_PER_KWH, Joules};
+use crate::units::{GramsCo2e, GramsPerKwh, JOULES_PER_KWH, Joules};
 
 /// The epochs a job declared (`--carbon-epochs=N`) and those it has marked.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +73,29 @@ fn incompleteness(rows: &[Row]) -> &'static str {
         (true, false) => "a lower bound",
         (false, _) => "CPU share approximate (no cpuset for the job)",
     }
+}
+
+/// The final summary of a footprint known only by its rows (joined from
+/// segments or from several nodes): no epochs, the run's length and the
+/// intensity taken from the total row.
+pub fn render_final_from_rows(job_id: &str, pue: f64, rows: &[Row]) -> String {
+    let total = rows.iter().find(|r| r.is_total());
+    let intensity = Resolved {
+        g_per_kwh: GramsPerKwh(total.and_then(|t| t.intensity_g_per_kwh).unwrap_or(0.0)),
+        source: total
+            .map(|t| t.intensity_source.clone())
+            .unwrap_or_default(),
+        note: None,
+    };
+    render_final(&SummaryInput {
+        job_id,
+        rows,
+        elapsed: Duration::from_secs_f64(total.map_or(0.0, |t| t.duration_s)),
+        time_limit: None,
+        pue,
+        intensity: &intensity,
+        epochs: None,
+    })
 }
 
 /// The live summary, as of `now`.

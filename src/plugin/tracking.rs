@@ -12,8 +12,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::carbon::intensity::Resolved;
-use crate::carbon::summary::{SummaryInput, render_final};
+use crate::carbon::summary::render_final_from_rows;
 use crate::config::{Config, ReportTarget};
 use crate::deliver::write_user_file;
 use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
@@ -27,7 +26,6 @@ use crate::plugin::{Host, Level, Step};
 use crate::run::hostname;
 use crate::spool::Spool;
 use crate::tracker::{Output, Plan, Tracker};
-use crate::units::GramsPerKwh;
 
 /// `slurm_spank_job_prolog` for a tracked job: what the sampling step will
 /// need, left root-owned in the spool. Returns the record's path.
@@ -271,7 +269,8 @@ impl Tracking {
         let (rows, summary) = match earlier {
             Some(prev) if !prev.is_empty() => {
                 let rows = merge_segments(&prev, &done.rows);
-                let summary = summary_of(&self.job, &self.config, &rows);
+                let summary =
+                    render_final_from_rows(&self.job.job_id.to_string(), self.config.pue, &rows);
                 (rows, summary)
             }
             _ => (done.rows, done.summary),
@@ -347,27 +346,6 @@ impl Tracking {
             }
         }
     }
-}
-
-/// A summary from rows alone, for a footprint joined from several segments.
-fn summary_of(job: &JobInfo, cfg: &Config, rows: &[Row]) -> String {
-    let total = rows.iter().find(|r| r.is_total());
-    let intensity = Resolved {
-        g_per_kwh: GramsPerKwh(total.and_then(|t| t.intensity_g_per_kwh).unwrap_or(0.0)),
-        source: total
-            .map(|t| t.intensity_source.clone())
-            .unwrap_or_default(),
-        note: None,
-    };
-    render_final(&SummaryInput {
-        job_id: &job.job_id.to_string(),
-        rows,
-        elapsed: Duration::from_secs_f64(total.map_or(0.0, |t| t.duration_s)),
-        time_limit: None,
-        pue: cfg.pue,
-        intensity: &intensity,
-        epochs: None,
-    })
 }
 
 /// The node's result in one log line.

@@ -39,12 +39,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::carbon::intensity::Resolved;
-use crate::carbon::summary::{SummaryInput, render_final};
+use crate::carbon::summary::render_final_from_rows;
 use crate::config::{Config, ReportTarget};
 use crate::footprint::{self, Row};
 use crate::spool::Spool;
-use crate::units::GramsPerKwh;
 
 use super::epilog::{
     EpilogJob, Log, RunReport, Tools, UserFiles, apply_intensity, deliver, fill_meta,
@@ -453,23 +451,7 @@ fn sort_rows(rows: &mut [Row]) {
 
 /// The user's summary of the joined job.
 fn summary(id: u32, config: &Config, rows: &[Row], missing: &[String]) -> String {
-    let total = rows.iter().find(|r| r.is_total());
-    let intensity = Resolved {
-        g_per_kwh: GramsPerKwh(total.and_then(|t| t.intensity_g_per_kwh).unwrap_or(0.0)),
-        source: total
-            .map(|t| t.intensity_source.clone())
-            .unwrap_or_default(),
-        note: None,
-    };
-    let mut s = render_final(&SummaryInput {
-        job_id: &id.to_string(),
-        rows,
-        elapsed: Duration::from_secs_f64(total.map_or(0.0, |t| t.duration_s)),
-        time_limit: None,
-        pue: config.pue,
-        intensity: &intensity,
-        epochs: None,
-    });
+    let mut s = render_final_from_rows(&id.to_string(), config.pue, rows);
     if !missing.is_empty() {
         s.push_str(&format!(
             "\nIncomplete: no footprint arrived from {} (the node failed, or its measurement did not finish); the figures above leave it out.\n",
