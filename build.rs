@@ -47,6 +47,9 @@ fn main() {
         .allowlist_function("spank_.*")
         .allowlist_function("slurm_(info|error|verbose|debug|spank_log)")
         .allowlist_type("spank_.*")
+        // The running Slurm's configuration (a global of libslurmfull), read
+        // for the PrologFlags and SlurmdParameters the plugin must adapt to.
+        .allowlist_type("slurm_conf_t")
         .allowlist_var("SLURM_VERSION_NUMBER")
         .allowlist_var("SLURM_(BATCH_SCRIPT|EXTERN_CONT|INTERACTIVE_STEP|PENDING_STEP)")
         .allowlist_var("ESPANK_.*")

@@ -9,6 +9,7 @@
 mod exports;
 pub mod identity;
 pub mod signals;
+pub mod slurm_conf;
 mod spank;
 pub mod sys;
 

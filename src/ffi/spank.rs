@@ -277,6 +277,9 @@ impl Host for Spank<'_> {
     fn context(&self) -> Context {
         Spank::context()
     }
+    fn slurm_conf(&self) -> Option<crate::ffi::slurm_conf::SlurmConf> {
+        crate::ffi::slurm_conf::current()
+    }
     fn job_id(&self) -> Option<u32> {
         Spank::job_id(self).ok()
     }

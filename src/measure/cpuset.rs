@@ -170,24 +170,59 @@ pub struct JobCpuset {
 ///   with several slurmd; the file is `cpuset.cpus` (v1 has no inheritance).
 ///
 /// `uid` narrows the v1 search; without it every `uid_*` is looked at.
+///
+/// After 22.05, Slurm's cgroup/v2 plugin puts `system.slice` beside the cgroup
+/// of PID 1 rather than at the root (`_get_init_cg_path` in
+/// src/plugins/cgroup/v2/cgroup_v2.c, 24.11): the same place on a host, where
+/// PID 1 is in `/init.scope`, but `<root>/docker.slice/system.slice/...` in a
+/// container whose PID 1 is in `/docker.slice/docker-<id>.scope`. Both are
+/// looked at.
 pub fn job_cpuset(
     cgroup_root: &Path,
     job_id: u32,
     uid: Option<u32>,
 ) -> Result<JobCpuset, CpusetError> {
+    let init = fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
+    job_cpuset_beside(cgroup_root, job_id, uid, init_parent(&init).as_deref())
+}
+
+/// The cgroup (relative to the root) that holds PID 1's, from the text of
+/// `/proc/1/cgroup`; `None` when it is the root itself or not cgroup v2.
+pub fn init_parent(proc_1_cgroup: &str) -> Option<PathBuf> {
+    let path = proc_1_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim();
+    let parent = Path::new(path).parent()?.strip_prefix("/").ok()?;
+    (!parent.as_os_str().is_empty()).then(|| parent.to_path_buf())
+}
+
+/// [`job_cpuset`] with PID 1's parent cgroup given (see [`init_parent`]).
+pub fn job_cpuset_beside(
+    cgroup_root: &Path,
+    job_id: u32,
+    uid: Option<u32>,
+    init_parent: Option<&Path>,
+) -> Result<JobCpuset, CpusetError> {
     let job = format!("job_{job_id}");
     let mut candidates = Vec::new();
 
-    // cgroup v2: the plain scope first, then any `*_slurmstepd.scope`.
-    let slice = cgroup_root.join("system.slice");
-    candidates.push(
-        slice
-            .join("slurmstepd.scope")
-            .join(&job)
-            .join("cpuset.cpus.effective"),
-    );
-    for scope in subdirs(&slice, |n| n.ends_with("_slurmstepd.scope")) {
-        candidates.push(scope.join(&job).join("cpuset.cpus.effective"));
+    // cgroup v2: the plain scope first, then any `*_slurmstepd.scope`; at
+    // the root (22.05), then beside PID 1's cgroup (24.11; 22.05 has not).
+    let mut slices = vec![cgroup_root.join("system.slice")];
+    if let Some(p) = init_parent {
+        slices.push(cgroup_root.join(p).join("system.slice"));
+    }
+    for slice in &slices {
+        candidates.push(
+            slice
+                .join("slurmstepd.scope")
+                .join(&job)
+                .join("cpuset.cpus.effective"),
+        );
+        for scope in subdirs(slice, |n| n.ends_with("_slurmstepd.scope")) {
+            candidates.push(scope.join(&job).join("cpuset.cpus.effective"));
+        }
     }
 
     // cgroup v1: `slurm` and `slurm_<node>`, then the uid level.
@@ -455,6 +490,37 @@ fn whole_node_because(why: &str) -> PackageShares {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pid_1s_parent_cgroup_from_proc() {
+        for (text, want) in [
+            ("0::/init.scope\n", None),
+            ("0::/\n", None),
+            ("0::/docker.slice/docker-ab12.scope\n", Some("docker.slice")),
+            ("0::/a/b/c.scope\n", Some("a/b")),
+            // cgroup v1 or hybrid: Slurm's cgroup/v2 plugin refuses those.
+            ("12:cpuset:/\n1:name=systemd:/init.scope\n", None),
+            ("", None),
+        ] {
+            assert_eq!(init_parent(text), want.map(PathBuf::from), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn finds_the_job_beside_pid_1s_cgroup_as_slurm_24_lays_it_out() {
+        let root = std::env::temp_dir().join(format!("ct-cpuset-beside-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("docker.slice/system.slice/slurmstepd.scope/job_7");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cpuset.cpus.effective"), "2-3\n").unwrap();
+        let parent = init_parent("0::/docker.slice/docker-ab12.scope\n");
+        let found = job_cpuset_beside(&root, 7, None, parent.as_deref()).unwrap();
+        assert_eq!(found.cpus, CpuSet::new([2, 3]));
+        assert_eq!(found.path, dir.join("cpuset.cpus.effective"));
+        // Not beside a PID 1 elsewhere: not found.
+        assert!(job_cpuset_beside(&root, 7, None, None).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn parses_and_prints_cpu_lists() {

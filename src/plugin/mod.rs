@@ -12,6 +12,7 @@ mod tracking;
 use std::fmt;
 
 use crate::config::{Config, ConfigError};
+pub use crate::ffi::slurm_conf::SlurmConf;
 pub use options::{HasArg, JobChoice, OptionSpec, UserOption};
 
 /// Where the plugin has been loaded (`spank_context()`).
@@ -151,6 +152,14 @@ pub trait Host {
     fn env(&self, name: &str) -> Option<String>;
     /// Sets a variable in the environment of the step's tasks.
     fn set_job_env(&self, name: &str, value: &str) -> Result<(), String>;
+    /// The running Slurm's configuration, where the plugin can read it.
+    fn slurm_conf(&self) -> Option<SlurmConf> {
+        None
+    }
+    /// The process this callback runs in.
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
 }
 
 /// The state of one loaded copy of the plugin.
@@ -167,6 +176,9 @@ pub struct Plugin {
     sampling_decided: bool,
     /// The job this step samples on this node, if it does.
     tracking: Option<tracking::Tracking>,
+    /// The process that read the plugstack arguments: the step's slurmstepd.
+    /// A callback elsewhere runs in a child Slurm made for it.
+    loaded_pid: Option<u32>,
 }
 
 impl Plugin {
@@ -180,6 +192,7 @@ impl Plugin {
             },
             sampling_decided: false,
             tracking: None,
+            loaded_pid: None,
         }
     }
 
@@ -223,6 +236,7 @@ impl Plugin {
             return;
         }
         self.configured = true;
+        self.loaded_pid = Some(host.pid());
         self.config = match Config::from_args(args) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -305,7 +319,12 @@ impl Plugin {
         }
         self.sampling_decided = true;
         let Some(config) = &self.config else { return };
-        self.tracking = tracking::start(host, config);
+        let here = tracking::Where {
+            slurm: host.slurm_conf().unwrap_or_default(),
+            in_child: self.loaded_pid.is_some_and(|p| p != host.pid()),
+            choice: self.choice,
+        };
+        self.tracking = tracking::start(host, config, &here);
     }
 
     /// `slurm_spank_exit`: the last callback before Slurm unloads the plugin.

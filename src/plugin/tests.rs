@@ -15,6 +15,8 @@ struct FakeHost {
     step: Step,
     env: HashMap<String, String>,
     job_env: RefCell<HashMap<String, String>>,
+    slurm: Option<SlurmConf>,
+    pid: std::cell::Cell<u32>,
 }
 
 impl FakeHost {
@@ -28,6 +30,8 @@ impl FakeHost {
             step: Step::Extern,
             env: HashMap::new(),
             job_env: RefCell::new(HashMap::new()),
+            slurm: None,
+            pid: std::cell::Cell::new(1000),
         }
     }
 
@@ -84,6 +88,12 @@ impl Host for FakeHost {
             .borrow_mut()
             .insert(name.to_string(), value.to_string());
         Ok(())
+    }
+    fn slurm_conf(&self) -> Option<SlurmConf> {
+        self.slurm.clone()
+    }
+    fn pid(&self) -> u32 {
+        self.pid.get()
     }
 }
 
@@ -337,5 +347,85 @@ fn prolog_clears_what_an_earlier_job_of_the_same_id_left() {
     assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
     assert_eq!(spool.read_handoff(42).unwrap(), None);
     assert!(spool.node_footprints(42).unwrap().is_empty());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A spool of its own per test, removed at the end.
+fn scratch_spool(name: &str) -> (std::path::PathBuf, String) {
+    let root = std::env::temp_dir().join(format!("ct-plugin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let arg = format!("spool={}", root.display());
+    (root, arg)
+}
+
+#[test]
+fn run_in_job_is_refused_with_one_line_in_the_steps_that_see_the_option() {
+    let (root, spool) = scratch_spool("run-in-job");
+    let run_in_job = SlurmConf {
+        run_in_job: true,
+        contain_spank: false,
+    };
+    let step = |step: Step, conf: Option<SlurmConf>, track: bool| {
+        let mut host = FakeHost::new(Context::Remote);
+        host.step = step;
+        host.slurm = conf;
+        let mut p = Plugin::new();
+        p.init(&host, &args(&[&spool]));
+        if track {
+            p.option_given(UserOption::Track.spec().val, Some("yes"))
+                .unwrap();
+        }
+        p.task_post_fork(&host, &args(&[&spool]));
+        p.exit(&host, &args(&[&spool]));
+        host.lines(Level::Error)
+    };
+    // No prolog ran, so there is no hand-off: the batch step says why.
+    let errors = step(Step::Batch, Some(run_in_job.clone()), true);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("job 42: not measured: with PrologFlags=RunInJob"),
+        "{}",
+        errors[0]
+    );
+    // The extern step cannot see the option; a job that did not ask, and a
+    // Slurm without RunInJob, are simply not tracked.
+    assert!(step(Step::Extern, Some(run_in_job.clone()), true).is_empty());
+    assert!(step(Step::Batch, Some(run_in_job), false).is_empty());
+    assert!(step(Step::Batch, None, true).is_empty());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_task_post_fork_in_a_child_process_refuses_to_start_a_sampler() {
+    let (root, spool) = scratch_spool("contain-spank");
+    let mut prolog = FakeHost::new(Context::JobScript);
+    prolog.given.insert("carbon-track", Some("yes".into()));
+    Plugin::new().job_prolog(&prolog, &args(&[&spool]));
+
+    let mut host = FakeHost::new(Context::Remote);
+    host.slurm = Some(SlurmConf {
+        run_in_job: false,
+        contain_spank: true,
+    });
+    let mut p = Plugin::new();
+    p.init(&host, &args(&[&spool]));
+    // Slurm calls task_post_fork in a clone of the slurmstepd.
+    host.pid.set(1001);
+    p.task_post_fork(&host, &args(&[&spool]));
+    let errors = host.lines(Level::Error);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "job 42 step extern: not measured on this node: SlurmdParameters=contain_spank runs"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(p.tracking.is_none());
+    assert!(
+        host.lines(Level::Info)
+            .iter()
+            .all(|l| !l.contains("sampling"))
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -22,7 +22,7 @@ use crate::job::JobInfo;
 use crate::measure::cpuset;
 use crate::measure::gpus::GpuHints;
 use crate::plugin::options::JobChoice;
-use crate::plugin::{Host, Level, Step};
+use crate::plugin::{Host, Level, SlurmConf, Step};
 use crate::run::hostname;
 use crate::spool::Spool;
 use crate::tracker::{Output, Plan, Tracker};
@@ -126,9 +126,20 @@ impl std::fmt::Debug for Tracking {
     }
 }
 
+/// What decides whether this step can sample, besides the hand-off.
+#[derive(Debug, Default)]
+pub(super) struct Where {
+    pub slurm: SlurmConf,
+    /// `slurm_spank_task_post_fork` runs in a child process that ends right
+    /// after it (Slurm >= 24.05 with `SlurmdParameters=contain_spank`).
+    pub in_child: bool,
+    /// What this step saw of the job's options.
+    pub choice: JobChoice,
+}
+
 /// Starts sampling if the job is tracked and no other step of it samples on
 /// this node. Logs what it decided, once.
-pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
+pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Tracking> {
     let step = host.step()?;
     if step == Step::Pending {
         return None;
@@ -149,12 +160,46 @@ pub(super) fn start(host: &dyn Host, cfg: &Config) -> Option<Tracking> {
     };
     let job = match spool.read_handoff(job_id) {
         Ok(Some(j)) => j,
-        Ok(None) => return None, // not tracked
+        Ok(None) => {
+            // Not tracked, or, with RunInJob, never handed over: Slurm then
+            // runs the Prolog inside the extern step and skips every SPANK
+            // job_prolog (slurmstepd never learns that a plugin has one:
+            // src/common/spank.c notes it only in slurmd's own plugin stack).
+            // The extern step cannot see the job's options; the others can.
+            if here.slurm.run_in_job && step != Step::Extern && cfg.mode.tracks(here.choice.track) {
+                host.log(
+                    Level::Error,
+                    &format!(
+                        "job {job_id}: not measured: with PrologFlags=RunInJob Slurm runs no \
+                         SPANK job prolog, which carbontrack needs to hand the job to its \
+                         steps; remove RunInJob from PrologFlags to measure jobs"
+                    ),
+                );
+            }
+            return None;
+        }
         Err(e) => {
             fail("hand-off", &e);
             return None;
         }
     };
+    if here.in_child {
+        let why = if here.slurm.contain_spank {
+            "SlurmdParameters=contain_spank"
+        } else {
+            "this Slurm's configuration"
+        };
+        host.log(
+            Level::Error,
+            &format!(
+                "job {job_id} step {step}: not measured on this node: {why} runs \
+                 slurm_spank_task_post_fork in a short-lived child process, where a sampler \
+                 cannot outlive the callback; remove contain_spank from SlurmdParameters to \
+                 measure jobs"
+            ),
+        );
+        return None;
+    }
     let lock = match spool.try_lock_sampler(job_id) {
         Ok(Some(f)) => f,
         Ok(None) => {
