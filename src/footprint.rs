@@ -213,19 +213,19 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
         });
     }
     let joules: f64 = measured.iter().filter_map(|r| r.energy_j).sum();
-    let kwh: f64 = measured
-        .iter()
-        .map(|r| {
-            r.energy_kwh
-                .unwrap_or_else(|| r.energy_j.unwrap_or(0.0) * r.pue / JOULES_PER_KWH)
-        })
-        .sum();
+    // From the most precise columns: rows read back from a CSV carry
+    // `co2e_g` rounded to 0.001 g, which for a short job is a visible part of
+    // it, while joules, PUE and intensity keep their precision.
+    let row_kwh = |r: &Row| match r.energy_j {
+        Some(j) => j * r.pue / JOULES_PER_KWH,
+        None => r.energy_kwh.unwrap_or(0.0),
+    };
+    let kwh: f64 = measured.iter().map(|r| row_kwh(r)).sum();
     let co2e: f64 = measured
         .iter()
-        .map(|r| {
-            r.co2e_g.unwrap_or_else(|| {
-                r.energy_kwh.unwrap_or(0.0) * r.intensity_g_per_kwh.unwrap_or(0.0)
-            })
+        .map(|r| match r.intensity_g_per_kwh {
+            Some(i) => row_kwh(r) * i,
+            None => r.co2e_g.unwrap_or(0.0),
         })
         .sum();
     let pue = if joules > 0.0 {
@@ -448,6 +448,45 @@ fn trim_zeros(s: String) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_total_of_read_back_rows_keeps_the_precision_of_joules_and_intensity() {
+        // Seven small rows whose co2e_g, rounded to 0.001 g in the file, would
+        // add up to a visibly wrong total.
+        let rows: Vec<Row> = (0..7)
+            .map(|i| Row {
+                job_id: "1".into(),
+                node: format!("n{}", i % 2),
+                component: "gpu".into(),
+                device: format!("GPU-{i}"),
+                start: "2026-01-01T00:00:00Z".into(),
+                end: "2026-01-01T00:00:10Z".into(),
+                duration_s: 10.0,
+                share: Some(1.0),
+                energy_j: Some(333.333),
+                pue: 1.5,
+                energy_kwh: Some(0.000138889),
+                intensity_g_per_kwh: Some(400.0),
+                co2e_g: Some(0.056),
+                status: "ok".into(),
+                intensity_source: "fixed by site".into(),
+            })
+            .collect();
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &rows).unwrap();
+        let back = read_csv(csv.as_slice()).unwrap();
+        let t = total_of(&back).unwrap();
+        let exact_kwh = 7.0 * 333.333 * 1.5 / 3.6e6;
+        assert!((t.energy_kwh.unwrap() - exact_kwh).abs() < 1e-12, "{t:?}");
+        assert!(
+            (t.co2e_g.unwrap() - exact_kwh * 400.0).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert!(
+            (t.intensity_g_per_kwh.unwrap() - 400.0).abs() < 1e-9,
+            "{t:?}"
+        );
+    }
+
     #[test]
     fn segments_merge_into_one_row_per_device() {
         let row = |start: &str, end: &str, dev: &str, e: Option<f64>, status: &str| Row {
