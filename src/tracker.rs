@@ -355,7 +355,7 @@ impl Finished {
                 duration: Duration::ZERO,
                 samples: 0,
                 devices: Vec::new(),
-                timeline: Vec::new(),
+                timeline: Default::default(),
                 timeline_bucket: Duration::ZERO,
                 problem: None,
             },
