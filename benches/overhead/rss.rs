@@ -12,7 +12,6 @@
 //! interval and 60 s bucket and refresh, so 7 days of minute points (and a
 //! snapshot refresh per point, as in the plugin) take about 10 s.
 
-use std::mem::size_of;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use carbontrack::measure::sampler::{Observer, Sampler, SamplerOptions, Tick, TimelinePoint};
+use carbontrack::measure::sampler::{Observer, STORED_POINT_BYTES, Sampler, SamplerOptions, Tick};
 use carbontrack_fixtures::profile::Profile;
 use carbontrack_fixtures::tempdir::TempDir;
 
@@ -136,8 +135,8 @@ fn status_kib(key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/self/status"))
 }
 
-/// Counts samples without allocating, so progress can be watched without
-/// taking snapshots (which copy the timeline).
+/// Counts samples without allocating or taking snapshots, so watching the
+/// progress adds nothing to what is measured.
 struct Counter(Arc<AtomicU64>);
 
 impl Observer for Counter {
@@ -222,18 +221,16 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
 pub struct TimelineBound {
     pub cap: usize,
     pub point_bytes: usize,
-    /// Resident once full: the timeline and the copy in the last published
-    /// snapshot (kept for a stop that cannot get the lock).
+    /// Resident once full: the sampler's points, which snapshots share.
     pub resident_bytes: usize,
 }
 
 pub fn timeline_bound() -> TimelineBound {
     let cap = SamplerOptions::default().timeline_cap;
-    let point_bytes = size_of::<TimelinePoint>();
+    let point_bytes = STORED_POINT_BYTES;
     TimelineBound {
         cap,
         point_bytes,
-        // The snapshot also holds the open point.
-        resident_bytes: (2 * cap + 1) * point_bytes,
+        resident_bytes: cap * point_bytes,
     }
 }

@@ -130,6 +130,9 @@ impl fmt::Debug for Timeline {
     }
 }
 
+/// Bytes a stored timeline point takes (for memory bounds).
+pub const STORED_POINT_BYTES: usize = size_of::<Packed>();
+
 /// A timeline point as stored: 32 bytes instead of [`TimelinePoint`]'s 80,
 /// so a 7-day timeline of minutes is 0.32 MB. Nanoseconds keep durations
 /// exact; `f32` keeps watts to 7 significant digits, far finer than any
