@@ -227,6 +227,12 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         }
     }
 
+    if let Some(hw) = &hw1 {
+        match cpu::hot_costs(hw, &library, 20_000) {
+            Ok(h) => lines.extend(hot_lines(&h)),
+            Err(e) => lines.push(Line::error(1, &e)),
+        }
+    }
     let mut results: Vec<cpu::CpuResult> = cpu_runs.iter().filter_map(|r| r.result()).collect();
     results.sort_by_key(|r| (r.set, r.delay_us, std::cmp::Reverse(r.interval)));
     for r in &results {
@@ -345,6 +351,44 @@ fn above_floor_line(results: &[cpu::CpuResult]) -> Option<Line> {
         20.0,
         |v| format!("{v:.1} µs"),
     ))
+}
+
+fn hot_lines(h: &cpu::HotCosts) -> Vec<Line> {
+    let us = |d: Duration| format!("{:.0} ns", d.as_secs_f64() * 1e9);
+    let n = h.calls;
+    vec![
+        Line::info(
+            1,
+            format!(
+                "  hot loop ({n} calls, warm caches, not a sample's real cost): RAPL sample, {} \
+                 pkg + DRAM (4 zones, one pread each)",
+                cpu::PACKAGES
+            ),
+            us(h.rapl_sample),
+        ),
+        Line::info(
+            1,
+            "  hot loop: one pread + parse of an energy_uj file (the second read per zone \
+             that was dropped)"
+                .into(),
+            us(h.pread),
+        ),
+        Line::info(
+            1,
+            format!(
+                "  hot loop: NVML sample, {} counter GPUs at 0 µs/call (one NVML call each)",
+                cpu::GPUS
+            ),
+            us(h.nvml_sample),
+        ),
+        Line::info(
+            1,
+            "  hot loop: nvmlDeviceGetHandleByIndex_v2 on the fake (the call per GPU and \
+             sample that kept handles save)"
+                .into(),
+            us(h.handle_by_index),
+        ),
+    ]
 }
 
 fn ms(d: Duration) -> String {
