@@ -227,18 +227,18 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         }
     }
 
-    if let Some(hw) = &hw1 {
-        match cpu::hot_costs(hw, &library, 20_000) {
-            Ok(h) => lines.extend(hot_lines(&h)),
-            Err(e) => lines.push(Line::error(1, &e)),
-        }
-    }
+    let hot = hw1.as_ref().map(|hw| cpu::hot_costs(hw, &library, 20_000));
     let mut results: Vec<cpu::CpuResult> = cpu_runs.iter().filter_map(|r| r.result()).collect();
     results.sort_by_key(|r| (r.set, r.delay_us, std::cmp::Reverse(r.interval)));
     for r in &results {
         lines.extend(row1_lines(r));
     }
     lines.extend(above_floor_line(&results));
+    match hot {
+        Some(Ok(h)) => lines.extend(hot_lines(&h)),
+        Some(Err(e)) => lines.push(Line::error(1, &e)),
+        None => {}
+    }
     if let Some(h) = row2 {
         match h.join() {
             Ok((plain, week)) => lines.extend(row2_lines(plain, week)),
@@ -480,6 +480,13 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
             ));
             out.push(Line::info(
                 2,
+                "  of which anonymous memory (heap, stacks); the rest is code and libraries \
+                 mapped from files"
+                    .into(),
+                mb(r.anon_added_kib()),
+            ));
+            out.push(Line::info(
+                2,
                 "peak RSS added (VmHWM over the baseline)".into(),
                 mb(r.peak_added_kib()),
             ));
@@ -508,6 +515,11 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
                 r.added_kib() as f64,
                 2e6 / 1024.0,
                 |v| mb(v as i64),
+            ));
+            out.push(Line::info(
+                2,
+                "  of which anonymous memory (heap, stacks)".into(),
+                mb(r.anon_added_kib()),
             ));
             out.push(Line::info(
                 2,

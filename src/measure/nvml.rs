@@ -11,9 +11,9 @@
 //! makes the GPUs `unavailable` with one reason; a GPU that starts failing
 //! keeps what was measured and becomes `incomplete`.
 //!
-//! NVML is initialised once per library path and process, and never shut
-//! down: NVIDIA recommends one `nvmlInit` for the life of a process, and it
-//! lets a meter keep each GPU's `Device<'static>` handle, so a sample costs
+//! NVML is initialised once per library path and process (its documentation
+//! asks for `nvmlInit` once, before any other call) and never shut down,
+//! which lets a meter keep each GPU's `Device<'static>` handle, so a sample costs
 //! one NVML call per GPU (not two, as with a lookup by index every time) with
 //! no `unsafe`. The leaked `Nvml` never drops, so none of our code runs at
 //! process exit or after Slurm unloads the plugin; the NVML library stays
