@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::carbon::intensity::{EnergySpan, Resolved, resolve};
+use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve};
 use crate::carbon::predict::EpochMark;
 use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
 use crate::config::{Components, Config};
@@ -367,7 +367,7 @@ impl Finished {
                 duration: Duration::ZERO,
                 samples: 0,
                 devices: Vec::new(),
-                timeline: Vec::new(),
+                timeline: Default::default(),
                 timeline_bucket: Duration::ZERO,
                 problem: None,
             },
@@ -427,12 +427,18 @@ fn energy_spans(snap: &Snapshot) -> Vec<EnergySpan> {
 
 fn rows_of(plan: &Plan, snap: &Snapshot) -> (Vec<Row>, Resolved) {
     let cfg = &plan.config;
+    // Only an hourly file weighs the timeline; building its spans for any
+    // other source would cost a 7-day job 0.4 MB at every refresh.
+    let spans = match cfg.intensity {
+        IntensitySpec::File(_) => energy_spans(snap),
+        _ => Vec::new(),
+    };
     // The live source is the epilog's; here its fallback stands in.
     let intensity = resolve(
         &cfg.intensity,
         &cfg.intensity_fallback(),
         (snap.start, snap.end),
-        &energy_spans(snap),
+        &spans,
     );
     let fp = NodeFootprint {
         job_id: plan.job_id.clone(),

@@ -226,9 +226,13 @@ impl Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let wakes = Arc::new(AtomicU64::new(1));
         let (s, w) = (Arc::clone(&stop), Arc::clone(&wakes));
+        // The thread is named as it starts: wait for that, so `task_named`
+        // finds it.
+        let (started, named) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                let _ = started.send(());
                 let t0 = Instant::now();
                 let mut k = 0;
                 while !s.load(Ordering::Relaxed) {
@@ -240,6 +244,7 @@ impl Probe {
                 }
             })
             .context("cannot start the sleeping thread")?;
+        named.recv().context("the sleeping thread ended at once")?;
         Ok(Probe::Sleeper { stop, wakes })
     }
 
@@ -284,4 +289,78 @@ fn thread_cpu(task: &Path) -> Result<Duration> {
         .and_then(|f| f.parse().ok())
         .with_context(|| format!("{} does not start with a number: `{text}`", path.display()))?;
     Ok(Duration::from_nanos(ns))
+}
+
+/// Per-call CPU time of the work a sample does, in a hot loop: what the code
+/// itself costs once caches are warm, without the wake-up and the cold
+/// caches a sample once a second pays (those are in the per-sample lines).
+#[derive(Debug, Clone, Copy)]
+pub struct HotCosts {
+    pub calls: u32,
+    /// `RaplMeter::sample`, 2 packages + DRAM (4 zones).
+    pub rapl_sample: Duration,
+    /// One `pread` + parse of an `energy_uj` file: what each zone's second
+    /// read cost before a zone was read once a sample.
+    pub pread: Duration,
+    /// `NvmlMeter::sample`, 8 counter GPUs, fake calls at 0 µs.
+    pub nvml_sample: Duration,
+    /// `nvmlDeviceGetHandleByIndex_v2` on the fake: the call per GPU and
+    /// sample that keeping the handles saves.
+    pub handle_by_index: Duration,
+}
+
+fn own_cpu() -> Result<Duration> {
+    thread_cpu(Path::new("/proc/thread-self"))
+}
+
+fn per_call(calls: u32, mut f: impl FnMut()) -> Result<Duration> {
+    for _ in 0..100 {
+        f();
+    }
+    let cpu0 = own_cpu()?;
+    for _ in 0..calls {
+        f();
+    }
+    Ok(own_cpu()?.saturating_sub(cpu0) / calls)
+}
+
+pub fn hot_costs(hw: &Row1Hardware, library: &Path, calls: u32) -> Result<HotCosts> {
+    let mut config = hardware::nvml_header(hardware::unix_secs(hw.epoch), 0);
+    for n in 0..GPUS {
+        config.push_str(&hardware::gpu_section(n, &Profile::constant(300.0), true));
+    }
+    let nvml = FakeNvml::install(library, "hot", &config)?;
+    let mut meters = JobMeters::open(hw.writer.root(), nvml.lib(), Duration::from_secs(1));
+    let rapl_sample = per_call(calls, || meters.rapl.sample(Instant::now()))?;
+    let nvml_sample = per_call(calls, || meters.nvml.sample(Instant::now()))?;
+    let mut check = Vec::new();
+    meters.rapl.totals(&mut check);
+    meters.nvml.totals(&mut check);
+    hardware::check_devices(&check, 2 * PACKAGES, GPUS)?;
+    let file = std::fs::File::open(hw.writer.energy_uj("package-0"))?;
+    let mut failed = false;
+    let pread = per_call(calls, || {
+        let mut buf = [0u8; 32];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0).unwrap_or(0);
+        failed |= std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.trim_end().parse::<u64>().ok())
+            .is_none()
+            && n > 0;
+    })?;
+    ensure!(!failed, "an energy_uj read did not hold a number");
+    let other = FakeNvml::install(library, "hot-handle", &config)?;
+    let (_, costs) = crate::nvml_latency::measure(other.lib(), calls)?;
+    let handle_by_index = costs
+        .iter()
+        .find(|c| c.call == "nvmlDeviceGetHandleByIndex_v2")
+        .map(|c| c.cpu)
+        .context("no handle-by-index figure")?;
+    Ok(HotCosts {
+        calls,
+        rapl_sample,
+        pread,
+        nvml_sample,
+        handle_by_index,
+    })
 }

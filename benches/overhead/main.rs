@@ -14,16 +14,18 @@
 //!
 //! Rows 1 and 3 run side by side in this process (each sampler thread's CPU
 //! time is its own, whatever else runs); row 2 runs in fresh child processes
-//! meanwhile. Rows 4 and 5 (epilog and report timings) are listed but not
-//! measured yet: they need `carbontrack epilog` and `carbontrack report`.
+//! meanwhile. Rows 4 and 5 (wall times of `carbontrack epilog` and
+//! `carbontrack report`) run after them, alone, since they load the CPU.
 
 #![forbid(unsafe_code)]
 
 mod accuracy;
 mod cpu;
+mod epilog;
 mod hardware;
 mod machine;
 mod nvml_latency;
+mod report;
 mod rss;
 mod table;
 
@@ -49,7 +51,7 @@ struct Args {
     /// A smoke run: 5 s runs, and the 7-day timeline computed but not filled.
     #[arg(long, conflicts_with = "seconds")]
     quick: bool,
-    /// Rows to measure, comma-separated (4 and 5 are not measured yet).
+    /// Rows to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5",
           value_parser = clap::value_parser!(u8).range(1..=5))]
     rows: Vec<u8>,
@@ -225,10 +227,17 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         }
     }
 
+    let hot = hw1.as_ref().map(|hw| cpu::hot_costs(hw, &library, 20_000));
     let mut results: Vec<cpu::CpuResult> = cpu_runs.iter().filter_map(|r| r.result()).collect();
     results.sort_by_key(|r| (r.set, r.delay_us, std::cmp::Reverse(r.interval)));
     for r in &results {
         lines.extend(row1_lines(r));
+    }
+    lines.extend(above_floor_line(&results));
+    match hot {
+        Some(Ok(h)) => lines.extend(hot_lines(&h)),
+        Some(Err(e)) => lines.push(Line::error(1, &e)),
+        None => {}
     }
     if let Some(h) = row2 {
         match h.join() {
@@ -242,24 +251,16 @@ fn run(args: &Args) -> Result<Vec<Line>> {
     if let Some(errors) = acc.as_ref().and_then(accuracy::AccuracyRun::result) {
         lines.extend(errors.iter().map(row3_line));
     }
-    for (row, what) in [
-        (
-            4,
-            "wall time of `carbontrack epilog`'s own work, 8 nodes × 8 GPUs (target ≤ 50 ms)",
-        ),
-        (
-            5,
-            "time of `carbontrack report` over a 1 000 000-row ledger (target ≤ 1 s)",
-        ),
-    ] {
-        if want(row) {
-            lines.push(Line {
-                row,
-                what: what.into(),
-                measured: "—".into(),
-                target: "—".into(),
-                verdict: Verdict::Pending,
-            });
+    if want(4) {
+        match epilog::measure(if args.quick { 5 } else { 21 }) {
+            Ok(r) => lines.extend(row4_lines(&r)),
+            Err(e) => lines.push(Line::error(4, &e)),
+        }
+    }
+    if want(5) {
+        match report::measure(if args.quick { 1 } else { 3 }) {
+            Ok(r) => lines.extend(row5_lines(&r)),
+            Err(e) => lines.push(Line::error(5, &e)),
         }
     }
     lines.sort_by_key(|l| l.row);
@@ -325,6 +326,133 @@ fn row1_lines(r: &cpu::CpuResult) -> Vec<Line> {
     out
 }
 
+/// The sampler's own work: its CPU per sample at 1 s less the bare sleeping
+/// thread's, the wake-up every timed loop pays.
+fn above_floor_line(results: &[cpu::CpuResult]) -> Option<Line> {
+    let second = Duration::from_secs(1);
+    let find = |set| {
+        results
+            .iter()
+            .find(|r| r.set == set && r.delay_us == 0 && r.interval == second)
+    };
+    let (full, floor) = (find(cpu::Set::Full)?, find(cpu::Set::Sleeper)?);
+    let us = |r: &cpu::CpuResult| r.per_sample().as_secs_f64() * 1e6;
+    Some(Line::at_most(
+        1,
+        format!(
+            "sampler work per sample above the OS wake-up floor ({} pkg + DRAM, {} counter \
+             GPUs, NVML 0 µs/call, every 1 s: {:.1} µs less the bare thread's {:.1} µs)",
+            cpu::PACKAGES,
+            cpu::GPUS,
+            us(full),
+            us(floor)
+        ),
+        us(full) - us(floor),
+        20.0,
+        |v| format!("{v:.1} µs"),
+    ))
+}
+
+fn hot_lines(h: &cpu::HotCosts) -> Vec<Line> {
+    let us = |d: Duration| format!("{:.0} ns", d.as_secs_f64() * 1e9);
+    let n = h.calls;
+    vec![
+        Line::info(
+            1,
+            format!(
+                "  hot loop ({n} calls, warm caches, not a sample's real cost): RAPL sample, {} \
+                 pkg + DRAM (4 zones, one pread each)",
+                cpu::PACKAGES
+            ),
+            us(h.rapl_sample),
+        ),
+        Line::info(
+            1,
+            "  hot loop: one pread + parse of an energy_uj file (the second read per zone \
+             that was dropped)"
+                .into(),
+            us(h.pread),
+        ),
+        Line::info(
+            1,
+            format!(
+                "  hot loop: NVML sample, {} counter GPUs at 0 µs/call (one NVML call each)",
+                cpu::GPUS
+            ),
+            us(h.nvml_sample),
+        ),
+        Line::info(
+            1,
+            "  hot loop: nvmlDeviceGetHandleByIndex_v2 on the fake (the call per GPU and \
+             sample that kept handles save)"
+                .into(),
+            us(h.handle_by_index),
+        ),
+    ]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn row4_lines(r: &epilog::EpilogResult) -> Vec<Line> {
+    let n = r.runs.len();
+    let max = r.runs.iter().copied().max().unwrap_or_default();
+    vec![
+        Line::at_most(
+            4,
+            format!(
+                "`carbontrack epilog`'s own work, {} nodes × {} GPUs: read and total the \
+                 footprints, outbox, ledger append with fsync, cleanup; sacct/sacctmgr are \
+                 stand-ins that answer at once (their start-up counted, slurmdbd's time not); \
+                 median of {n}",
+                epilog::NODES,
+                epilog::GPUS
+            ),
+            epilog::median(&r.runs).as_secs_f64() * 1e3,
+            50.0,
+            |v| format!("{v:.1} ms"),
+        ),
+        Line::info(4, format!("  slowest of the {n} runs"), ms(max)),
+        Line::info(
+            4,
+            "  of which: starting the two stand-in processes (median)".into(),
+            ms(epilog::median(&r.stand_ins)),
+        ),
+        Line::info(
+            4,
+            "  the whole `carbontrack epilog` process, start-up included (median)".into(),
+            ms(epilog::median(&r.process)),
+        ),
+    ]
+}
+
+fn row5_lines(r: &report::ReportResult) -> Vec<Line> {
+    let mut out = Vec::new();
+    for (by, runs) in &r.runs {
+        let mut sorted = runs.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
+        out.push(Line::at_most(
+            5,
+            format!(
+                "`carbontrack report --source ledger --by {by}`, {} rows ({:.0} MB, in the page \
+                 cache), whole process; median of {} ({:.2}–{:.2} s)",
+                r.rows,
+                r.bytes as f64 / 1e6,
+                runs.len(),
+                lo.as_secs_f64(),
+                hi.as_secs_f64()
+            ),
+            median.as_secs_f64(),
+            1.0,
+            |v| format!("{v:.2} s"),
+        ));
+    }
+    out
+}
+
 fn mb(kib: i64) -> String {
     format!("{:.2} MB", kib as f64 * 1024.0 / 1e6)
 }
@@ -352,6 +480,13 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
             ));
             out.push(Line::info(
                 2,
+                "  of which anonymous memory (heap, stacks); the rest is code and libraries \
+                 mapped from files"
+                    .into(),
+                mb(r.anon_added_kib()),
+            ));
+            out.push(Line::info(
+                2,
                 "peak RSS added (VmHWM over the baseline)".into(),
                 mb(r.peak_added_kib()),
             ));
@@ -362,8 +497,8 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
     out.push(Line::info(
         2,
         format!(
-            "timeline bound, 7-day job: {} points × {} B, kept twice (timeline + last \
-             published snapshot)",
+            "timeline bound, 7-day job: {} points × {} B, reserved once, shared with \
+             snapshots",
             b.cap, b.point_bytes
         ),
         format!("{:.2} MB", b.resident_bytes as f64 / 1e6),
@@ -380,6 +515,11 @@ fn row2_lines(plain: Result<rss::RssResult>, week: Option<Result<rss::RssResult>
                 r.added_kib() as f64,
                 2e6 / 1024.0,
                 |v| mb(v as i64),
+            ));
+            out.push(Line::info(
+                2,
+                "  of which anonymous memory (heap, stacks)".into(),
+                mb(r.anon_added_kib()),
             ));
             out.push(Line::info(
                 2,

@@ -12,7 +12,6 @@
 //! interval and 60 s bucket and refresh, so 7 days of minute points (and a
 //! snapshot refresh per point, as in the plugin) take about 10 s.
 
-use std::mem::size_of;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use carbontrack::measure::sampler::{Observer, Sampler, SamplerOptions, Tick, TimelinePoint};
+use carbontrack::measure::sampler::{Observer, STORED_POINT_BYTES, Sampler, SamplerOptions, Tick};
 use carbontrack_fixtures::profile::Profile;
 use carbontrack_fixtures::tempdir::TempDir;
 
@@ -41,6 +40,11 @@ pub struct RssResult {
     pub baseline_kib: u64,
     pub opened_kib: u64,
     pub running_kib: u64,
+    /// `RssAnon` (heap, stacks: private to the process) at the baseline and
+    /// while running; the rest of RSS is pages mapped from files (code,
+    /// libraries), which the kernel maps 64 KiB around each fault.
+    pub baseline_anon_kib: u64,
+    pub running_anon_kib: u64,
     pub hwm_kib: u64,
     pub samples: u64,
     pub points: u64,
@@ -56,16 +60,22 @@ impl RssResult {
         self.running_kib as i64 - self.baseline_kib as i64
     }
 
+    pub fn anon_added_kib(&self) -> i64 {
+        self.running_anon_kib as i64 - self.baseline_anon_kib as i64
+    }
+
     pub fn peak_added_kib(&self) -> i64 {
         self.hwm_kib as i64 - self.baseline_kib as i64
     }
 
     fn line(&self) -> String {
         format!(
-            "baseline_kib={} opened_kib={} running_kib={} hwm_kib={} samples={} points={} bucket_us={}",
+            "baseline_kib={} opened_kib={} running_kib={} baseline_anon_kib={} running_anon_kib={} hwm_kib={} samples={} points={} bucket_us={}",
             self.baseline_kib,
             self.opened_kib,
             self.running_kib,
+            self.baseline_anon_kib,
+            self.running_anon_kib,
             self.hwm_kib,
             self.samples,
             self.points,
@@ -87,6 +97,8 @@ impl RssResult {
                 "baseline_kib" => r.baseline_kib = v,
                 "opened_kib" => r.opened_kib = v,
                 "running_kib" => r.running_kib = v,
+                "baseline_anon_kib" => r.baseline_anon_kib = v,
+                "running_anon_kib" => r.running_anon_kib = v,
                 "hwm_kib" => r.hwm_kib = v,
                 "samples" => r.samples = v,
                 "points" => r.points = v,
@@ -136,8 +148,8 @@ fn status_kib(key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/self/status"))
 }
 
-/// Counts samples without allocating, so progress can be watched without
-/// taking snapshots (which copy the timeline).
+/// Counts samples without allocating or taking snapshots, so watching the
+/// progress adds nothing to what is measured.
 struct Counter(Arc<AtomicU64>);
 
 impl Observer for Counter {
@@ -176,6 +188,7 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
     };
     std::thread::sleep(Duration::from_millis(200));
     let baseline_kib = status_kib("VmRSS")?;
+    let baseline_anon_kib = status_kib("RssAnon")?;
 
     let meters = JobMeters::open(writer.root(), nvml.lib(), interval);
     let opened_kib = status_kib("VmRSS")?;
@@ -201,6 +214,7 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let running_kib = status_kib("VmRSS")?;
+    let running_anon_kib = status_kib("RssAnon")?;
     let hwm_kib = status_kib("VmHWM")?;
     let snap = sampler.stop().map_err(|e| anyhow::anyhow!("{e}"))?;
     hardware::check_devices(&snap.devices, 2 * PACKAGES, GPUS)?;
@@ -208,6 +222,8 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
         baseline_kib,
         opened_kib,
         running_kib,
+        baseline_anon_kib,
+        running_anon_kib,
         hwm_kib,
         samples: snap.samples,
         points: snap.timeline.len() as u64,
@@ -222,18 +238,16 @@ pub fn child_main(kind: Child, library: &Path, seconds: u64) -> Result<()> {
 pub struct TimelineBound {
     pub cap: usize,
     pub point_bytes: usize,
-    /// Resident once full: the timeline and the copy in the last published
-    /// snapshot (kept for a stop that cannot get the lock).
+    /// Resident once full: the sampler's points, which snapshots share.
     pub resident_bytes: usize,
 }
 
 pub fn timeline_bound() -> TimelineBound {
     let cap = SamplerOptions::default().timeline_cap;
-    let point_bytes = size_of::<TimelinePoint>();
+    let point_bytes = STORED_POINT_BYTES;
     TimelineBound {
         cap,
         point_bytes,
-        // The snapshot also holds the open point.
-        resident_bytes: (2 * cap + 1) * point_bytes,
+        resident_bytes: cap * point_bytes,
     }
 }

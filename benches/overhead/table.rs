@@ -8,8 +8,6 @@ pub enum Verdict {
     Fail,
     /// Measured, with no target of its own (context for another line).
     Info,
-    /// Not measured by this build (see the line's text).
-    Pending,
     /// The measurement itself could not be made.
     Error,
 }
@@ -20,7 +18,6 @@ impl fmt::Display for Verdict {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
             Verdict::Info => "info",
-            Verdict::Pending => "not measured",
             Verdict::Error => "ERROR",
         })
     }

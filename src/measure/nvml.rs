@@ -11,19 +11,22 @@
 //! makes the GPUs `unavailable` with one reason; a GPU that starts failing
 //! keeps what was measured and becomes `incomplete`.
 //!
-//! nvml-wrapper's `Device` borrows the `Nvml` it came from, so a meter that
-//! must be `'static + Send` cannot keep one. It keeps the `Nvml` in an `Arc`
-//! and fetches the handle by index on every sample instead: one more cheap
-//! call per GPU, no allocation, no `unsafe`.
+//! NVML is initialised once per library path and process (its documentation
+//! asks for `nvmlInit` once, before any other call) and never shut down,
+//! which lets a meter keep each GPU's `Device<'static>` handle, so a sample costs
+//! one NVML call per GPU (not two, as with a lookup by index every time) with
+//! no `unsafe`. The leaked `Nvml` never drops, so none of our code runs at
+//! process exit or after Slurm unloads the plugin; the NVML library stays
+//! loaded until slurmstepd exits.
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 
 use super::gpus::{GpuHints, GpuInfo, Selection, select};
 use super::{Component, DeviceEnergy, Meter, Status};
@@ -85,12 +88,16 @@ impl NvmlUnavailable {
     }
 }
 
-/// An initialised NVML library; cheap to clone, shut down with the last clone.
+/// An initialised NVML library, shared by every user in the process.
 #[derive(Clone)]
 pub struct NvmlLib {
-    nvml: Arc<Nvml>,
+    nvml: &'static Nvml,
     path: String,
 }
+
+/// The libraries initialised so far, by the path they were opened with.
+/// Failures are not kept: the next open tries again (a driver loaded since).
+static LOADED: Mutex<Vec<(PathBuf, &'static Nvml)>> = Mutex::new(Vec::new());
 
 impl fmt::Debug for NvmlLib {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,16 +108,25 @@ impl fmt::Debug for NvmlLib {
 impl NvmlLib {
     /// Loads and initialises the NVML library at `path` (a bare name is looked
     /// up the way `dlopen` does).
+    ///
+    /// The first successful open of a path in the process initialises NVML
+    /// for good; later ones reuse it.
     pub fn open(path: &Path) -> Result<NvmlLib, NvmlUnavailable> {
         let shown = path.display().to_string();
+        // Held through the init, so two threads never initialise one path twice.
+        let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&(_, nvml)) = loaded.iter().find(|(p, _)| p == path) {
+            return Ok(NvmlLib { nvml, path: shown });
+        }
         let init = catch_unwind(AssertUnwindSafe(|| {
             Nvml::builder().lib_path(path.as_os_str()).init()
         }));
         match init {
-            Ok(Ok(nvml)) => Ok(NvmlLib {
-                nvml: Arc::new(nvml),
-                path: shown,
-            }),
+            Ok(Ok(nvml)) => {
+                let nvml: &'static Nvml = Box::leak(Box::new(nvml));
+                loaded.push((path.to_path_buf(), nvml));
+                Ok(NvmlLib { nvml, path: shown })
+            }
             Ok(Err(e)) => Err(NvmlUnavailable::from_error(&shown, e)),
             Err(_) => Err(NvmlUnavailable::Failed {
                 path: shown,
@@ -173,6 +189,7 @@ impl NvmlLib {
                 let mut g = GpuMeter {
                     uuid: s.uuid.clone(),
                     index: s.index,
+                    device: None,
                     share: s.share,
                     mode: Mode::Unprobed,
                     opened: now,
@@ -183,12 +200,12 @@ impl NvmlLib {
                     gaps: Vec::new(),
                     more_gaps: 0,
                 };
-                g.sample(&self.nvml, now);
+                g.sample(self.nvml, now);
                 g
             })
             .collect();
         NvmlMeter {
-            nvml: Some(self.nvml.clone()),
+            nvml: Some(self.nvml),
             gpus,
             unavailable: None,
         }
@@ -215,6 +232,9 @@ enum Reading {
 struct GpuMeter {
     uuid: String,
     index: u32,
+    /// The handle, looked up at the first read that succeeds in getting it;
+    /// valid for the life of the process, since NVML is never shut down.
+    device: Option<Device<'static>>,
     share: f64,
     mode: Mode,
     /// When metering began; a first reading later than this leaves a gap.
@@ -257,8 +277,13 @@ fn is_fatal(e: &NvmlError) -> bool {
 }
 
 impl GpuMeter {
-    fn read(&self, nvml: &Nvml) -> Result<Reading, NvmlError> {
-        let dev = nvml.device_by_index(self.index)?;
+    fn read(&mut self, nvml: &'static Nvml) -> Result<Reading, NvmlError> {
+        if self.device.is_none() {
+            self.device = Some(nvml.device_by_index(self.index)?);
+        }
+        let Some(dev) = &self.device else {
+            unreachable!("set just above")
+        };
         match self.mode {
             Mode::Counter { .. } => dev.total_energy_consumption().map(Reading::Counter),
             Mode::Power { .. } => dev.power_usage().map(|mw| Reading::Power(mw_to_w(mw))),
@@ -272,7 +297,7 @@ impl GpuMeter {
         }
     }
 
-    fn sample(&mut self, nvml: &Nvml, now: Instant) {
+    fn sample(&mut self, nvml: &'static Nvml, now: Instant) {
         if self.stopped.is_some() {
             return;
         }
@@ -403,7 +428,7 @@ pub fn trapezoid(p0: Watts, p1: Watts, dt: Duration) -> Joules {
 
 /// The job's GPUs, read at each sample.
 pub struct NvmlMeter {
-    nvml: Option<Arc<Nvml>>,
+    nvml: Option<&'static Nvml>,
     gpus: Vec<GpuMeter>,
     /// Set when NVML could not be used at all.
     unavailable: Option<String>,
@@ -469,7 +494,7 @@ impl NvmlMeter {
 
 impl Meter for NvmlMeter {
     fn sample(&mut self, now: Instant) {
-        let Some(nvml) = &self.nvml else { return };
+        let Some(nvml) = self.nvml else { return };
         for g in &mut self.gpus {
             g.sample(nvml, now);
         }
@@ -572,6 +597,7 @@ mod tests {
         GpuMeter {
             uuid: "GPU-x".into(),
             index: 0,
+            device: None,
             share: 0.5,
             mode: Mode::Unprobed,
             opened: Instant::now(),

@@ -359,7 +359,7 @@ impl Zone {
         let file = File::open(&path).map_err(|e| unreadable_reason(&path, &e))?;
         // sysfs checks permissions at open, but a plain file (or a directory)
         // may only fail at read: try one read now.
-        read_counter(&file).map_err(|e| match e {
+        read_value(&file).map_err(|e| match e {
             ReadFailure::Io(k) => unreadable_reason(&path, &io::Error::from(k)),
             ReadFailure::Garbage => format!("{} does not hold a number", path.display()),
         })?;
@@ -399,7 +399,7 @@ impl Zone {
     }
 
     fn sample(&mut self, now: Instant) {
-        let value = match read_stable(&self.file) {
+        let value = match read_value(&self.file) {
             Ok(v) => v,
             Err(e) => {
                 self.failing_reads = self.failing_reads.saturating_add(1);
@@ -554,22 +554,28 @@ pub fn counter_delta(
     }
 }
 
-/// Reads until two reads in a row agree (at most a few times).
+/// Reads of a counter that gave no number before one counts as failed.
+const GARBAGE_RETRIES: u32 = 4;
+
+/// One read of the counter; only a read that gives no number is tried again.
 ///
-/// sysfs builds each read from the hardware at once, but a counter file that
-/// is rewritten in place by another process (a test fixture, an exporter) can
-/// be read half-written; two equal reads make that vanishingly unlikely. A real
-/// counter that ticks between two reads agrees on the next pair.
-fn read_stable(file: &File) -> Result<u64, ReadFailure> {
-    let mut last = read_counter(file)?;
-    for _ in 0..4 {
-        let v = read_counter(file)?;
-        if v == last {
-            return Ok(v);
+/// sysfs builds each read of `energy_uj` from the hardware at once, so a
+/// single read is a consistent value, and a real counter costs one `pread` a
+/// sample. Something else writing the file (the test fixture, an exporter
+/// that mimics sysfs) can be caught between emptying and refilling it; the
+/// empty read is retried after a short pause, which sysfs never needs. A
+/// wrong but well-formed number is left to [`counter_delta`]'s glitch logic.
+fn read_value(file: &File) -> Result<u64, ReadFailure> {
+    let mut tries = 0;
+    loop {
+        match read_counter(file) {
+            Err(ReadFailure::Garbage) if tries < GARBAGE_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            other => return other,
         }
-        last = v;
     }
-    Ok(last)
 }
 
 /// One `pread` at offset 0 into a stack buffer, parsed without allocating.

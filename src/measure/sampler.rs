@@ -9,10 +9,17 @@
 //!
 //! Steady state allocates nothing per sample: meters read into stack buffers,
 //! the timeline is only touched when a bucket closes (once a minute by
-//! default, amortised `Vec` growth) and totals with device names are only built
-//! for snapshots, refreshes and observers that ask. `tests/fixtures/tests/
-//! sampler_alloc.rs` checks this with a counting allocator.
+//! default) and totals with device names are only built for snapshots,
+//! refreshes and observers that ask. `tests/fixtures/tests/sampler_alloc.rs`
+//! checks this with a counting allocator.
+//!
+//! Memory stays flat over a long job: the timeline's storage is reserved at
+//! its cap once (pages are only touched as points arrive), a point is 32
+//! bytes, merging happens in place, and snapshots share the stored points
+//! through an `Arc` instead of copying them. The sampler copies them only when
+//! a point closes while a caller still holds an older snapshot.
 
+use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -20,6 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::measure::{Component, DeviceEnergy, Meter};
 use crate::units::{Joules, Watts};
+
+/// The largest timeline cap accepted: 2^20 points are 32 MiB, reserved at
+/// start.
+pub const MAX_TIMELINE_CAP: usize = 1 << 20;
 
 /// How the sampler runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +79,111 @@ pub struct TimelinePoint {
     pub gpu: Option<Watts>,
 }
 
+/// A snapshot's timeline: the completed points, shared with the sampler
+/// rather than copied, then the open point up to the snapshot's last sample.
+/// Read it with [`Timeline::iter`].
+#[derive(Clone)]
+pub struct Timeline {
+    base: SystemTime,
+    points: Arc<Vec<Packed>>,
+    open: Option<Packed>,
+}
+
+impl Timeline {
+    /// Number of points, the open one included.
+    pub fn len(&self) -> usize {
+        self.points.len() + usize::from(self.open.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The points in time order.
+    pub fn iter(&self) -> impl Iterator<Item = TimelinePoint> + '_ {
+        self.points
+            .iter()
+            .chain(self.open.as_ref())
+            .map(|p| p.unpack(self.base))
+    }
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline {
+            base: SystemTime::UNIX_EPOCH,
+            points: Arc::default(),
+            open: None,
+        }
+    }
+}
+
+impl PartialEq for Timeline {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Bytes a stored timeline point takes (for memory bounds).
+pub const STORED_POINT_BYTES: usize = size_of::<Packed>();
+
+/// A timeline point as stored: 32 bytes instead of [`TimelinePoint`]'s 80,
+/// so a 7-day timeline of minutes is 0.32 MB. Nanoseconds keep durations
+/// exact; `f32` keeps watts to 7 significant digits, far finer than any
+/// meter reads.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    /// Start in ns after the timeline's base; negative after the wall clock
+    /// stepped back.
+    start_ns: i64,
+    duration_ns: u64,
+    /// Average watts of cpu, dram, gpu; NaN for not measured.
+    watts: [f32; 3],
+}
+
+impl Packed {
+    fn unpack(&self, base: SystemTime) -> TimelinePoint {
+        let magnitude = Duration::from_nanos(self.start_ns.unsigned_abs());
+        let start = if self.start_ns >= 0 {
+            base.checked_add(magnitude)
+        } else {
+            base.checked_sub(magnitude)
+        };
+        let w = |i: usize| {
+            let v = self.watts[i];
+            (!v.is_nan()).then_some(Watts(f64::from(v)))
+        };
+        TimelinePoint {
+            start: start.unwrap_or(base),
+            duration: Duration::from_nanos(self.duration_ns),
+            cpu: w(0),
+            dram: w(1),
+            gpu: w(2),
+        }
+    }
+}
+
+/// Nanoseconds from `base` to `t`, negative when `t` is earlier.
+fn offset_ns(base: SystemTime, t: SystemTime) -> i64 {
+    let clamp = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match t.duration_since(base) {
+        Ok(d) => clamp(d),
+        Err(e) => -clamp(e.duration()),
+    }
+}
+
+fn pack_watts(w: Option<Watts>) -> f32 {
+    // Rounding to the nearest f32 is the point of packing.
+    #[allow(clippy::cast_possible_truncation)]
+    w.map_or(f32::NAN, |w| w.0 as f32)
+}
+
 /// The energy so far, as of the last sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -81,7 +197,7 @@ pub struct Snapshot {
     pub samples: u64,
     pub devices: Vec<DeviceEnergy>,
     /// Completed points, then the open one up to the last sample.
-    pub timeline: Vec<TimelinePoint>,
+    pub timeline: Timeline,
     /// The current length of a completed point (grows when the timeline is
     /// merged to stay within its cap).
     pub timeline_bucket: Duration,
@@ -166,8 +282,12 @@ struct Shared {
     inner: Mutex<Inner>,
     control: Mutex<Control>,
     wake: Condvar,
-    /// The snapshot of the last refresh, for a stop that cannot get the lock.
+    /// The snapshot of the last refresh, for a stop that cannot get the lock;
+    /// without its timeline, which would keep the sampler copying it.
     published: Mutex<Option<Snapshot>>,
+    /// Also in `Inner`; locked after `inner` when both are, so a stop can
+    /// still read it while a stuck meter holds `inner`.
+    timeline: Arc<Mutex<Buckets>>,
 }
 
 #[derive(Default)]
@@ -183,7 +303,7 @@ struct Inner {
     samples: u64,
     first: Option<(Instant, SystemTime)>,
     last: Option<(Instant, SystemTime)>,
-    timeline: Timeline,
+    timeline: Arc<Mutex<Buckets>>,
     scratch: Vec<DeviceEnergy>,
     problem: Option<String>,
 }
@@ -210,15 +330,16 @@ impl Sampler {
                 "timeline bucket and refresh period must be positive",
             ));
         }
-        if opts.timeline_cap < 2 {
-            return Err(invalid("timeline cap must be at least 2"));
+        if !(2..=MAX_TIMELINE_CAP).contains(&opts.timeline_cap) {
+            return Err(invalid("timeline cap must be from 2 to 2^20 points"));
         }
+        let timeline = Arc::new(Mutex::new(Buckets::new(opts.bucket, opts.timeline_cap)));
         let mut inner = Inner {
             meters,
             samples: 0,
             first: None,
             last: None,
-            timeline: Timeline::new(opts.bucket, opts.timeline_cap),
+            timeline: Arc::clone(&timeline),
             scratch: Vec::new(),
             problem: None,
         };
@@ -230,6 +351,7 @@ impl Sampler {
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             published: Mutex::new(None),
+            timeline,
         });
         let for_thread = Arc::clone(&shared);
         let join_timeout = opts.join_timeout;
@@ -291,7 +413,16 @@ impl Sampler {
                 drop(c);
                 let last = match self.shared.inner.try_lock() {
                     Ok(inner) => Some(inner.snapshot()),
-                    Err(_) => lock(&self.shared.published).clone(),
+                    Err(_) => lock(&self.shared.published).clone().map(|mut s| {
+                        // The completed points; the open one needs the meters.
+                        let b = lock(&self.shared.timeline);
+                        s.timeline = Timeline {
+                            base: b.base,
+                            points: Arc::clone(&b.points),
+                            open: None,
+                        };
+                        s
+                    }),
                 };
                 return Err(StopError::Hung {
                     waited: asked.elapsed(),
@@ -328,8 +459,7 @@ impl Inner {
         self.samples += 1;
         self.first.get_or_insert((now, wall));
         self.last = Some((now, wall));
-        self.timeline
-            .on_sample(now, wall, &self.meters, &mut self.scratch);
+        lock(&self.timeline).on_sample(now, wall, &self.meters, &mut self.scratch);
         if let Some(obs) = observer.as_deref_mut() {
             obs.on_sample(&mut Tick {
                 at: wall,
@@ -352,10 +482,10 @@ impl Inner {
                 (now, now)
             }
         };
-        let mut timeline = self.timeline.points.clone();
-        if let Some(p) = self.timeline.open_point(last.0, &devices) {
-            timeline.push(p);
-        }
+        let buckets = lock(&self.timeline);
+        let timeline = buckets.view(last.0, &devices);
+        let timeline_bucket = buckets.bucket;
+        drop(buckets);
         Snapshot {
             start: first.1,
             end: last.1,
@@ -363,7 +493,7 @@ impl Inner {
             samples: self.samples,
             devices,
             timeline,
-            timeline_bucket: self.timeline.bucket,
+            timeline_bucket,
             problem: self.problem.clone(),
         }
     }
@@ -431,12 +561,14 @@ fn run(
     }
 }
 
-/// Builds a snapshot, hands it to the observer outside the lock, keeps it.
+/// Builds a snapshot, hands it to the observer outside the lock, keeps it
+/// without its timeline (see [`Shared::published`]).
 fn refresh(shared: &Shared, observer: &mut Option<Box<dyn Observer>>) {
-    let snap = lock(&shared.inner).snapshot();
+    let mut snap = lock(&shared.inner).snapshot();
     if let Some(obs) = observer.as_deref_mut() {
         obs.on_refresh(&snap);
     }
+    snap.timeline = Timeline::default();
     *lock(&shared.published) = Some(snap);
 }
 
@@ -460,8 +592,12 @@ fn wait_until(shared: &Shared, deadline: Instant) -> bool {
 }
 
 /// Per-component average power in buckets, bounded in size.
-struct Timeline {
-    points: Vec<TimelinePoint>,
+struct Buckets {
+    /// Wall time of the first sample; points store their start from here.
+    base: SystemTime,
+    /// Completed points, capacity `cap` from the start. Shared with the
+    /// snapshots that are still alive.
+    points: Arc<Vec<Packed>>,
     cap: usize,
     bucket: Duration,
     /// Where the open point started: its sample and the energy then.
@@ -481,10 +617,11 @@ fn energy_by_component(devices: &[DeviceEnergy]) -> [Option<Joules>; 3] {
     COMPONENTS.map(|c| sum_component(devices, c))
 }
 
-impl Timeline {
-    fn new(bucket: Duration, cap: usize) -> Timeline {
-        Timeline {
-            points: Vec::with_capacity(cap.min(64)),
+impl Buckets {
+    fn new(bucket: Duration, cap: usize) -> Buckets {
+        Buckets {
+            base: SystemTime::UNIX_EPOCH,
+            points: Arc::new(Vec::with_capacity(cap)),
             cap,
             bucket,
             open: None,
@@ -508,8 +645,13 @@ impl Timeline {
             meter.totals(scratch);
         }
         let energy = energy_by_component(scratch);
-        if let Some(p) = self.open.and_then(|m| point(m, now, energy)) {
-            self.push(p);
+        match self.open {
+            None => self.base = wall,
+            Some(m) => {
+                if let Some(p) = point(self.base, m, now, energy) {
+                    self.push(p);
+                }
+            }
         }
         self.open = Some(Mark {
             at: now,
@@ -518,62 +660,87 @@ impl Timeline {
         });
     }
 
-    /// The open point up to `last`, from the current totals.
-    fn open_point(&self, last: Instant, devices: &[DeviceEnergy]) -> Option<TimelinePoint> {
-        point(self.open?, last, energy_by_component(devices))
+    /// The timeline as of `last`: the stored points, shared, and the open
+    /// point from the current totals.
+    fn view(&self, last: Instant, devices: &[DeviceEnergy]) -> Timeline {
+        Timeline {
+            base: self.base,
+            points: Arc::clone(&self.points),
+            open: self
+                .open
+                .and_then(|m| point(self.base, m, last, energy_by_component(devices))),
+        }
     }
 
-    fn push(&mut self, p: TimelinePoint) {
-        if self.points.len() >= self.cap {
-            self.points = merge_pairs(&self.points);
+    /// The stored points for appending: copied first (at full capacity) only
+    /// when a snapshot still shares them.
+    fn points_mut(&mut self) -> &mut Vec<Packed> {
+        if Arc::get_mut(&mut self.points).is_none() {
+            let mut own = Vec::with_capacity(self.cap);
+            own.extend_from_slice(&self.points);
+            self.points = Arc::new(own);
+        }
+        Arc::get_mut(&mut self.points).unwrap_or_else(|| unreachable!("just made unique"))
+    }
+
+    fn push(&mut self, p: Packed) {
+        let cap = self.cap;
+        let full = self.points.len() >= cap;
+        if full {
             self.bucket = self.bucket.saturating_mul(2);
         }
-        self.points.push(p);
+        let points = self.points_mut();
+        if full {
+            merge_pairs(points);
+        }
+        points.push(p);
     }
 }
 
 /// The point from mark `m` to `now` with energies `e`; none for no time.
-fn point(m: Mark, now: Instant, e: [Option<Joules>; 3]) -> Option<TimelinePoint> {
+fn point(base: SystemTime, m: Mark, now: Instant, e: [Option<Joules>; 3]) -> Option<Packed> {
     let duration = now.saturating_duration_since(m.at);
     if duration.is_zero() {
         return None;
     }
     let w = |i: usize| match (m.energy[i], e[i]) {
-        (Some(a), Some(b)) => (b - a).over(duration),
-        _ => None,
+        (Some(a), Some(b)) => pack_watts((b - a).over(duration)),
+        _ => f32::NAN,
     };
-    Some(TimelinePoint {
-        start: m.wall,
-        duration,
-        cpu: w(0),
-        dram: w(1),
-        gpu: w(2),
+    Some(Packed {
+        start_ns: offset_ns(base, m.wall),
+        duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+        watts: [w(0), w(1), w(2)],
     })
 }
 
-/// Halves the timeline: each pair of neighbours becomes one point holding the
-/// same energy over the same time.
-fn merge_pairs(points: &[TimelinePoint]) -> Vec<TimelinePoint> {
-    points
-        .chunks(2)
-        .map(|pair| {
-            let duration: Duration = pair.iter().map(|p| p.duration).sum();
-            let avg = |get: fn(&TimelinePoint) -> Option<Watts>| {
-                let mut joules = 0.0;
-                for p in pair {
-                    joules += get(p)?.0 * p.duration.as_secs_f64();
-                }
-                Joules(joules).over(duration)
-            };
-            TimelinePoint {
-                start: pair[0].start,
-                duration,
-                cpu: avg(|p| p.cpu),
-                dram: avg(|p| p.dram),
-                gpu: avg(|p| p.gpu),
-            }
-        })
-        .collect()
+/// Halves the timeline in place: each pair of neighbours becomes one point
+/// holding the same energy over the same time.
+fn merge_pairs(points: &mut Vec<Packed>) {
+    let halved = points.len().div_ceil(2);
+    for i in 0..halved {
+        // Reads 2i and 2i + 1, writes i <= 2i: nothing is overwritten unread.
+        let a = points[2 * i];
+        points[i] = match points.get(2 * i + 1) {
+            Some(&b) => merge(a, b),
+            None => a,
+        };
+    }
+    points.truncate(halved);
+}
+
+fn merge(a: Packed, b: Packed) -> Packed {
+    let duration_ns = a.duration_ns.saturating_add(b.duration_ns);
+    let avg = |i: usize| {
+        let joules =
+            |p: &Packed| f64::from(p.watts[i]) * Duration::from_nanos(p.duration_ns).as_secs_f64();
+        pack_watts(Joules(joules(&a) + joules(&b)).over(Duration::from_nanos(duration_ns)))
+    };
+    Packed {
+        start_ns: a.start_ns,
+        duration_ns,
+        watts: [avg(0), avg(1), avg(2)],
+    }
 }
 
 #[cfg(test)]
@@ -619,59 +786,151 @@ mod tests {
         }
     }
 
-    fn pt(secs: u64, w: f64) -> TimelinePoint {
-        TimelinePoint {
-            start: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-            duration: Duration::from_secs(60),
-            cpu: Some(Watts(w)),
-            dram: None,
-            gpu: Some(Watts(2.0 * w)),
+    fn packed(start_s: i64, secs: u64, cpu: f32, dram: f32, gpu: f32) -> Packed {
+        Packed {
+            start_ns: start_s * 1_000_000_000,
+            duration_ns: secs * 1_000_000_000,
+            watts: [cpu, dram, gpu],
         }
     }
 
     #[test]
     fn merging_keeps_energy_and_time() {
-        let mut pts = vec![pt(0, 10.0), pt(60, 30.0), pt(120, 50.0)];
-        pts[1].duration = Duration::from_secs(180);
-        let m = merge_pairs(&pts);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].duration, Duration::from_secs(240));
+        let nan = f32::NAN;
+        let mut pts = vec![
+            packed(0, 60, 10.0, nan, 20.0),
+            packed(60, 180, 30.0, nan, 60.0),
+            packed(240, 60, 50.0, nan, 100.0),
+        ];
+        let third = pts[2];
+        merge_pairs(&mut pts);
+        assert_eq!(pts.len(), 2);
+        let base = SystemTime::UNIX_EPOCH;
+        let m = pts[0].unpack(base);
+        assert_eq!(m.start, base);
+        assert_eq!(m.duration, Duration::from_secs(240));
         // (10 × 60 + 30 × 180) / 240 = 25
-        assert_eq!(m[0].cpu, Some(Watts(25.0)));
-        assert_eq!(m[0].gpu, Some(Watts(50.0)));
-        assert_eq!(m[0].dram, None);
-        assert_eq!(m[1], pts[2]);
+        assert_eq!(m.cpu, Some(Watts(25.0)));
+        assert_eq!(m.gpu, Some(Watts(50.0)));
+        assert_eq!(m.dram, None);
+        assert_eq!(pts[1].unpack(base), third.unpack(base));
     }
 
     #[test]
-    fn timeline_stays_within_its_cap() {
-        let mut t = Timeline::new(Duration::from_secs(60), 8);
-        let t0 = Instant::now();
-        let meters = [Steady::boxed(Component::Cpu, 100.0)];
+    fn points_pack_and_unpack() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cases = [
+            // (start, duration, cpu) → the same back, watts to f32 precision
+            (
+                base + Duration::from_nanos(1),
+                Duration::from_nanos(3),
+                Some(Watts(123.5)),
+            ),
+            (
+                base + Duration::from_secs(7 * 86_400),
+                Duration::from_secs(60),
+                None,
+            ),
+            // The wall clock stepped back: a start before the base.
+            (
+                base - Duration::from_millis(1500),
+                Duration::from_millis(999),
+                Some(Watts(0.0)),
+            ),
+        ];
+        for (start, duration, cpu) in cases {
+            let t0 = Instant::now();
+            let e = |j: Option<f64>| j.map(Joules);
+            let m = Mark {
+                at: t0,
+                wall: start,
+                energy: [e(cpu.map(|_| 5.0)), None, e(Some(1.0))],
+            };
+            let joules = cpu.map(|w| 5.0 + w.0 * duration.as_secs_f64());
+            let p = point(base, m, t0 + duration, [e(joules), None, e(Some(1.0))]).unwrap();
+            let got = p.unpack(base);
+            assert_eq!((got.start, got.duration), (start, duration));
+            assert_eq!(got.dram, None);
+            assert_eq!(got.gpu, Some(Watts(0.0)));
+            match (got.cpu, cpu) {
+                (Some(g), Some(w)) => assert!((g.0 - w.0).abs() <= 1e-6 * w.0.max(1.0), "{g:?}"),
+                (g, w) => assert_eq!(g, w),
+            }
+        }
+        assert_eq!(size_of::<Packed>(), 32);
+    }
+
+    /// Samples every minute for `minutes` minutes; `each` sees the buckets
+    /// after every one.
+    fn run_buckets(t: &mut Buckets, minutes: u64, t0: Instant, mut each: impl FnMut(&Buckets)) {
+        let mut meters = [Steady::boxed(Component::Cpu, 100.0)];
         let mut scratch = Vec::new();
-        // Minute samples for 40 minutes through a cap of 8: full at 8 min
-        // (→ 2-min buckets), at 16 (→ 4), at 32 and again when the 36-min point
-        // arrives (→ 8-min buckets).
-        for i in 0..=40u64 {
+        for i in 0..=minutes {
             let at = t0 + Duration::from_secs(60 * i);
+            meters[0].sample(at);
             t.on_sample(
                 at,
                 SystemTime::UNIX_EPOCH + Duration::from_secs(60 * i),
                 &meters,
                 &mut scratch,
             );
-            assert!(t.points.len() <= 8);
+            each(t);
         }
+    }
+
+    #[test]
+    fn timeline_stays_within_its_cap() {
+        let mut t = Buckets::new(Duration::from_secs(60), 8);
+        let t0 = Instant::now();
+        let storage = t.points.as_ptr();
+        // Full at 8 min (→ 2-min buckets), at 16 (→ 4), at 32 and again when
+        // the 36-min point arrives (→ 8-min buckets).
+        run_buckets(&mut t, 40, t0, |t| {
+            assert!(t.points.len() <= 8);
+            // Reserved once, merged in place: never reallocated.
+            assert_eq!((t.points.capacity(), t.points.as_ptr()), (8, storage));
+        });
         assert_eq!(t.bucket, Duration::from_secs(480));
-        let covered: Duration = t.points.iter().map(|p| p.duration).sum();
+        let view = t.view(t.open.unwrap().at, &[]);
+        let pts: Vec<TimelinePoint> = view.iter().collect();
+        assert_eq!(pts.len(), t.points.len(), "no open point at its own start");
+        let covered: Duration = pts.iter().map(|p| p.duration).sum();
         let open = t.open.unwrap().at.duration_since(t0);
         assert_eq!(
             covered, open,
             "points cover the run up to the open one without gaps"
         );
-        for w in t.points.windows(2) {
+        for w in pts.windows(2) {
             assert_eq!(w[0].start + w[0].duration, w[1].start);
         }
+        assert!(pts.iter().all(|p| p.cpu == Some(Watts(100.0))));
+    }
+
+    #[test]
+    fn a_held_snapshot_keeps_its_points_while_the_sampler_goes_on() {
+        let mut t = Buckets::new(Duration::from_secs(60), 8);
+        let t0 = Instant::now();
+        run_buckets(&mut t, 5, t0, |_| {});
+        let held = t.view(t.open.unwrap().at, &[]);
+        let before: Vec<TimelinePoint> = held.iter().collect();
+        assert_eq!(before.len(), 5);
+        // Shared, not copied, until the next point closes.
+        assert!(Arc::ptr_eq(&held.points, &t.points));
+        let mut scratch = Vec::new();
+        let meters = [Steady::boxed(Component::Cpu, 100.0)];
+        for i in 6..=20u64 {
+            t.on_sample(
+                t0 + Duration::from_secs(60 * i),
+                SystemTime::UNIX_EPOCH + Duration::from_secs(60 * i),
+                &meters,
+                &mut scratch,
+            );
+        }
+        assert!(!Arc::ptr_eq(&held.points, &t.points));
+        assert_eq!(held.iter().collect::<Vec<_>>(), before);
+        assert_eq!(t.points.capacity(), 8, "the copy is made at full capacity");
+        // Full at 8 and again at 17 minutes: 4-minute buckets.
+        assert_eq!(t.bucket, Duration::from_secs(240));
     }
 
     #[test]
@@ -729,7 +988,8 @@ mod tests {
             .iter()
             .map(|p| p.cpu.unwrap().0 * p.duration.as_secs_f64())
             .sum();
-        assert!((tl_cpu - cpu).abs() < 1e-6);
+        // Watts are stored as f32: 7 significant digits.
+        assert!((tl_cpu - cpu).abs() < 1e-6 * cpu, "{tl_cpu} vs {cpu}");
         assert!(fin.timeline.iter().all(|p| p.dram.is_none()));
         assert!(fin.problem.is_none());
     }

@@ -2,9 +2,10 @@
 //! account, partition or day, from Slurm accounting (the segments) or from
 //! the ledger. The aggregation is pure; reading sacct is in [`sacct_records`].
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -55,12 +56,42 @@ pub struct Filter {
 
 impl Filter {
     pub fn admits(&self, r: &JobRecord) -> bool {
+        self.admits_job(&r.as_job())
+    }
+
+    fn admits_job(&self, r: &Job<'_>) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
-        eq(&self.user, &r.user)
-            && eq(&self.account, &r.account)
-            && eq(&self.partition, &r.partition)
+        eq(&self.user, r.user)
+            && eq(&self.account, r.account)
+            && eq(&self.partition, r.partition)
             && self.since.is_none_or(|s| r.end.is_some_and(|e| e >= s))
             && self.until.is_none_or(|u| r.end.is_some_and(|e| e < u))
+    }
+}
+
+/// What the aggregation reads of a job, borrowed from wherever it is held.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub user: &'a str,
+    pub account: &'a str,
+    pub partition: &'a str,
+    pub end: Option<SystemTime>,
+    pub gpu_hours: f64,
+    pub energy_kwh: Option<f64>,
+    pub co2e_g: Option<f64>,
+}
+
+impl JobRecord {
+    fn as_job(&self) -> Job<'_> {
+        Job {
+            user: &self.user,
+            account: &self.account,
+            partition: &self.partition,
+            end: self.end,
+            gpu_hours: self.gpu_hours,
+            energy_kwh: self.energy_kwh,
+            co2e_g: self.co2e_g,
+        }
     }
 }
 
@@ -78,7 +109,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, r: &JobRecord) {
+    fn add(&mut self, r: &Job<'_>) {
         self.jobs += 1;
         self.gpu_hours += r.gpu_hours;
         self.energy_kwh += r.energy_kwh.unwrap_or(0.0);
@@ -96,34 +127,109 @@ pub fn aggregate(
     filter: &Filter,
     by: Option<GroupBy>,
 ) -> (Vec<Totals>, Totals) {
-    let mut seen = std::collections::HashSet::new();
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut all = Totals {
-        group: "total".into(),
-        ..Totals::default()
-    };
-    for r in records.iter().filter(|r| filter.admits(r)) {
-        if !seen.insert(&r.job_id) {
-            continue;
-        }
-        all.add(r);
-        if let Some(by) = by {
-            let key = match by {
-                GroupBy::User => r.user.clone(),
-                GroupBy::Account => r.account.clone(),
-                GroupBy::Partition => r.partition.clone(),
-                GroupBy::Day => r.end.map(day).unwrap_or_else(|| "unknown".into()),
-            };
-            groups
-                .entry(key.clone())
-                .or_insert_with(|| Totals {
-                    group: key,
-                    ..Totals::default()
-                })
-                .add(r);
+    let mut agg = Aggregator::new(filter, by);
+    let mut seen = HashSet::new();
+    for r in records {
+        agg.offer(&r.as_job(), || seen.insert(&r.job_id));
+    }
+    agg.finish()
+}
+
+/// Totals built one job at a time, so a source as large as a ledger of
+/// millions of jobs can be streamed through without holding its rows.
+pub struct Aggregator<'f> {
+    filter: &'f Filter,
+    by: Option<GroupBy>,
+    groups: HashMap<String, Totals>,
+    /// Grouping by day: the UTC day number, named only at the end.
+    days: HashMap<Option<i64>, Totals>,
+    all: Totals,
+}
+
+impl<'f> Aggregator<'f> {
+    pub fn new(filter: &'f Filter, by: Option<GroupBy>) -> Aggregator<'f> {
+        Aggregator {
+            filter,
+            by,
+            groups: HashMap::new(),
+            days: HashMap::new(),
+            all: Totals {
+                group: "total".into(),
+                ..Totals::default()
+            },
         }
     }
-    (groups.into_values().collect(), all)
+
+    /// Whether [`Job::end`] is used: a source may skip parsing it if not.
+    pub fn needs_end(&self) -> bool {
+        self.by == Some(GroupBy::Day) || self.filter.since.is_some() || self.filter.until.is_some()
+    }
+
+    /// Counts `job` if the filter admits it and `first_sight` says it was
+    /// not counted before (asked only for admitted jobs).
+    pub fn offer(&mut self, job: &Job<'_>, first_sight: impl FnOnce() -> bool) {
+        if !self.filter.admits_job(job) || !first_sight() {
+            return;
+        }
+        self.all.add(job);
+        let key = match self.by {
+            None => return,
+            Some(GroupBy::Day) => {
+                let day = job.end.map(day_number);
+                return self.days.entry(day).or_default().add(job);
+            }
+            Some(GroupBy::User) => job.user,
+            Some(GroupBy::Account) => job.account,
+            Some(GroupBy::Partition) => job.partition,
+        };
+        match self.groups.get_mut(key) {
+            Some(t) => t.add(job),
+            None => {
+                let mut t = Totals {
+                    group: key.to_string(),
+                    ..Totals::default()
+                };
+                t.add(job);
+                self.groups.insert(key.to_string(), t);
+            }
+        }
+    }
+
+    /// The groups in key order, then the total.
+    pub fn finish(self) -> (Vec<Totals>, Totals) {
+        let days = self.days.into_iter().map(|(d, mut t)| {
+            t.group = d.map_or_else(|| "unknown".into(), |d| day(day_start(d)));
+            t
+        });
+        let mut groups: Vec<Totals> = self.groups.into_values().chain(days).collect();
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        (groups, self.all)
+    }
+}
+
+const DAY_SECS: i64 = 86_400;
+
+/// Days since 1970-01-01 (UTC) of `t`; negative before.
+fn day_number(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX) / DAY_SECS,
+        Err(e) => {
+            // Floor, not truncation, below zero.
+            let before = e.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            let exact = whole % DAY_SECS == 0 && before.subsec_nanos() == 0;
+            -(whole / DAY_SECS) - i64::from(!exact)
+        }
+    }
+}
+
+fn day_start(d: i64) -> SystemTime {
+    let secs = Duration::from_secs(d.unsigned_abs() * DAY_SECS as u64);
+    if d >= 0 {
+        UNIX_EPOCH + secs
+    } else {
+        UNIX_EPOCH - secs
+    }
 }
 
 /// The UTC date of a time, `YYYY-MM-DD`.
@@ -248,11 +354,12 @@ pub fn ledger_records(rows: &[JobTotal]) -> Vec<JobRecord> {
 /// as UTC (also sacct's output under `TZ=UTC`).
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    let full = match s.len() {
-        10 => format!("{s}T00:00:00Z"),
-        16 => format!("{s}:00Z"),
-        19 => format!("{s}Z"),
-        _ => s.to_string(),
+    // Borrowed in the common case: a report may parse millions.
+    let full: Cow<str> = match s.len() {
+        10 => format!("{s}T00:00:00Z").into(),
+        16 => format!("{s}:00Z").into(),
+        19 => format!("{s}Z").into(),
+        _ => s.into(),
     };
     humantime::parse_rfc3339_weak(&full).ok()
 }
@@ -407,6 +514,31 @@ mod tests {
         };
         let (_, t) = aggregate(&recs, &f, None);
         assert_eq!((t.jobs, t.energy_kwh), (1, 2.0));
+    }
+
+    #[test]
+    fn day_numbers_floor_on_both_sides_of_1970() {
+        let at = |s: f64| {
+            let d = Duration::from_secs_f64(s.abs());
+            if s >= 0.0 {
+                UNIX_EPOCH + d
+            } else {
+                UNIX_EPOCH - d
+            }
+        };
+        for (secs, want) in [
+            (0.0, 0),
+            (86_399.5, 0),
+            (86_400.0, 1),
+            (-0.5, -1),
+            (-86_400.0, -1),
+            (-86_400.5, -2),
+        ] {
+            assert_eq!(day_number(at(secs)), want, "{secs} s");
+            let start = day_start(want);
+            assert!(start <= at(secs) && at(secs) < start + Duration::from_secs(86_400));
+        }
+        assert_eq!(day(day_start(19_844)), "2024-05-01");
     }
 
     #[test]

@@ -253,34 +253,38 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
         since: a.since,
         until: a.until,
     };
-    let records = match a.source {
+    let report = match a.source {
         Source::Sacct => aggregate::sacct_records(
             &a.config.sacct,
             &config.accounting_field,
             &filter,
             a.config.command_timeout.max(Duration::from_secs(60)),
         )
+        .map(|r| aggregate::aggregate(&r, &filter, a.by))
         .map_err(|e| e.to_string()),
         Source::Ledger => match &config.ledger {
             None => Err(
                 "no ledger is configured (ledger=none); use --ledger FILE or --source sacct".into(),
             ),
-            Some(p) => ledger::read(p)
-                .map(|(rows, bad)| {
-                    if bad > 0 {
-                        eprintln!(
-                            "carbontrack report: skipped {bad} unreadable ledger row(s) in {}",
-                            p.display()
-                        );
-                    }
-                    aggregate::ledger_records(&rows)
-                })
-                .map_err(|e| e.to_string()),
+            Some(p) => {
+                // Streamed: a ledger of millions of jobs is never held whole.
+                let mut agg = aggregate::Aggregator::new(&filter, a.by);
+                ledger::report_into(p, &mut agg)
+                    .map(|bad| {
+                        if bad > 0 {
+                            eprintln!(
+                                "carbontrack report: skipped {bad} unreadable ledger row(s) in {}",
+                                p.display()
+                            );
+                        }
+                        agg.finish()
+                    })
+                    .map_err(|e| e.to_string())
+            }
         },
     };
-    match records {
-        Ok(r) => {
-            let (groups, total) = aggregate::aggregate(&r, &filter, a.by);
+    match report {
+        Ok((groups, total)) => {
             print!("{}", aggregate::render(&groups, &total, a.by, a.format));
             ExitCode::SUCCESS
         }

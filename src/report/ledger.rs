@@ -9,11 +9,14 @@
 //! a job already among the last rows is not appended again, so a retry after a
 //! crash between the append and the outbox update counts nothing twice.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::aggregate::{Aggregator, Job, parse_time};
 use super::total::JobTotal;
 
 /// How much of the ledger's end is searched for a job already appended. The
@@ -164,6 +167,145 @@ pub fn read(path: &Path) -> Result<(Vec<JobTotal>, usize), LedgerError> {
     Ok((rows, bad))
 }
 
+/// The ledger's columns a report reads, by position in the header.
+struct Columns {
+    count: usize,
+    job_id: usize,
+    user: usize,
+    account: usize,
+    partition: usize,
+    end: usize,
+    gpu_hours: usize,
+    energy_kwh: usize,
+    co2e_g: usize,
+    cluster: usize,
+}
+
+impl Columns {
+    fn find(header: &csv::ByteRecord) -> Option<Columns> {
+        let at = |name: &str| header.iter().position(|h| h == name.as_bytes());
+        Some(Columns {
+            count: header.len(),
+            job_id: at("job_id")?,
+            user: at("user")?,
+            account: at("account")?,
+            partition: at("partition")?,
+            end: at("end")?,
+            gpu_hours: at("gpu_hours")?,
+            energy_kwh: at("energy_kwh")?,
+            co2e_g: at("co2e_g")?,
+            cluster: at("cluster")?,
+        })
+    }
+}
+
+/// Feeds every ledger row to `agg` as it is read, for `carbontrack report`:
+/// the figures of [`read`] then `aggregate::ledger_records` then
+/// `aggregate::aggregate`, without holding a million rows or allocating per
+/// row. Returns how many rows were skipped: rows shorter than the header
+/// (a torn line) or whose fields the report uses do not read.
+pub fn report_into(path: &Path, agg: &mut Aggregator<'_>) -> Result<usize, LedgerError> {
+    let f = File::open(path).map_err(|source| LedgerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let csv_err = |source| LedgerError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut rd = csv::ReaderBuilder::new()
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(f);
+    let header = rd.byte_headers().map_err(csv_err)?.clone();
+    let cols = Columns::find(&header);
+    let needs_end = agg.needs_end();
+    let mut rec = csv::ByteRecord::new();
+    // A job is its cluster (by index in `clusters`) and its id.
+    let mut seen: HashSet<u64, BuildHasherDefault<MixHasher>> = HashSet::default();
+    let mut clusters: Vec<Vec<u8>> = Vec::new();
+    let mut bad = 0;
+    while rd.read_byte_record(&mut rec).map_err(csv_err)? {
+        let read = cols
+            .as_ref()
+            .and_then(|c| read_job(&rec, c, needs_end).map(|(job, id)| (job, id, &rec[c.cluster])));
+        let Some((job, id, cluster)) = read else {
+            bad += 1;
+            continue;
+        };
+        agg.offer(&job, || {
+            let k = match clusters.iter().rposition(|c| c == cluster) {
+                Some(k) => k,
+                None => {
+                    clusters.push(cluster.to_vec());
+                    clusters.len() - 1
+                }
+            };
+            seen.insert((k as u64) << 32 | u64::from(id))
+        });
+    }
+    Ok(bad)
+}
+
+/// The report's fields of one row and its job id; `None` if they do not read
+/// as [`read`] would read them.
+fn read_job<'r>(rec: &'r csv::ByteRecord, c: &Columns, needs_end: bool) -> Option<(Job<'r>, u32)> {
+    // Like `read`: a torn row misses the last columns; extra ones are ignored.
+    if rec.len() < c.count {
+        return None;
+    }
+    let text = |i: usize| std::str::from_utf8(&rec[i]).ok();
+    let float = |i: usize| text(i)?.parse::<f64>().ok();
+    let maybe_float = |i: usize| match &rec[i] {
+        b"" => Some(None),
+        _ => float(i).map(Some),
+    };
+    let id = text(c.job_id)?;
+    // As the csv crate reads integers: decimal, or hex after `0x`.
+    let id = match id.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+        None => id.parse().ok()?,
+    };
+    let end = text(c.end)?;
+    text(c.cluster)?;
+    let job = Job {
+        user: text(c.user)?,
+        account: text(c.account)?,
+        partition: text(c.partition)?,
+        end: if needs_end { parse_time(end) } else { None },
+        gpu_hours: float(c.gpu_hours)?,
+        energy_kwh: maybe_float(c.energy_kwh)?,
+        co2e_g: maybe_float(c.co2e_g)?,
+    };
+    Some((job, id))
+}
+
+/// A hasher for the `u64` job keys. hashbrown picks the bucket from the low
+/// bits and a tag from the top 7: keeping the key's low bits (the job id)
+/// puts the mostly consecutive ids of a ledger in neighbouring buckets, so a
+/// million inserts stay in cache, and a multiplication fills the tag bits.
+/// SipHash's defence against chosen keys buys nothing for a file the site's
+/// own epilogs wrote, and cost a quarter of a million-row report.
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        const TAG: u64 = 0xfe00_0000_0000_0000;
+        self.0 = (n & !TAG) | (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +325,103 @@ mod tests {
             cluster: "c".into(),
         };
         JobTotal::from_rows(job, &rows, Components::ALL, &meta).unwrap()
+    }
+
+    /// The streamed report gives exactly the figures of reading every row
+    /// and aggregating them, whatever the filter and grouping.
+    #[test]
+    fn streamed_report_equals_read_then_aggregate() {
+        use crate::report::aggregate::{self, Filter, GroupBy};
+        let d = std::env::temp_dir().join(format!("ct-ledger-stream-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let p = d.join("ledger.csv");
+        let mut text = String::new();
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let ends = [
+            "2024-05-01T10:00:00.000Z",
+            "2024-05-01T23:59:59.999Z",
+            "2024-05-02T00:00:00.000Z",
+            "not a time",
+            "2024-05-03",
+        ];
+        for n in 0..40u32 {
+            let mut t = total(n % 17, (n % 5 != 0).then_some(f64::from(n)));
+            t.user = ["alice", "bob", "carol"][n as usize % 3].into();
+            t.partition = ["gpu", "cpu"][n as usize % 2].into();
+            // Job 3 of cluster c and of cluster d are different jobs.
+            t.cluster = ["c", "d", ""][n as usize % 3].into();
+            t.end = ends[n as usize % ends.len()].into();
+            t.gpu_hours = f64::from(n) * 0.25;
+            w.serialize(&t).unwrap();
+        }
+        text.push_str(std::str::from_utf8(&w.into_inner().unwrap()).unwrap());
+        // A torn row, a repeated row, a row with an unreadable figure, and
+        // one with an extra column (which `read` takes, ignoring it).
+        text.push_str("13,bob,ph\n");
+        let good = text.lines().nth(1).unwrap().to_string();
+        text.push_str(&good);
+        text.push('\n');
+        let mut fields: Vec<String> = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(good.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(fields[8], "0.0", "gpu_hours");
+        fields[8] = "x".into();
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&fields).unwrap();
+        text.push_str(std::str::from_utf8(&w.into_inner().unwrap()).unwrap());
+        text.push_str(&format!("{good},extra\n"));
+        fs::write(&p, text).unwrap();
+
+        let since = aggregate::parse_time("2024-05-01T12:00");
+        let filters = [
+            Filter::default(),
+            Filter {
+                user: Some("bob".into()),
+                ..Filter::default()
+            },
+            Filter {
+                since,
+                until: aggregate::parse_time("2024-05-03"),
+                ..Filter::default()
+            },
+            Filter {
+                partition: Some("gpu".into()),
+                since,
+                ..Filter::default()
+            },
+        ];
+        let by = [
+            None,
+            Some(GroupBy::User),
+            Some(GroupBy::Account),
+            Some(GroupBy::Partition),
+            Some(GroupBy::Day),
+        ];
+        let (rows, bad) = read(&p).unwrap();
+        assert_eq!(bad, 2, "the torn row and the unreadable figure");
+        let records = aggregate::ledger_records(&rows);
+        for f in &filters {
+            for b in by {
+                let want = aggregate::aggregate(&records, f, b);
+                let mut agg = aggregate::Aggregator::new(f, b);
+                let skipped = report_into(&p, &mut agg).unwrap();
+                assert_eq!(skipped, bad);
+                let got = agg.finish();
+                assert_eq!(got, want, "{f:?} by {b:?}");
+            }
+        }
+        // The duplicates were there to be skipped.
+        let (_, all) = aggregate::aggregate(&records, &Filter::default(), None);
+        assert!(all.jobs < rows.len() as u64 && all.jobs > 20, "{all:?}");
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
