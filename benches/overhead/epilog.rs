@@ -155,6 +155,8 @@ impl Setup {
                 partition: "gpu".into(),
                 cluster: "bench".into(),
             },
+            node: "gpu000".into(),
+            ..EpilogJob::default()
         }
     }
 
