@@ -30,7 +30,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +41,7 @@ use super::intensity::{
     parse_hourly_csv, parse_timestamp, unix_secs, weigh,
 };
 use crate::config::Config;
+use crate::report::cmd::wait_until;
 
 /// The ElectricityMaps API, used when `intensity_url` is not set.
 pub const DEFAULT_URL: &str = "https://api.electricitymaps.com";
@@ -457,25 +458,6 @@ fn drain(mut r: impl Read) -> (Vec<u8>, bool) {
         }
     }
     (kept, dropped)
-}
-
-/// The child's exit status, or `None` after killing it at `deadline`.
-fn wait_until(
-    child: &mut std::process::Child,
-    deadline: Instant,
-) -> std::io::Result<Option<ExitStatus>> {
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(Some(s));
-        }
-        if Instant::now() >= deadline {
-            // It may have exited just now; either way it is reaped below.
-            let _ = child.kill();
-            child.wait()?;
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The part of a history answer that is used; other fields are ignored.

@@ -121,8 +121,6 @@ where
             source,
         })?;
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
         return Err(CmdError::Timeout {
             program: name,
             timeout,
@@ -145,12 +143,17 @@ fn reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<String> 
     })
 }
 
-fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+/// The child's exit status, or `None` once it has been killed (and reaped)
+/// at `deadline`.
+pub(crate) fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
     loop {
         if let Some(s) = child.try_wait()? {
             return Ok(Some(s));
         }
         if Instant::now() >= deadline {
+            // It may have exited just now; either way it is reaped here.
+            let _ = child.kill();
+            child.wait()?;
             return Ok(None);
         }
         thread::sleep(POLL);
