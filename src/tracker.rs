@@ -171,9 +171,15 @@ impl Observer for Live {
             None => plan.time_limit,
         };
         let marks = lock(&self.progress).marks.clone();
-        let mut input = summary_input(plan, snap, &rows, &intensity, &marks);
-        input.time_limit = time_limit;
-        let text = render_live(&input.input(), SystemTime::now());
+        let text = summary(
+            plan,
+            snap,
+            &rows,
+            &intensity,
+            &marks,
+            time_limit,
+            Some(SystemTime::now()),
+        );
         if let Err(e) = write_as_user(plan, dir, &plan.txt_name(), text.as_bytes()) {
             let mut p = lock(&self.progress);
             // One report per run, not one per refresh.
@@ -305,9 +311,16 @@ impl Tracker {
         if let Err(e) = write_csv(&mut csv, &rows) {
             problems.push(format!("cannot format the footprint CSV: {e}"));
         }
-        let mut input = summary_input(plan, &snapshot, &rows, &intensity, &progress.marks);
-        input.time_limit = progress.time_limit.flatten().or(plan.time_limit);
-        let summary = render_final(&input.input());
+        let time_limit = progress.time_limit.flatten().or(plan.time_limit);
+        let summary = summary(
+            plan,
+            &snapshot,
+            &rows,
+            &intensity,
+            &progress.marks,
+            time_limit,
+            None,
+        );
 
         let mut delivered = Vec::new();
         let mut undelivered = false;
@@ -460,52 +473,37 @@ fn epoch_marks(snap: &Snapshot, marks: &[Mark]) -> Vec<EpochMark> {
         .collect()
 }
 
-fn summary_input<'a>(
-    plan: &'a Plan,
+/// The summary text: the live one as of `now`, or the final one (`None`).
+fn summary(
+    plan: &Plan,
     snap: &Snapshot,
-    rows: &'a [Row],
-    intensity: &'a Resolved,
+    rows: &[Row],
+    intensity: &Resolved,
     marks: &[Mark],
-) -> SummaryInputOwned<'a> {
-    SummaryInputOwned {
-        plan,
-        elapsed: snap.duration,
-        time_limit: plan.time_limit,
-        rows,
-        intensity,
-        marks: epoch_marks(snap, marks),
-    }
-}
-
-/// A [`SummaryInput`] with the converted marks it borrows.
-struct SummaryInputOwned<'a> {
-    plan: &'a Plan,
-    elapsed: Duration,
     time_limit: Option<Duration>,
-    rows: &'a [Row],
-    intensity: &'a Resolved,
-    marks: Vec<EpochMark>,
-}
-
-impl<'a> SummaryInputOwned<'a> {
-    fn input(&'a self) -> SummaryInput<'a> {
-        SummaryInput {
-            job_id: &self.plan.job_id,
-            rows: self.rows,
-            elapsed: self.elapsed,
-            time_limit: self.time_limit,
-            pue: self.plan.config.pue,
-            intensity: self.intensity,
-            epochs: self.plan.epochs.map(|total| EpochProgress {
-                total_epochs: total,
-                before_pred: self.plan.config.epochs_before_pred,
-                start: EpochMark {
-                    at: Duration::ZERO,
-                    cumulative_energy: Joules::ZERO,
-                },
-                marks: &self.marks,
-            }),
-        }
+    now: Option<SystemTime>,
+) -> String {
+    let marks = epoch_marks(snap, marks);
+    let input = SummaryInput {
+        job_id: &plan.job_id,
+        rows,
+        elapsed: snap.duration,
+        time_limit,
+        pue: plan.config.pue,
+        intensity,
+        epochs: plan.epochs.map(|total| EpochProgress {
+            total_epochs: total,
+            before_pred: plan.config.epochs_before_pred,
+            start: EpochMark {
+                at: Duration::ZERO,
+                cumulative_energy: Joules::ZERO,
+            },
+            marks: &marks,
+        }),
+    };
+    match now {
+        Some(now) => render_live(&input, now),
+        None => render_final(&input),
     }
 }
 
