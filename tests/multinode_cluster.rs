@@ -136,11 +136,7 @@ impl T {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .split(';')
-            .next()
-            .and_then(|s| s.parse().ok())
+        common::parsable_job_id(&String::from_utf8_lossy(&o.stdout))
             .unwrap_or_else(|| panic!("sbatch: {}", String::from_utf8_lossy(&o.stderr)))
     }
 

@@ -15,6 +15,18 @@ pub const USER: &str = "ctuser";
 /// How long a job of these tests may take before it counts as hung.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The job id `sbatch --parsable` prints (`ID` or `ID;CLUSTER`).
+pub fn parsable_job_id(stdout: &str) -> Option<u32> {
+    stdout
+        .lines()
+        .next()?
+        .split(';')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -292,11 +304,7 @@ impl Cluster {
         let out = pipe_in(cmd, script);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let id: u32 = stdout
-            .lines()
-            .next()
-            .and_then(|l| l.split(';').next())
-            .and_then(|s| s.trim().parse().ok())
+        let id = parsable_job_id(&stdout)
             .ok_or_else(|| format!("sbatch {sbatch_args:?} gave no job id: {stderr}"))?;
         if out.status.code() == Some(124) {
             return Err(format!("job {id} did not end within {timeout}s"));
