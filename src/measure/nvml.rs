@@ -186,20 +186,7 @@ impl NvmlLib {
             .gpus
             .iter()
             .map(|s| {
-                let mut g = GpuMeter {
-                    uuid: s.uuid.clone(),
-                    index: s.index,
-                    device: None,
-                    share: s.share,
-                    mode: Mode::Unprobed,
-                    opened: now,
-                    energy_j: 0.0,
-                    measured: false,
-                    failures: 0,
-                    stopped: None,
-                    gaps: Vec::new(),
-                    more_gaps: 0,
-                };
+                let mut g = GpuMeter::new(s.uuid.clone(), s.index, s.share, now);
                 g.sample(self.nvml, now);
                 g
             })
@@ -277,6 +264,24 @@ fn is_fatal(e: &NvmlError) -> bool {
 }
 
 impl GpuMeter {
+    /// A GPU not yet read: its mode is probed at the first sample.
+    fn new(uuid: String, index: u32, share: f64, now: Instant) -> GpuMeter {
+        GpuMeter {
+            uuid,
+            index,
+            device: None,
+            share,
+            mode: Mode::Unprobed,
+            opened: now,
+            energy_j: 0.0,
+            measured: false,
+            failures: 0,
+            stopped: None,
+            gaps: Vec::new(),
+            more_gaps: 0,
+        }
+    }
+
     fn read(&mut self, nvml: &'static Nvml) -> Result<Reading, NvmlError> {
         if self.device.is_none() {
             self.device = Some(nvml.device_by_index(self.index)?);
@@ -594,20 +599,7 @@ mod tests {
     }
 
     fn counter_gpu() -> GpuMeter {
-        GpuMeter {
-            uuid: "GPU-x".into(),
-            index: 0,
-            device: None,
-            share: 0.5,
-            mode: Mode::Unprobed,
-            opened: Instant::now(),
-            energy_j: 0.0,
-            measured: false,
-            failures: 0,
-            stopped: None,
-            gaps: Vec::new(),
-            more_gaps: 0,
-        }
+        GpuMeter::new("GPU-x".into(), 0, 0.5, Instant::now())
     }
 
     #[test]
