@@ -38,7 +38,10 @@ impl Row1Hardware {
         let dir = TempDir::new("bench-cpu-powercap")?;
         let epoch = SystemTime::now() - Duration::from_secs(100);
         let zones = vec![(Profile::constant(150.0), Profile::constant(15.0)); PACKAGES];
-        let writer = hardware::powercap(dir.path(), &zones, epoch, Duration::from_millis(10))?;
+        // Counters advance every 100 ms: often enough that every 1 s sample sees
+        // new values, rarely enough that the fixture's writer thread (which real
+        // RAPL does not have) stays out of the figures.
+        let writer = hardware::powercap(dir.path(), &zones, epoch, Duration::from_millis(100))?;
         Ok(Row1Hardware {
             _dir: dir,
             writer,

@@ -12,10 +12,11 @@
 //! target prints FAIL and still exits 0. It exits 2 on a usage error and 1
 //! when a measurement could not be made at all (its line says why).
 //!
-//! Rows 1 and 3 run side by side in this process (each sampler thread's CPU
-//! time is its own, whatever else runs); row 2 runs in fresh child processes
-//! meanwhile. Rows 4 and 5 (wall times of `carbontrack epilog` and
-//! `carbontrack report`) run after them, alone, since they load the CPU.
+//! Row 3 runs first, with row 2 in fresh child processes meanwhile. Then each
+//! row-1 sampler runs alone, one after the other: samplers that wake together
+//! share their wake-ups, so side by side they would look cheaper than the one
+//! sampler slurmstepd runs. Rows 4 and 5 (wall times of `carbontrack epilog`
+//! and `carbontrack report`) run last, since they load the CPU.
 
 #![forbid(unsafe_code)]
 
@@ -120,7 +121,7 @@ fn run(args: &Args) -> Result<Vec<Line>> {
     );
     let library = hardware::fake_nvml_library(args.fake_nvml.as_deref())?;
 
-    // Row 2 in fresh processes, on a thread so rows 1 and 3 keep their clocks.
+    // Row 2 in fresh processes, on a thread so row 3 keeps its clock.
     let row2 = want(2).then(|| {
         let (lib, quick) = (library.clone(), args.quick);
         std::thread::spawn(move || {
@@ -144,7 +145,25 @@ fn run(args: &Args) -> Result<Vec<Line>> {
     } else {
         None
     };
-    let mut cpu_runs = Vec::new();
+    // Row 3 first, beside row 2, then each row-1 sampler alone: a sampler
+    // that wakes together with others shares their wake-ups and caches, and
+    // one woken alone on an idle machine pays for its own. slurmstepd runs one.
+    let mut acc = None;
+    if want(3) {
+        match accuracy::AccuracyRun::start(&library, seconds) {
+            Ok(a) => acc = Some(a),
+            Err(e) => lines.push(Line::error(3, &e)),
+        }
+    }
+    if let Some(a) = &mut acc
+        && let Err(e) = drive(a, accuracy::AccuracyRun::due, accuracy::AccuracyRun::fire)
+    {
+        lines.push(Line::error(3, &e));
+        acc = None;
+    }
+    let row2 = row2.map(|h| h.join());
+
+    let mut results = Vec::new();
     if let Some(hw) = &hw1 {
         let second = Duration::from_secs(1);
         let mut runs = Vec::new();
@@ -163,43 +182,16 @@ fn run(args: &Args) -> Result<Vec<Line>> {
             runs.push((second, 0, set));
         }
         for (interval, delay, set) in runs {
-            match cpu::CpuRun::start(hw, &library, interval, delay, set, seconds) {
-                Ok(r) => cpu_runs.push(r),
+            let run = cpu::CpuRun::start(hw, &library, interval, delay, set, seconds).and_then(
+                |mut r| {
+                    drive(&mut r, cpu::CpuRun::due, cpu::CpuRun::fire)?;
+                    Ok(r.result())
+                },
+            );
+            match run {
+                Ok(r) => results.extend(r),
                 Err(e) => lines.push(Line::error(1, &e)),
             }
-        }
-    }
-    let mut acc = None;
-    if want(3) {
-        match accuracy::AccuracyRun::start(&library, seconds) {
-            Ok(a) => acc = Some(a),
-            Err(e) => lines.push(Line::error(3, &e)),
-        }
-    }
-
-    // Fire each run's readings when due.
-    loop {
-        let next = cpu_runs
-            .iter()
-            .filter_map(cpu::CpuRun::due)
-            .chain(acc.as_ref().and_then(accuracy::AccuracyRun::due))
-            .min();
-        let Some(at) = next else { break };
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        let now = Instant::now();
-        for r in &mut cpu_runs {
-            if r.due().is_some_and(|t| t <= now)
-                && let Err(e) = r.fire()
-            {
-                lines.push(Line::error(1, &e));
-            }
-        }
-        if let Some(a) = &mut acc
-            && a.due().is_some_and(|t| t <= now)
-            && let Err(e) = a.fire()
-        {
-            lines.push(Line::error(3, &e));
-            acc = None;
         }
     }
 
@@ -228,7 +220,6 @@ fn run(args: &Args) -> Result<Vec<Line>> {
     }
 
     let hot = hw1.as_ref().map(|hw| cpu::hot_costs(hw, &library, 20_000));
-    let mut results: Vec<cpu::CpuResult> = cpu_runs.iter().filter_map(|r| r.result()).collect();
     results.sort_by_key(|r| (r.set, r.delay_us, std::cmp::Reverse(r.interval)));
     for r in &results {
         lines.extend(row1_lines(r));
@@ -239,8 +230,8 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         Some(Err(e)) => lines.push(Line::error(1, &e)),
         None => {}
     }
-    if let Some(h) = row2 {
-        match h.join() {
+    if let Some(r) = row2 {
+        match r {
             Ok((plain, week)) => lines.extend(row2_lines(plain, week)),
             Err(_) => lines.push(Line::error(
                 2,
@@ -265,6 +256,19 @@ fn run(args: &Args) -> Result<Vec<Line>> {
     }
     lines.sort_by_key(|l| l.row);
     Ok(lines)
+}
+
+/// Sleeps until each reading of `run` is due and takes it.
+fn drive<R>(
+    run: &mut R,
+    due: impl Fn(&R) -> Option<Instant>,
+    mut fire: impl FnMut(&mut R) -> Result<()>,
+) -> Result<()> {
+    while let Some(at) = due(run) {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        fire(run)?;
+    }
+    Ok(())
 }
 
 fn interval_text(d: Duration) -> String {
