@@ -135,7 +135,12 @@ fn energy_counters_match_injected_energy_within_one_percent() {
         eprintln!("counter GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
         assert!(err < 0.01, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
     }
-    assert!(log.iter().all(|l| !l.contains("power samples")), "{log:?}");
+    assert!(
+        log.iter()
+            .filter(|l| l.starts_with("GPU-"))
+            .all(|l| l.ends_with("energy counter")),
+        "{log:?}"
+    );
     assert_eq!(r.epoch, epoch);
 }
 
@@ -171,8 +176,98 @@ fn power_only_gpu_on_a_step_load_within_three_percent_at_one_second() {
         assert!(err < bound, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
     }
     let power_line = log.iter().find(|l| l.starts_with(&uuid(0))).unwrap();
-    assert!(power_line.ends_with("power samples"), "{log:?}");
+    assert!(power_line.ends_with("power readings"), "{log:?}");
     assert!(log.iter().any(|l| l.contains("all 2 GPUs")), "{log:?}");
+}
+
+#[test]
+fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
+    // A 0.1 s burst at 300 W every second, locked to the 1 s interval: one
+    // power reading per sample sees the same phase every time, so it counts
+    // the burst always or never. The driver's samples every 20 ms see it. (Its
+    // edges fall between samples: one exactly on a sample would be read as
+    // either power, as floating point rounds.)
+    let epoch = unix_now() - 0.5;
+    let spiky: Profile = "40@0.45,300@0.1,40@0.45".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}",
+        gpu(
+            0,
+            "power = 40@0.45,300@0.1,40@0.45\nenergy = none\nsamples = 20"
+        ),
+        gpu(1, "power = 40@0.45,300@0.1,40@0.45\nenergy = none"),
+    );
+    let lib = fake_nvml("buffer", &config);
+    let (meter, log, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(1), 8);
+    let all = totals(&meter);
+    let line = |n| log.iter().find(|l| l.starts_with(&uuid(n))).unwrap();
+    assert!(line(0).ends_with("the driver's power samples"), "{log:?}");
+    assert!(line(1).ends_with("power readings"), "{log:?}");
+
+    // The buffered samples span whole 20 ms steps, from the newest sample at
+    // opening to the newest at the last read.
+    let step = |t: f64| (t / 0.02).floor() * 0.02;
+    let last = r.samples.last().unwrap();
+    let truth = spiky.energy_between(step(r.opened.mid()), step(last.mid()));
+    let e = entry(&all, &uuid(0));
+    assert_eq!(e.status, Status::Ok);
+    let measured = e.energy.unwrap().0;
+    let err = relative_error(measured, truth);
+    eprintln!("buffered power: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
+    assert!(err < 0.02, "{measured} J vs {truth} J ({err:.4})");
+
+    let readings = entry(&all, &uuid(1)).energy.unwrap().0;
+    let truth = spiky.energy_between(r.opened.mid(), last.mid());
+    eprintln!(
+        "one reading per sample: {readings:.2} J measured, {truth:.2} J injected ({:+.3})",
+        readings / truth - 1.0
+    );
+}
+
+#[test]
+fn a_driver_buffer_that_stops_is_left_for_direct_readings() {
+    // The buffer stops at 1.2 s; after 3 silent reads and 2 s the GPU is read
+    // directly, and the stretch between is a gap, not zero power.
+    let epoch = unix_now();
+    let p: Profile = "200".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}",
+        gpu(
+            0,
+            "power = 200\nenergy = none\nsamples = 20\nsamples_stop = 1.2"
+        ),
+    );
+    let lib = fake_nvml("stalled", &config);
+    let (meter, log, r) = run(
+        &lib,
+        &GpuHints::default(),
+        epoch,
+        Duration::from_millis(500),
+        12,
+    );
+    assert!(
+        log[log.len() - 1].ends_with("the driver's power samples"),
+        "{log:?}"
+    );
+    let all = totals(&meter);
+    let e = entry(&all, &uuid(0));
+    let Status::Incomplete(why) = &e.status else {
+        panic!("{:?}", e.status)
+    };
+    assert!(why.contains("power samples stopped at 20"), "{why}");
+    assert!(why.contains("power read directly from then on"), "{why}");
+    let measured = e.energy.unwrap().0;
+    let last = r.samples.last().unwrap().mid();
+    let before_stop = p.energy_between(r.opened.mid(), 1.2);
+    let whole = p.energy_between(r.opened.mid(), last);
+    // Counted: up to the stop, and from the switch to the end. The last new
+    // samples come at the read at 1.5 s; the switch comes 2 s later or one
+    // read after that (3.5 or 4 s).
+    assert!(
+        measured > (before_stop + 200.0 * (last - 4.1)) * 0.99,
+        "{measured} J, {before_stop} J before the stop"
+    );
+    assert!(measured < whole - 200.0 * 2.0, "{measured} J of {whole} J");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The only module with `unsafe`: Slurm's SPANK C API and the few OS calls std
-//! does not wrap. Everything here is a thin, safe face over a C call; the
+//! The only module with `unsafe`: Slurm's SPANK C API, the few OS calls std
+//! does not wrap, and the one NVML call nvml-wrapper cannot make without
+//! allocating. Everything here is a thin, safe face over a C call; the
 //! logic it serves lives in safe modules ([`crate::plugin`], [`crate::measure`]).
 //!
 //! Slurm functions are looked up at run time in the process that loaded the
@@ -8,6 +9,7 @@
 
 mod exports;
 pub mod identity;
+pub mod nvml_samples;
 pub mod signals;
 pub mod slurm_conf;
 mod spank;

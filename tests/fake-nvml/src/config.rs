@@ -15,6 +15,11 @@
 //! minor = 0                 # optional, default = index
 //! power = 100@5,300@5       # watts profile (carbontrack_fixtures::profile)
 //! energy = counter          # counter | none (total energy: NOT_SUPPORTED)
+//! samples = 20              # optional: the driver's power sample buffer,
+//!                           # a sample every 20 ms (nvmlDeviceGetSamples);
+//!                           # without it the call answers NOT_SUPPORTED
+//! sample_buffer = 120       # optional: samples the buffer keeps (default 120)
+//! samples_stop = 2.0        # optional: seconds after epoch; no new samples then
 //! fail_after = 3.5          # optional: seconds after epoch; then GPU_IS_LOST
 //! reload_at = 2.0           # optional: the energy counter restarts from 0 then
 //! pids = 100,200            # optional: compute processes running on it
@@ -23,6 +28,9 @@
 //!
 //! The truth a test compares with is `Profile::energy_between` over the same
 //! profile: the fake reports `power_at(now)` in mW and `energy_to(now)` in mJ.
+//! Buffered sample `k` is `power_at(k × samples)`, stamped with the unix time
+//! `epoch + k × samples` in µs; the buffer starts at the epoch (no samples
+//! before the "driver" loaded) and keeps the newest `sample_buffer`.
 
 use std::ffi::CString;
 use std::time::Duration;
@@ -44,6 +52,11 @@ pub struct Gpu {
     pub minor: u32,
     pub power: Profile,
     pub counter: bool,
+    /// Seconds between the driver's buffered power samples; None: no buffer.
+    pub sample_period: Option<f64>,
+    pub sample_buffer: u32,
+    /// Seconds after the epoch from which the buffer gets no new samples.
+    pub samples_stop: Option<f64>,
     pub fail_after: Option<f64>,
     pub reload_at: Option<f64>,
     pub pids: Vec<u32>,
@@ -58,6 +71,9 @@ impl Gpu {
             minor: index as u32,
             power: Profile::constant(0.0),
             counter: true,
+            sample_period: None,
+            sample_buffer: 120,
+            samples_stop: None,
             fail_after: None,
             reload_at: None,
             pids: Vec::new(),
@@ -118,6 +134,20 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     _ => return Err(at(format!("energy must be counter or none, not `{v}`"))),
                 }
             }
+            ("samples", Some(g)) => {
+                let ms: f64 = number(key, v).map_err(at)?;
+                if !(ms > 0.0 && ms.is_finite()) {
+                    return Err(at(format!("samples must be a period in ms > 0, not `{v}`")));
+                }
+                g.sample_period = Some(ms / 1e3);
+            }
+            ("sample_buffer", Some(g)) => {
+                g.sample_buffer = number(key, v).map_err(at)?;
+                if g.sample_buffer == 0 {
+                    return Err(at("sample_buffer must be at least 1".into()));
+                }
+            }
+            ("samples_stop", Some(g)) => g.samples_stop = Some(number(key, v).map_err(at)?),
             ("fail_after", Some(g)) => g.fail_after = Some(number(key, v).map_err(at)?),
             ("reload_at", Some(g)) => g.reload_at = Some(number(key, v).map_err(at)?),
             ("pids", Some(g)) => {
@@ -153,7 +183,8 @@ mod tests {
     fn parses_the_documented_example() {
         let c = parse(
             "epoch = 10.5\ndelay_us = 3\n[gpu]\nuuid = GPU-a # first\npower = 100@5,300@5\n\
-             energy = none\nfail_after = 3.5\npids = 1, 2\nmig = MIG-x,MIG-y\n[gpu]\nuuid = GPU-b\nminor = 7\n",
+             energy = none\nsamples = 20\nsample_buffer = 50\nsamples_stop = 9\nfail_after = 3.5\npids = 1, 2\n\
+             mig = MIG-x,MIG-y\n[gpu]\nuuid = GPU-b\nminor = 7\n",
         )
         .unwrap();
         assert_eq!(c.epoch, 10.5);
@@ -165,6 +196,9 @@ mod tests {
         assert!(!a.counter);
         assert_eq!(a.power.mean_power(), 200.0);
         assert_eq!(a.fail_after, Some(3.5));
+        assert_eq!((a.sample_period, a.sample_buffer), (Some(0.02), 50));
+        assert_eq!(a.samples_stop, Some(9.0));
+        assert_eq!(c.gpus[1].sample_period, None);
         assert_eq!(a.pids, [1, 2]);
         assert_eq!(a.migs.len(), 2);
         assert_eq!(a.minor, 0);
@@ -181,6 +215,8 @@ mod tests {
             "driver = gone",
             "[gpu]\nuuid = GPU-a\ncolour = red",
             "epoch",
+            "[gpu]\nuuid = GPU-a\nsamples = 0",
+            "[gpu]\nuuid = GPU-a\nsample_buffer = 0",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -349,6 +349,95 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     })
 }
 
+/// `nvmlValue_t`: the fake fills `ui` (NVML_VALUE_TYPE_UNSIGNED_INT), as
+/// drivers do for power.
+#[repr(C)]
+pub union SampleValue {
+    ui: c_uint,
+    /// Makes the union 8 bytes, as NVML's is.
+    _wide: c_ulonglong,
+}
+
+/// `nvmlSample_t`.
+#[repr(C)]
+pub struct Sample {
+    time_stamp: c_ulonglong,
+    value: SampleValue,
+}
+
+const TOTAL_POWER_SAMPLES: c_uint = 0;
+const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
+
+/// Sample `k`'s timestamp: unix time in µs.
+fn sample_stamp(cfg: &Config, period: f64, k: i64) -> c_ulonglong {
+    ((cfg.epoch + k as f64 * period) * 1e6).round() as c_ulonglong
+}
+
+/// The buffered power samples newer than `last_seen` (µs), as `(k, stamp)`
+/// of the first and the count; None when there is none.
+fn samples_after(cfg: &Config, g: &Gpu, period: f64, last_seen: u64) -> Option<(i64, u32)> {
+    let stamp = |k| sample_stamp(cfg, period, k);
+    let until = g.samples_stop.map_or(now(cfg), |stop| stop.min(now(cfg)));
+    let newest = (until / period).floor() as i64;
+    let oldest = (newest - i64::from(g.sample_buffer) + 1).max(0);
+    let mut first = if last_seen == 0 {
+        oldest
+    } else {
+        (((last_seen as f64 / 1e6 - cfg.epoch) / period).floor() as i64).max(oldest)
+    };
+    while first <= newest && stamp(first) <= last_seen {
+        first += 1;
+    }
+    (first <= newest).then(|| (first, (newest - first + 1) as u32))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSamples(
+    h: Handle,
+    kind: c_uint,
+    last_seen: c_ulonglong,
+    value_type: *mut c_uint,
+    count: *mut c_uint,
+    samples: *mut Sample,
+) -> Ret {
+    on_gpu(h, |cfg, _, g| {
+        let Some(period) = g.sample_period.filter(|_| kind == TOTAL_POWER_SAMPLES) else {
+            return NOT_SUPPORTED;
+        };
+        if count.is_null() || value_type.is_null() {
+            return INVALID_ARGUMENT;
+        }
+        let Some((first, available)) = samples_after(cfg, g, period, last_seen) else {
+            return NOT_FOUND;
+        };
+        // SAFETY: checked non-null above; NVML's contract makes them valid.
+        unsafe { value_type.write(VALUE_TYPE_UNSIGNED_INT) };
+        if samples.is_null() {
+            // SAFETY: as above.
+            unsafe { count.write(available) };
+            return SUCCESS;
+        }
+        // SAFETY: as above.
+        let room = unsafe { count.read() };
+        let n = available.min(room);
+        for i in 0..n {
+            let k = first + i64::from(i);
+            let watts = g.power.power_at(k as f64 * period);
+            let s = Sample {
+                time_stamp: sample_stamp(cfg, period, k),
+                value: SampleValue {
+                    ui: (watts * 1e3).round() as c_uint,
+                },
+            };
+            // SAFETY: the caller's array holds `room` >= n samples.
+            unsafe { samples.add(i as usize).write(s) };
+        }
+        // SAFETY: as above.
+        unsafe { count.write(n) };
+        SUCCESS
+    })
+}
+
 /// `nvmlProcessInfo_v2_t`, the element `_v3` fills (24 bytes).
 #[repr(C)]
 pub struct ProcessInfo {
