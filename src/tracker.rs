@@ -383,6 +383,7 @@ impl Finished {
                 timeline: Default::default(),
                 timeline_bucket: Duration::ZERO,
                 problem: None,
+                sampler_cpu: None,
             },
             rows: Vec::new(),
             intensity: resolve(

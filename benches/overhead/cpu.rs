@@ -7,6 +7,12 @@
 //!
 //! Readings are taken half an interval after a sample is due, so the sample
 //! count and the CPU time read together belong to the same completed samples.
+//!
+//! One run wraps the meters in [`Timed`], which reads the thread's CPU clock
+//! around their `sample()`: that splits a sample into the meters' reads and
+//! the rest (wake-up, sleep, bookkeeping) without guessing from other runs.
+//! Each sampler also reports its own CPU time (`Snapshot::sampler_cpu`, the
+//! figure the plugin logs at the end of a job), set beside schedstat's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use carbontrack::measure::Meter;
-use carbontrack::measure::sampler::{Sampler, SamplerOptions};
+use carbontrack::ffi::clock::thread_cpu_time;
+use carbontrack::measure::sampler::{Sampler, SamplerCpu, SamplerOptions};
+use carbontrack::measure::{DeviceEnergy, Meter};
 use carbontrack_fixtures::powercap::PowercapWriter;
 use carbontrack_fixtures::profile::Profile;
 use carbontrack_fixtures::tempdir::TempDir;
@@ -55,6 +62,9 @@ impl Row1Hardware {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Set {
     Full,
+    /// The full set inside [`Timed`]: the meters' share of each sample,
+    /// measured on the sampler thread.
+    FullTimed,
     /// The thread alone: wake-up, clocks, locks, bookkeeping.
     NoMeters,
     RaplOnly,
@@ -68,6 +78,7 @@ impl Set {
     fn code(self) -> char {
         match self {
             Set::Full => 'f',
+            Set::FullTimed => 't',
             Set::NoMeters => 'n',
             Set::RaplOnly => 'r',
             Set::NvmlOnly => 'g',
@@ -85,11 +96,25 @@ pub struct CpuResult {
     pub samples: u64,
     pub cpu: Duration,
     pub wall: Duration,
+    /// [`Set::FullTimed`]: CPU time inside the meters' `sample()` over the
+    /// same samples.
+    pub meters: Option<Duration>,
+    /// The sampler's own figure after its stop, covering the whole thread.
+    pub self_reported: Option<SamplerCpu>,
+    /// schedstat's figure for the whole thread at the last reading, and the
+    /// thread's samples then (the baseline is not the thread's).
+    pub whole_thread: Option<(Duration, u64)>,
 }
 
 impl CpuResult {
     pub fn per_sample(&self) -> Duration {
         self.cpu / u32::try_from(self.samples.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The meters' CPU time a sample, for [`Set::FullTimed`].
+    pub fn meters_per_sample(&self) -> Option<Duration> {
+        self.meters
+            .map(|m| m / u32::try_from(self.samples.max(1)).unwrap_or(u32::MAX))
     }
 
     /// Share of one core, in percent.
@@ -107,8 +132,10 @@ pub struct CpuRun {
     task: PathBuf,
     begin_at: Instant,
     end_at: Instant,
-    begin: Option<(Duration, u64, Instant)>,
+    begin: Option<(Duration, u64, Instant, Duration)>,
     result: Option<CpuResult>,
+    /// Shared with the [`Timed`] meter of a [`Set::FullTimed`] run.
+    timed: Option<Arc<AtomicU64>>,
     _nvml: FakeNvml,
 }
 
@@ -131,13 +158,18 @@ impl CpuRun {
         let nvml = FakeNvml::install(library, &label, &config)?;
         let meters = JobMeters::open(hw.writer.root(), nvml.lib(), interval);
         let (rapl_rows, gpus) = match set {
-            Set::Full => (2 * PACKAGES, GPUS),
+            Set::Full | Set::FullTimed => (2 * PACKAGES, GPUS),
             Set::NoMeters | Set::Sleeper => (0, 0),
             Set::RaplOnly => (2 * PACKAGES, 0),
             Set::NvmlOnly => (0, GPUS),
         };
+        let timed = (set == Set::FullTimed).then(|| Arc::new(AtomicU64::new(0)));
         let meters: Vec<Box<dyn Meter>> = match set {
             Set::Full => meters.into_boxes(),
+            Set::FullTimed => vec![Box::new(Timed {
+                meters: meters.into_boxes(),
+                spent_ns: Arc::clone(timed.as_ref().context("timed run without its counter")?),
+            })],
             Set::NoMeters | Set::Sleeper => Vec::new(),
             Set::RaplOnly => vec![Box::new(meters.rapl)],
             Set::NvmlOnly => vec![Box::new(meters.nvml)],
@@ -172,6 +204,7 @@ impl CpuRun {
             end_at: begin_at + interval * measured,
             begin: None,
             result: None,
+            timed,
             _nvml: nvml,
         })
     }
@@ -191,9 +224,16 @@ impl CpuRun {
         let samples = probe.samples();
         let cpu = thread_cpu(&self.task)?;
         let now = Instant::now();
+        let in_meters = self
+            .timed
+            .as_ref()
+            .map(|t| Duration::from_nanos(t.load(Ordering::Relaxed)));
         match self.begin {
-            None => self.begin = Some((cpu, samples, now)),
-            Some((cpu0, samples0, t0)) => {
+            None => {
+                self.begin = Some((cpu, samples, now, in_meters.unwrap_or_default()));
+            }
+            Some((cpu0, samples0, t0, meters0)) => {
+                let self_reported = self.probe.take().and_then(Probe::stop);
                 self.result = Some(CpuResult {
                     set: self.set,
                     interval: self.interval,
@@ -201,10 +241,10 @@ impl CpuRun {
                     samples: samples - samples0,
                     cpu: cpu.saturating_sub(cpu0),
                     wall: now - t0,
+                    meters: in_meters.map(|m| m.saturating_sub(meters0)),
+                    self_reported,
+                    whole_thread: self_reported.map(|_| (cpu, samples.saturating_sub(1))),
                 });
-                if let Some(p) = self.probe.take() {
-                    p.stop();
-                }
             }
         }
         Ok(())
@@ -258,14 +298,43 @@ impl Probe {
         }
     }
 
-    /// The sleeper is not joined: it ends by itself within an interval, and
-    /// waiting for it would delay the other runs' readings.
-    fn stop(self) {
+    /// The sampler's own CPU figure, once stopped. The sleeper is not
+    /// joined: it ends by itself within an interval.
+    fn stop(self) -> Option<SamplerCpu> {
         match self {
-            Probe::Sampler(s) => {
-                let _ = s.stop();
+            Probe::Sampler(s) => s.stop().ok().and_then(|snap| snap.sampler_cpu),
+            Probe::Sleeper { stop, .. } => {
+                stop.store(true, Ordering::Relaxed);
+                None
             }
-            Probe::Sleeper { stop, .. } => stop.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
+/// The job's meters behind one, which reads the sampler thread's CPU clock
+/// before and after them and adds up the difference. Bench-only: the two
+/// clock reads a sample are the price of the split, and the plugin never
+/// pays it.
+struct Timed {
+    meters: Vec<Box<dyn Meter>>,
+    spent_ns: Arc<AtomicU64>,
+}
+
+impl Meter for Timed {
+    fn sample(&mut self, now: Instant) {
+        let before = thread_cpu_time();
+        for m in &mut self.meters {
+            m.sample(now);
+        }
+        if let (Some(a), Some(b)) = (before, thread_cpu_time()) {
+            let ns = u64::try_from(b.saturating_sub(a).as_nanos()).unwrap_or(u64::MAX);
+            self.spent_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    fn totals(&self, out: &mut Vec<DeviceEnergy>) {
+        for m in &self.meters {
+            m.totals(out);
         }
     }
 }

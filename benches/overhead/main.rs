@@ -174,6 +174,7 @@ fn run(args: &Args) -> Result<Vec<Line>> {
         }
         // Where carbontrack's own time goes, at the target's interval.
         for set in [
+            cpu::Set::FullTimed,
             cpu::Set::NoMeters,
             cpu::Set::RaplOnly,
             cpu::Set::NvmlOnly,
@@ -282,6 +283,7 @@ fn interval_text(d: Duration) -> String {
 fn row1_lines(r: &cpu::CpuResult) -> Vec<Line> {
     let part = match r.set {
         cpu::Set::Full => None,
+        cpu::Set::FullTimed => return timed_lines(r),
         cpu::Set::NoMeters => Some("the sampler thread alone, no meters".to_string()),
         cpu::Set::Sleeper => Some(
             "reference, not carbontrack: a bare thread sleeping to the same deadlines".to_string(),
@@ -327,7 +329,70 @@ fn row1_lines(r: &cpu::CpuResult) -> Vec<Line> {
     } else {
         out.push(Line::info(1, what, format!("{pct:.4} %")));
     }
+    if r.interval == Duration::from_secs(1) && r.delay_us == 0 {
+        out.extend(self_reported_line(r));
+    }
     out
+}
+
+/// The sampler's own figure (what the plugin logs at the end of a job) beside
+/// schedstat's for the same thread: both whole-thread, start-up included.
+fn self_reported_line(r: &cpu::CpuResult) -> Option<Line> {
+    let own = r.self_reported?;
+    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    let schedstat = r
+        .whole_thread
+        .filter(|&(_, n)| n > 0)
+        .map(|(cpu, n)| us(cpu / u32::try_from(n).unwrap_or(u32::MAX)))
+        .unwrap_or_else(|| "none".into());
+    Some(Line::info(
+        1,
+        format!(
+            "  the sampler's own figure, as the job's log line gives it (\"{own}\"; whole \
+             thread, start-up included); schedstat for the same thread: {schedstat}"
+        ),
+        own.per_sample().map_or_else(|| "none".into(), us),
+    ))
+}
+
+/// The run whose meters were timed from inside the thread: the meters' share
+/// of a sample, and the rest of that same run's per-sample figure.
+fn timed_lines(r: &cpu::CpuResult) -> Vec<Line> {
+    let Some(meters) = r.meters_per_sample() else {
+        return Vec::new();
+    };
+    let us = |d: f64| format!("{:.1} µs", d * 1e6);
+    let total = r.per_sample().as_secs_f64();
+    let meters = meters.as_secs_f64();
+    let set = format!(
+        "{} pkg + DRAM, {} counter GPUs, NVML {} µs/call, every {}; {} samples",
+        cpu::PACKAGES,
+        cpu::GPUS,
+        r.delay_us,
+        interval_text(r.interval),
+        r.samples
+    );
+    vec![
+        Line::info(
+            1,
+            format!("  breakdown ({set}): sampler CPU per sample, meters timed from inside"),
+            us(total),
+        ),
+        Line::info(
+            1,
+            "  of which reading the meters (RAPL + NVML), measured inside the thread, per \
+             sample"
+                .into(),
+            us(meters),
+        ),
+        Line::info(
+            1,
+            "  the rest: wake-up, sleep and the sampler's bookkeeping (that run's figure less \
+             the meters)"
+                .into(),
+            us(total - meters),
+        ),
+    ]
 }
 
 /// The sampler's own work: its CPU per sample at 1 s less the bare sleeping

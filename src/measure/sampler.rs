@@ -13,6 +13,9 @@
 //! refreshes and observers that ask. `tests/fixtures/tests/sampler_alloc.rs`
 //! checks this with a counting allocator.
 //!
+//! The thread also reports what it costs ([`Snapshot::sampler_cpu`]), read
+//! from the OS at its start, its refreshes and its stop, never per sample.
+//!
 //! Memory stays flat over a long job: the timeline's storage is reserved at
 //! its cap once (pages are only touched as points arrive), a point is 32
 //! bytes, merging happens in place, and snapshots share the stored points
@@ -204,6 +207,67 @@ pub struct Snapshot {
     /// Set when the thread failed (a meter panicked): the figures stop at the
     /// last sample it completed.
     pub problem: Option<String>,
+    /// The sampler thread's own CPU time, as of its last refresh (once a
+    /// minute by default) or its stop, not as of the last sample: reading the
+    /// clock is a system call, which the thread keeps out of its per-sample
+    /// work. After [`Sampler::stop`] it covers the whole thread. `None` where
+    /// the clock could not be read.
+    pub sampler_cpu: Option<SamplerCpu>,
+}
+
+/// What the sampler thread has cost: the figure an admin compares with the
+/// issue's budget (20 µs a sample) on their own nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplerCpu {
+    /// CPU time (user + system) of the thread since it started: its samples,
+    /// wake-ups, refreshes and start-up, as the scheduler counts them.
+    pub used: Duration,
+    /// Samples the thread had taken when `used` was read. The baseline sample
+    /// is taken on the caller's thread, so it is not among them.
+    pub samples: u64,
+}
+
+impl SamplerCpu {
+    /// Mean CPU time a sample; `None` before the thread's first sample.
+    pub fn per_sample(&self) -> Option<Duration> {
+        let n = u32::try_from(self.samples).unwrap_or(u32::MAX);
+        (n > 0).then(|| self.used / n)
+    }
+}
+
+/// `sampler CPU 61 ms over 3600 samples (17 µs a sample)`: short enough to
+/// ride on the job's final log line.
+impl fmt::Display for SamplerCpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sampler CPU {}", short_duration(self.used))?;
+        match self.per_sample() {
+            Some(each) => write!(
+                f,
+                " over {} sample{} ({} a sample)",
+                self.samples,
+                if self.samples == 1 { "" } else { "s" },
+                short_duration(each)
+            ),
+            None => f.write_str(" (no samples on its thread)"),
+        }
+    }
+}
+
+/// Two or three significant digits in the unit that fits: µs, ms or s.
+fn short_duration(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    let (v, unit) = if us < 1e3 {
+        (us, "µs")
+    } else if us < 1e6 {
+        (us / 1e3, "ms")
+    } else {
+        (us / 1e6, "s")
+    };
+    if v < 10.0 {
+        format!("{v:.1} {unit}")
+    } else {
+        format!("{v:.0} {unit}")
+    }
 }
 
 impl Snapshot {
@@ -306,6 +370,8 @@ struct Inner {
     timeline: Arc<Mutex<Buckets>>,
     scratch: Vec<DeviceEnergy>,
     problem: Option<String>,
+    /// Set by the thread only (see [`Snapshot::sampler_cpu`]).
+    sampler_cpu: Option<SamplerCpu>,
 }
 
 /// Poisoning only means a meter panicked mid-sample; the totals are still the
@@ -342,6 +408,7 @@ impl Sampler {
             timeline: Arc::clone(&timeline),
             scratch: Vec::new(),
             problem: None,
+            sampler_cpu: None,
         };
         let mut observer = observer;
         let t0 = Instant::now();
@@ -495,7 +562,18 @@ impl Inner {
             timeline,
             timeline_bucket,
             problem: self.problem.clone(),
+            sampler_cpu: self.sampler_cpu,
         }
+    }
+
+    /// Records the calling (sampler) thread's CPU time; called at its start,
+    /// refreshes and stop only.
+    fn read_own_cpu(&mut self) {
+        self.sampler_cpu = crate::ffi::clock::thread_cpu_time().map(|used| SamplerCpu {
+            used,
+            // All but the baseline, which the caller's thread took.
+            samples: self.samples.saturating_sub(1),
+        });
     }
 }
 
@@ -520,6 +598,7 @@ fn run(
     // Process-directed signals must go to slurmstepd's own threads. Failure
     // here is not worth losing the measurement over.
     let _ = crate::ffi::signals::block_all();
+    lock(&shared.inner).read_own_cpu();
     lock(&shared.control).running = true;
     shared.wake.notify_all();
     let body = AssertUnwindSafe(|| {
@@ -564,7 +643,11 @@ fn run(
 /// Builds a snapshot, hands it to the observer outside the lock, keeps it
 /// without its timeline (see [`Shared::published`]).
 fn refresh(shared: &Shared, observer: &mut Option<Box<dyn Observer>>) {
-    let mut snap = lock(&shared.inner).snapshot();
+    let mut snap = {
+        let mut inner = lock(&shared.inner);
+        inner.read_own_cpu();
+        inner.snapshot()
+    };
     if let Some(obs) = observer.as_deref_mut() {
         obs.on_refresh(&snap);
     }
@@ -934,6 +1017,42 @@ mod tests {
     }
 
     #[test]
+    fn sampler_cpu_reads_in_one_phrase() {
+        let us = Duration::from_micros;
+        for (used, samples, text) in [
+            (
+                Duration::from_millis(61),
+                3600,
+                "sampler CPU 61 ms over 3600 samples (17 µs a sample)",
+            ),
+            (
+                us(172),
+                4,
+                "sampler CPU 172 µs over 4 samples (43 µs a sample)",
+            ),
+            (
+                us(9),
+                1,
+                "sampler CPU 9.0 µs over 1 sample (9.0 µs a sample)",
+            ),
+            // A week at 1 s and 20 µs a sample.
+            (
+                us(604_800 * 20),
+                604_800,
+                "sampler CPU 12 s over 604800 samples (20 µs a sample)",
+            ),
+            (
+                Duration::from_millis(2500),
+                1000,
+                "sampler CPU 2.5 s over 1000 samples (2.5 ms a sample)",
+            ),
+            (us(80), 0, "sampler CPU 80 µs (no samples on its thread)"),
+        ] {
+            assert_eq!(SamplerCpu { used, samples }.to_string(), text);
+        }
+    }
+
+    #[test]
     fn rejects_nonsense_options() {
         for opts in [
             SamplerOptions {
@@ -954,6 +1073,9 @@ mod tests {
         let opts = SamplerOptions {
             interval: Duration::from_millis(5),
             bucket: Duration::from_millis(40),
+            // No refresh before the stop: the thread's CPU is read at its
+            // start and its stop only.
+            refresh: Duration::from_secs(3600),
             thread_name: "ct-unit-snap".into(),
             ..SamplerOptions::default()
         };
@@ -974,6 +1096,15 @@ mod tests {
         let mid = s.snapshot();
         let fin = s.stop().unwrap();
         assert!(fin.samples > mid.samples && mid.samples >= 30);
+        // The thread's CPU is not read per sample: mid-run it is still the
+        // reading at its start; after the stop it covers every sample the
+        // thread took, all but the baseline.
+        let started = first.sampler_cpu.unwrap();
+        assert_eq!(started.samples, 0);
+        assert_eq!(mid.sampler_cpu, Some(started));
+        let cpu_used = fin.sampler_cpu.unwrap();
+        assert_eq!(cpu_used.samples, fin.samples - 1);
+        assert!(cpu_used.used > started.used && cpu_used.used > Duration::ZERO);
         // Energy is power × the monotonic time between first and last sample.
         let secs = fin.duration.as_secs_f64();
         let cpu = fin.component(Component::Cpu).unwrap().0;

@@ -21,6 +21,7 @@ use crate::footprint::{Row, merge_segments, read_csv, write_csv};
 use crate::job::JobInfo;
 use crate::measure::cpuset;
 use crate::measure::gpus::GpuHints;
+use crate::measure::sampler::SamplerCpu;
 use crate::plugin::options::JobChoice;
 use crate::plugin::{Host, Level, SlurmConf, Step};
 use crate::run::hostname;
@@ -342,7 +343,13 @@ impl Tracking {
             }
         };
         let _ = std::fs::remove_file(self.spool.live_path(job_id, &self.job.node));
-        host.log(Level::Info, &format!("job {job_id}: {}", one_line(&rows)));
+        host.log(
+            Level::Info,
+            &format!(
+                "job {job_id}: {}",
+                one_line(&rows, done.snapshot.sampler_cpu.as_ref())
+            ),
+        );
         if !self.writes_user_files {
             return;
         }
@@ -393,8 +400,18 @@ impl Tracking {
     }
 }
 
-/// The node's result in one log line.
-fn one_line(rows: &[Row]) -> String {
+/// The node's result in one log line, with what this segment's sampler thread
+/// cost: the figure admins check against the overhead budget on their own
+/// nodes, said here rather than in a line of its own.
+fn one_line(rows: &[Row], cpu: Option<&SamplerCpu>) -> String {
+    let result = node_result(rows);
+    match cpu {
+        Some(c) => format!("{result}; {c}"),
+        None => result,
+    }
+}
+
+fn node_result(rows: &[Row]) -> String {
     match rows.iter().find(|r| r.is_total()) {
         Some(t) => match (t.energy_kwh, t.co2e_g) {
             (Some(kwh), Some(g)) => {
@@ -409,5 +426,66 @@ fn one_line(rows: &[Row]) -> String {
             _ => format!("nothing measured on {} ({})", t.node, t.status),
         },
         None => "no footprint rows".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total(energy_kwh: Option<f64>, co2e_g: Option<f64>, status: &str) -> Row {
+        Row {
+            job_id: "42".into(),
+            node: "n1".into(),
+            component: crate::footprint::TOTAL.into(),
+            device: String::new(),
+            start: String::new(),
+            end: String::new(),
+            duration_s: 3600.2,
+            share: None,
+            energy_j: energy_kwh.map(|k| k * 3.6e6),
+            pue: 1.0,
+            energy_kwh,
+            intensity_g_per_kwh: None,
+            co2e_g,
+            status: status.into(),
+            intensity_source: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_final_line_carries_the_sampler_cost() {
+        let cpu = SamplerCpu {
+            used: Duration::from_millis(61),
+            samples: 3600,
+        };
+        let measured = [total(Some(0.5), Some(123.4567), "ok")];
+        let none = [total(None, None, "unavailable: no RAPL")];
+        let kwh = crate::footprint::fmt_kwh(0.5);
+        for (rows, cpu, line) in [
+            (
+                &measured[..],
+                Some(&cpu),
+                format!(
+                    "{kwh} kWh, 123.457 g CO2e over 3600 s on n1 (ok); sampler CPU 61 ms over \
+                     3600 samples (17 µs a sample)"
+                ),
+            ),
+            (
+                &measured[..],
+                None,
+                format!("{kwh} kWh, 123.457 g CO2e over 3600 s on n1 (ok)"),
+            ),
+            (
+                &none[..],
+                Some(&cpu),
+                "nothing measured on n1 (unavailable: no RAPL); sampler CPU 61 ms over 3600 \
+                 samples (17 µs a sample)"
+                    .to_string(),
+            ),
+            (&[][..], None, "no footprint rows".to_string()),
+        ] {
+            assert_eq!(one_line(rows, cpu), line);
+        }
     }
 }
