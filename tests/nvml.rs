@@ -184,18 +184,13 @@ fn power_only_gpu_on_a_step_load_within_three_percent_at_one_second() {
 fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
     // A 0.1 s burst at 300 W every second, locked to the 1 s interval: one
     // power reading per sample sees the same phase every time, so it counts
-    // the burst always or never. The driver's samples every 20 ms see it. (Its
-    // edges fall between samples: one exactly on a sample would be read as
-    // either power, as floating point rounds.)
+    // the burst always or never. The driver's samples every 20 ms see it.
     let epoch = unix_now() - 0.5;
-    let spiky: Profile = "40@0.45,300@0.1,40@0.45".parse().unwrap();
+    let spiky: Profile = "40@0.9,300@0.1".parse().unwrap();
     let config = format!(
         "epoch = {epoch}\n{}{}",
-        gpu(
-            0,
-            "power = 40@0.45,300@0.1,40@0.45\nenergy = none\nsamples = 20"
-        ),
-        gpu(1, "power = 40@0.45,300@0.1,40@0.45\nenergy = none"),
+        gpu(0, "power = 40@0.9,300@0.1\nenergy = none\nsamples = 20"),
+        gpu(1, "power = 40@0.9,300@0.1\nenergy = none"),
     );
     let lib = fake_nvml("buffer", &config);
     let (meter, log, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(1), 8);
@@ -204,9 +199,9 @@ fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
     assert!(line(0).ends_with("the driver's power samples"), "{log:?}");
     assert!(line(1).ends_with("power readings"), "{log:?}");
 
-    // The buffered samples span whole 20 ms steps, from the newest sample at
-    // opening to the newest at the last read.
-    let step = |t: f64| (t / 0.02).floor() * 0.02;
+    // The buffered samples, taken at 10, 30, 50… ms, span from the newest one
+    // at opening to the newest at the last read.
+    let step = |t: f64| ((t - 0.01) / 0.02).floor() * 0.02 + 0.01;
     let last = r.samples.last().unwrap();
     let truth = spiky.energy_between(step(r.opened.mid()), step(last.mid()));
     let e = entry(&all, &uuid(0));

@@ -28,9 +28,10 @@
 //!
 //! The truth a test compares with is `Profile::energy_between` over the same
 //! profile: the fake reports `power_at(now)` in mW and `energy_to(now)` in mJ.
-//! Buffered sample `k` is `power_at(k × samples)`, stamped with the unix time
-//! `epoch + k × samples` in µs; the buffer starts at the epoch (no samples
-//! before the "driver" loaded) and keeps the newest `sample_buffer`.
+//! Buffered sample `k` is `power_at((k + ½) × samples)`, stamped with the
+//! unix time `epoch + (k + ½) × samples` in µs; the buffer starts at the epoch
+//! (no samples before the "driver" loaded) and keeps the newest
+//! `sample_buffer`.
 
 use std::ffi::CString;
 use std::time::Duration;

@@ -368,9 +368,17 @@ pub struct Sample {
 const TOTAL_POWER_SAMPLES: c_uint = 0;
 const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
 
+/// When sample `k` is taken, in seconds since the epoch: half a period off
+/// the epoch's grid, so no sample falls exactly on an edge of a profile whose
+/// steps are whole multiples of the period (where rounding would decide which
+/// power it reads).
+fn sample_time(period: f64, k: i64) -> f64 {
+    (k as f64 + 0.5) * period
+}
+
 /// Sample `k`'s timestamp: unix time in µs.
 fn sample_stamp(cfg: &Config, period: f64, k: i64) -> c_ulonglong {
-    ((cfg.epoch + k as f64 * period) * 1e6).round() as c_ulonglong
+    ((cfg.epoch + sample_time(period, k)) * 1e6).round() as c_ulonglong
 }
 
 /// The buffered power samples newer than `last_seen` (µs), as `(k, stamp)`
@@ -378,12 +386,12 @@ fn sample_stamp(cfg: &Config, period: f64, k: i64) -> c_ulonglong {
 fn samples_after(cfg: &Config, g: &Gpu, period: f64, last_seen: u64) -> Option<(i64, u32)> {
     let stamp = |k| sample_stamp(cfg, period, k);
     let until = g.samples_stop.map_or(now(cfg), |stop| stop.min(now(cfg)));
-    let newest = (until / period).floor() as i64;
+    let newest = (until / period - 0.5).floor() as i64;
     let oldest = (newest - i64::from(g.sample_buffer) + 1).max(0);
     let mut first = if last_seen == 0 {
         oldest
     } else {
-        (((last_seen as f64 / 1e6 - cfg.epoch) / period).floor() as i64).max(oldest)
+        (((last_seen as f64 / 1e6 - cfg.epoch) / period - 0.5).floor() as i64).max(oldest)
     };
     while first <= newest && stamp(first) <= last_seen {
         first += 1;
@@ -422,7 +430,7 @@ pub unsafe extern "C" fn nvmlDeviceGetSamples(
         let n = available.min(room);
         for i in 0..n {
             let k = first + i64::from(i);
-            let watts = g.power.power_at(k as f64 * period);
+            let watts = g.power.power_at(sample_time(period, k));
             let s = Sample {
                 time_stamp: sample_stamp(cfg, period, k),
                 value: SampleValue {
