@@ -259,6 +259,22 @@ pub fn footprint_matches_truth(c: &Cluster, hw: &Hardware) {
     assert!(!summary.contains("(running;"), "final summary:\n{summary}");
     assert_eq!(sampling_lines(&log, id.0).len(), 1, "{log}");
     assert_quiet_log(&log, id.0);
+    // The result line says what the sampler thread cost, over its samples.
+    let result = log
+        .lines()
+        .find(|l| l.contains(&format!("carbontrack: job {}: ", id.0)) && l.contains(" kWh, "))
+        .unwrap_or_else(|| panic!("no result line for job {}:\n{log}", id.0));
+    let samples: u64 = result
+        .split_once("sampler CPU ")
+        .and_then(|(_, r)| r.split_once(" over "))
+        .and_then(|(_, r)| r.split_once(" samples"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sampler CPU figure: {result}"));
+    assert!(
+        samples as f64 >= total.duration_s - 3.0,
+        "{samples} samples at 1 s over {} s: {result}",
+        total.duration_s
+    );
 }
 
 pub fn untracked_leave_nothing(c: &Cluster, hw: &Hardware) {
