@@ -109,6 +109,8 @@ pub struct Cluster {
     port_base: u16,
     accounting: bool,
     nodes: u32,
+    /// Whether Slurm confines jobs with cgroup v1 cpusets (`start --cgroup`).
+    cgroup: bool,
     /// Whether slurm.conf has `PrologFlags=Contain` (an extern step per job).
     contain: Cell<bool>,
 }
@@ -124,7 +126,21 @@ impl Cluster {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(16917);
-        Cluster::start_in(accounting, 1, dir, port_base)
+        Cluster::start_in(accounting, 1, dir, port_base, false)
+    }
+
+    /// A one-node cluster whose jobs Slurm confines to their cores with
+    /// cgroup v1 cpusets (task/cgroup), in its own directory and ports
+    /// (CT_TEST_CGROUP_DIR, CT_TEST_CGROUP_PORT_BASE).
+    pub fn start_cgroup() -> Result<Cluster, String> {
+        let dir = std::env::var_os("CT_TEST_CGROUP_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp/carbontrack-cgroup-cluster".into());
+        let port_base = std::env::var("CT_TEST_CGROUP_PORT_BASE")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(17117);
+        Cluster::start_in(false, 1, dir, port_base, true)
     }
 
     /// A cluster of `nodes` nodes (`ct1`..), each a slurmd in its own network
@@ -138,7 +154,7 @@ impl Cluster {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(17017);
-        Cluster::start_in(accounting, nodes, dir, port_base)
+        Cluster::start_in(accounting, nodes, dir, port_base, false)
     }
 
     fn start_in(
@@ -146,6 +162,7 @@ impl Cluster {
         nodes: u32,
         dir: PathBuf,
         port_base: u16,
+        cgroup: bool,
     ) -> Result<Cluster, String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // `cargo test` does not refresh the cdylib; the cluster must load the
@@ -165,6 +182,7 @@ impl Cluster {
             port_base,
             accounting,
             nodes,
+            cgroup,
             contain: Cell::new(true),
         };
         cluster.restart(accounting, true)?;
@@ -181,6 +199,9 @@ impl Cluster {
         }
         if !contain {
             args.push("--no-contain");
+        }
+        if self.cgroup {
+            args.push("--cgroup");
         }
         let out = self.script(&args);
         if !out.status.success() {

@@ -1,0 +1,238 @@
+//! Jobs sharing a node under Slurm's real cgroup v1 cpusets (task/cgroup with
+//! ConstrainCores, `scripts/test-cluster start --cgroup`): each job is charged
+//! the CPU packages its cores are on, read from the cpuset Slurm made for it,
+//! and two jobs side by side on one node add up to the node, never more.
+//!
+//! Only the topology is a fixture (`cpu_topology=`): this machine's CPUs 0 and
+//! 1 are put on packages 0 and 1, each with a fake RAPL package of its own
+//! power. A job confined to one CPU must then be charged that CPU's whole
+//! package and nothing of the other, which the count fallback (one CPU of
+//! two: half of each) cannot fake.
+//!
+//! Needs root, the Slurm packages, Slurm 22.05's cgroup v1 plugin and a cgroup
+//! v1 cpuset controller at /sys/fs/cgroup/cpuset; skipped with a message
+//! otherwise (a failure under CI=true).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime};
+
+use carbontrack::footprint::{Row, read_csv};
+use carbontrack_fixtures::cputree;
+use carbontrack_fixtures::powercap::{
+    PackageSpec, PowercapSpec, PowercapTree, PowercapWriter, ZoneSpec,
+};
+use carbontrack_fixtures::profile::Profile;
+use common::{Cluster, JobId, in_ci, missing_prerequisite};
+
+const WAIT: Duration = Duration::from_secs(90);
+/// How far a measured energy may be from the injected truth.
+const TOLERANCE: f64 = 0.03;
+/// Package power (W) by package; DRAM draws a tenth of it.
+const POWER: [f64; 2] = [100.0, 60.0];
+
+/// Two fake RAPL packages kept advancing, and the topology that puts CPU N
+/// on package N.
+struct Hardware {
+    rapl: PowercapWriter,
+    topology: PathBuf,
+    spool: PathBuf,
+    epoch: SystemTime,
+}
+
+impl Hardware {
+    fn new(dir: &Path) -> Hardware {
+        let epoch = SystemTime::now();
+        let zone = |w: f64| ZoneSpec::new(Profile::constant(w)).max_power_w(200.0);
+        let spec = PowercapSpec {
+            packages: POWER
+                .iter()
+                .map(|&w| PackageSpec::new(zone(w)).dram(zone(w / 10.0)))
+                .collect(),
+            ..Default::default()
+        };
+        let rapl = PowercapTree::create(&dir.join("powercap"), &spec, epoch)
+            .expect("powercap fixture")
+            .spawn_writer(Duration::from_millis(5));
+        let topology = dir.join("cpu");
+        cputree::write_topology(&topology, &[(0, 0), (1, 1)]).expect("topology fixture");
+        let spool = dir.join("spool");
+        Hardware {
+            rapl,
+            topology,
+            spool,
+            epoch,
+        }
+    }
+
+    fn plugin_args(&self) -> Vec<String> {
+        vec![
+            format!("spool={}", self.spool.display()),
+            format!("powercap={}", self.rapl.root().display()),
+            format!("cpu_topology={}", self.topology.display()),
+            "components=cpu,dram".to_string(),
+            "interval=500ms".to_string(),
+        ]
+    }
+
+    /// Energy package `pkg`'s zone (DRAM when `dram`) used between the row's
+    /// first and last sample.
+    fn truth(&self, pkg: usize, dram: bool, r: &Row) -> f64 {
+        let since = |s: &str| {
+            let t = humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("bad time `{s}`: {e}"));
+            t.duration_since(self.epoch).unwrap().as_secs_f64()
+        };
+        let watts = if dram { POWER[pkg] / 10.0 } else { POWER[pkg] };
+        watts * (since(&r.end) - since(&r.start))
+    }
+}
+
+/// The CPUs a job's output says it was allowed (`Cpus_allowed_list`).
+fn allowed_cpus(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in the job's output:\n{output}"))
+}
+
+fn wait_ended(c: &Cluster, id: JobId) {
+    let deadline = Instant::now() + WAIT;
+    while c.job_state(id.0) == "RUNNING" || c.job_state(id.0) == "PENDING" {
+        assert!(Instant::now() < deadline, "job {} did not end", id.0);
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two one-CPU jobs at once: each is charged exactly the package of the CPU
+/// Slurm confined it to, the whole of it, and together they are charged each
+/// package once.
+fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware) {
+    let args = hw.plugin_args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.set_plugin_args(&refs);
+    let script = "#!/bin/bash\ngrep Cpus_allowed_list /proc/self/status\nsleep 6\n";
+    let sbatch = ["-n1", "-c1", "--carbon-track=yes"];
+    let jobs: Vec<JobId> = (0..2)
+        .map(|_| c.submit_in(&c.work_dir(), &sbatch, script).expect("sbatch"))
+        .collect();
+    for &j in &jobs {
+        wait_ended(c, j);
+    }
+    let mut charged = Vec::new();
+    for &j in &jobs {
+        let output = c.output_of(j.0);
+        let cpu: usize = allowed_cpus(&output)
+            .parse()
+            .unwrap_or_else(|_| panic!("job {} was not confined to one CPU:\n{output}", j.0));
+        let csv = c.work_dir().join(format!("carbontrack-{}.csv", j.0));
+        let text = fs::read_to_string(&csv)
+            .unwrap_or_else(|e| panic!("no footprint {}: {e}", csv.display()));
+        let rows = read_csv(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+        let devices: Vec<(&str, &str, Option<f64>, &str)> = rows
+            .iter()
+            .filter(|r| !r.is_total())
+            .map(|r| {
+                (
+                    r.component.as_str(),
+                    r.device.as_str(),
+                    r.share,
+                    r.status.as_str(),
+                )
+            })
+            .collect();
+        let package = format!("package-{cpu}");
+        assert_eq!(
+            devices,
+            [
+                ("cpu", package.as_str(), Some(1.0), "ok"),
+                ("dram", package.as_str(), Some(1.0), "ok"),
+            ],
+            "job {} ran on CPU {cpu}:\n{text}",
+            j.0
+        );
+        for r in rows.iter().filter(|r| !r.is_total()) {
+            let truth = hw.truth(cpu, r.component == "dram", r);
+            let measured = r.energy_j.expect("measured");
+            assert!(
+                (measured - truth).abs() <= TOLERANCE * truth,
+                "job {} {} {}: {measured} J, truth {truth} J",
+                j.0,
+                r.component,
+                r.device
+            );
+        }
+        charged.push(cpu);
+    }
+    charged.sort_unstable();
+    assert_eq!(
+        charged,
+        [0, 1],
+        "the jobs overlapped, so Slurm gave each a CPU of its own"
+    );
+}
+
+fn cgroup_v1_missing() -> Option<String> {
+    if !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").is_file() {
+        return Some("no cgroup v1 cpuset controller at /sys/fs/cgroup/cpuset".into());
+    }
+    let cpus = fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.cpus").unwrap_or_default();
+    if !cpus.trim().starts_with("0-") {
+        return Some(format!(
+            "CPUs 0 and 1 are not both online here (cpuset {cpus:?})"
+        ));
+    }
+    let version = Command::new("slurmd").arg("-V").output().ok()?;
+    let v = String::from_utf8_lossy(&version.stdout);
+    let release: Vec<u32> = v
+        .split_whitespace()
+        .nth(1)?
+        .split('.')
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (release.as_slice() >= [24, 5].as_slice())
+        .then(|| format!("Slurm {v} has no cgroup v1 plugin to test with here"))
+}
+
+fn main() -> ExitCode {
+    if let Some(why) = missing_prerequisite(false).or_else(cgroup_v1_missing) {
+        if in_ci() {
+            eprintln!("cgroup cluster tests cannot run under CI: {why}");
+            return ExitCode::FAILURE;
+        }
+        println!("SKIPPED cgroup cluster tests: {why}");
+        return ExitCode::SUCCESS;
+    }
+    let c = match Cluster::start_cgroup() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start the cgroup test cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hwdir = c.dir.join("hardware");
+    fs::create_dir_all(&hwdir).unwrap();
+    let hw = Hardware::new(&hwdir);
+    let started = Instant::now();
+    let name = "jobs_sharing_a_node_are_charged_their_own_package";
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jobs_sharing_a_node_are_charged_their_own_package(&c, &hw)
+    }))
+    .is_ok();
+    println!(
+        "test {name} ... {} ({:.1} s)",
+        if ok { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("slurmd log: {}", c.slurmd_log().display());
+        ExitCode::FAILURE
+    }
+}
