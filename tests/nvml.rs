@@ -15,7 +15,7 @@ use carbontrack::measure::nvml::{NVML_DEVICE, NvmlLib, NvmlMeter};
 use carbontrack::measure::{Component, DeviceEnergy, Meter, Status};
 use carbontrack_fixtures::profile::Profile;
 
-use carbontrack_fixtures::fake_nvml::fake_nvml;
+use carbontrack_fixtures::fake_nvml::{fake_nvml, newest_driver_sample};
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -199,9 +199,9 @@ fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
     assert!(line(0).ends_with("the driver's power samples"), "{log:?}");
     assert!(line(1).ends_with("power readings"), "{log:?}");
 
-    // The buffered samples, taken at 10, 30, 50… ms, span from the newest one
-    // at opening to the newest at the last read.
-    let step = |t: f64| ((t - 0.01) / 0.02).floor() * 0.02 + 0.01;
+    // The buffered samples span from the newest one at opening to the newest
+    // at the last read.
+    let step = |t: f64| newest_driver_sample(0.02, t);
     let last = r.samples.last().unwrap();
     let truth = spiky.energy_between(step(r.opened.mid()), step(last.mid()));
     let e = entry(&all, &uuid(0));
@@ -257,12 +257,79 @@ fn a_driver_buffer_that_stops_is_left_for_direct_readings() {
     let whole = p.energy_between(r.opened.mid(), last);
     // Counted: up to the stop, and from the switch to the end. The last new
     // samples come at the read at 1.5 s; the switch comes 2 s later or one
-    // read after that (3.5 or 4 s).
+    // read after that (3.5 or 4 s), or a read later still on a slow machine.
     assert!(
-        measured > (before_stop + 200.0 * (last - 4.1)) * 0.99,
+        measured > (before_stop + 200.0 * (last - 4.6)) * 0.99,
         "{measured} J, {before_stop} J before the stop"
     );
     assert!(measured < whole - 200.0 * 2.0, "{measured} J of {whole} J");
+}
+
+#[test]
+fn a_buffer_still_empty_at_the_start_is_used_once_it_fills() {
+    // The driver's buffer holds nothing for the first 0.6 s (a driver brought
+    // up with the job): the GPU is read directly once for a baseline, then
+    // through its samples.
+    let epoch = unix_now() - 100.0;
+    let p: Profile = "40@0.9,300@0.1".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}",
+        gpu(
+            0,
+            &format!(
+                "power = 40@0.9,300@0.1\nenergy = none\nsamples = 20\nsamples_start = {}",
+                unix_now() - epoch + 0.6
+            )
+        ),
+    );
+    let lib = fake_nvml("empty-buffer", &config);
+    let (meter, log, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(1), 5);
+    assert!(
+        log[log.len() - 1].ends_with("the driver's power samples"),
+        "{log:?}"
+    );
+    let all = totals(&meter);
+    let e = entry(&all, &uuid(0));
+    assert_eq!(e.status, Status::Ok);
+    let last = r.samples.last().unwrap();
+    let truth = p.energy_between(r.opened.mid(), newest_driver_sample(0.02, last.mid()));
+    let measured = e.energy.unwrap().0;
+    let err = relative_error(measured, truth);
+    eprintln!("buffer empty at first: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
+    // The direct reading at opening bridges to the first sample by one
+    // trapezoid: up to 0.6 s of a 300 W burst misjudged, of about 330 J.
+    assert!(err < 0.1, "{measured} J vs {truth} J ({err:.4})");
+}
+
+#[test]
+fn a_read_that_fills_the_room_reads_again() {
+    // A sample every 5 ms and an interval of 2 s: 400 new samples a read.
+    // The buffer started filling just before, so the meter makes room for
+    // its minimum, 256, and must read on to get them all.
+    let epoch = unix_now() - 100.0;
+    let p: Profile = "40@0.9,300@0.1".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}",
+        gpu(
+            0,
+            &format!(
+                "power = 40@0.9,300@0.1\nenergy = none\nsamples = 5\nsample_buffer = 1000\n\
+                 samples_start = {}",
+                unix_now() - epoch - 0.1
+            )
+        ),
+    );
+    let lib = fake_nvml("full-room", &config);
+    let (meter, _, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(2), 3);
+    let all = totals(&meter);
+    let e = entry(&all, &uuid(0));
+    assert_eq!(e.status, Status::Ok);
+    let step = |t: f64| newest_driver_sample(0.005, t);
+    let truth = p.energy_between(step(r.opened.mid()), step(r.samples.last().unwrap().mid()));
+    let measured = e.energy.unwrap().0;
+    let err = relative_error(measured, truth);
+    eprintln!("full reads: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
+    assert!(err < 0.01, "{measured} J vs {truth} J ({err:.4})");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! Each under four loads:
 //! - constant;
 //! - step: 10 s period, a multiple of the interval;
-//! - spiky: a 10 % burst in a 0.93 s period, so samples drift across it;
+//! - spiky: a 10 % burst in a 0.937 s period, so samples drift across it;
 //! - spiky, phase-locked: the same burst in a period equal to the interval,
 //!   so every sample lands at the same phase. One power reading per sample
 //!   cannot see such a load correctly: its readings are all in the burst or
@@ -37,12 +37,11 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// The fake driver's power sample period (`samples = 20`), in seconds.
 const DRIVER_SAMPLE_PERIOD: f64 = 0.02;
 
-/// The newest driver sample at `t` (seconds since the epoch): the fake takes
-/// them half a period off the epoch's grid. A buffered GPU's energy runs from
-/// the newest sample when it was opened to the newest at the last read.
+/// The newest driver sample at `t` (seconds since the epoch): a buffered
+/// GPU's energy runs from the newest sample when it was opened to the newest
+/// at the last read.
 fn newest_driver_sample(t: f64) -> f64 {
-    let p = DRIVER_SAMPLE_PERIOD;
-    ((t - p / 2.0) / p).floor() * p + p / 2.0
+    carbontrack_fixtures::fake_nvml::newest_driver_sample(DRIVER_SAMPLE_PERIOD, t)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,11 +84,13 @@ fn loads() -> [(&'static str, &'static str, &'static str, &'static str); 4] {
     [
         ("constant", "250", "150", "20"),
         ("step 10 s", "100@5,300@5", "60@5,180@5", "10@5,30@5"),
+        // 0.9371 s: within a 60 s run no edge falls on one of the fake
+        // driver's 20 ms samples (0.93 s would put one on every 46.5th).
         (
-            "spiky 0.93 s",
-            "40@0.837,300@0.093",
-            "40@0.837,200@0.093",
-            "5@0.837,40@0.093",
+            "spiky 0.937 s",
+            "40@0.84339,300@0.09371",
+            "40@0.84339,200@0.09371",
+            "5@0.84339,40@0.09371",
         ),
         (
             "spiky 1 s (phase-locked)",

@@ -9,6 +9,8 @@
 //! library is loaded and initialised in one place.
 
 use nvml_wrapper::Device;
+
+use crate::units::Watts;
 use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try, nvml_try_count};
 use nvml_wrapper_sys::bindings::{
     nvmlSample_t, nvmlSamplingType_enum_NVML_TOTAL_POWER_SAMPLES as TOTAL_POWER,
@@ -35,6 +37,12 @@ pub struct PowerSample {
     /// The driver's CPU timestamp, in µs.
     pub at_us: u64,
     pub milliwatts: u64,
+}
+
+impl PowerSample {
+    pub fn watts(&self) -> Watts {
+        Watts(self.milliwatts as f64 / 1e3)
+    }
 }
 
 /// Room for one GPU's buffered power samples, sized once.
@@ -100,7 +108,8 @@ impl PowerSamples {
     /// Asks the driver how many power samples it keeps for `dev` and makes
     /// room for that many, at least [`MIN_SAMPLES`] (the count may be what
     /// the buffer holds so far) and at most [`MAX_SAMPLES`].
-    /// `NotSupported` means the GPU has no such buffer.
+    /// `NotSupported` means the GPU has no such buffer; `NotFound` only that
+    /// it holds no sample yet, so it counts as a buffer.
     pub fn for_device(dev: &Device<'_>) -> Result<PowerSamples, NvmlError> {
         let get = nvml_sym(dev.nvml().lib().nvmlDeviceGetSamples.as_ref())?;
         let mut kind: nvmlValueType_t = 0;
@@ -118,7 +127,11 @@ impl PowerSamples {
                 std::ptr::null_mut(),
             )
         };
-        nvml_try_count(code)?;
+        match nvml_try_count(code) {
+            Ok(()) => {}
+            Err(NvmlError::NotFound) => count = 0,
+            Err(e) => return Err(e),
+        }
         let room = usize::try_from(count).unwrap_or(MAX_SAMPLES);
         Ok(PowerSamples {
             raw: vec![empty(); room.clamp(MIN_SAMPLES, MAX_SAMPLES)],
@@ -126,7 +139,7 @@ impl PowerSamples {
     }
 
     /// Reads the samples recorded after `after_us` (0: all the driver
-    /// keeps). `NotFound` means there is none yet.
+    /// keeps), oldest first. `NotFound` means there is none yet.
     pub fn read(&mut self, dev: &Device<'_>, after_us: u64) -> Result<Samples<'_>, NvmlError> {
         let get = nvml_sym(dev.nvml().lib().nvmlDeviceGetSamples.as_ref())?;
         let mut kind: nvmlValueType_t = 0;
@@ -146,6 +159,9 @@ impl PowerSamples {
         };
         nvml_try(code)?;
         let n = usize::try_from(count).map_or(0, |c| c.min(self.raw.len()));
+        // NVML does not document the order; sorting in place allocates
+        // nothing and is nearly free on samples that already are in order.
+        self.raw[..n].sort_unstable_by_key(|s| s.timeStamp);
         Ok(Samples {
             full: n == self.raw.len(),
             raw: self.raw[..n].iter(),
@@ -158,5 +174,57 @@ fn empty() -> nvmlSample_t {
     nvmlSample_t {
         timeStamp: 0,
         sampleValue: nvml_wrapper_sys::bindings::nvmlValue_t { ullVal: 0 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvml_wrapper_sys::bindings::nvmlValue_t;
+
+    fn raw(at: u64, v: nvmlValue_t) -> nvmlSample_t {
+        nvmlSample_t {
+            timeStamp: at,
+            sampleValue: v,
+        }
+    }
+
+    #[test]
+    fn values_are_read_as_the_driver_declares_them() {
+        let read = |kind, samples: &[nvmlSample_t]| -> Vec<PowerSample> {
+            Samples {
+                raw: samples.iter(),
+                kind,
+                full: false,
+            }
+            .collect()
+        };
+        let ps = |at, milliwatts| PowerSample {
+            at_us: at,
+            milliwatts,
+        };
+        let ui = [raw(1, nvmlValue_t { uiVal: 250_000 })];
+        assert_eq!(read(UNSIGNED_INT, &ui), [ps(1, 250_000)]);
+        let ull = [raw(
+            2,
+            nvmlValue_t {
+                ullVal: 5_000_000_000,
+            },
+        )];
+        assert_eq!(read(UNSIGNED_LONG_LONG, &ull), [ps(2, 5_000_000_000)]);
+        // Negative and non-finite values cannot be power: skipped.
+        let signed = [
+            raw(3, nvmlValue_t { siVal: -5 }),
+            raw(4, nvmlValue_t { siVal: 70_000 }),
+        ];
+        assert_eq!(read(SIGNED_INT, &signed), [ps(4, 70_000)]);
+        let doubles = [
+            raw(5, nvmlValue_t { dVal: f64::NAN }),
+            raw(6, nvmlValue_t { dVal: 1234.6 }),
+        ];
+        assert_eq!(read(DOUBLE, &doubles), [ps(6, 1235)]);
+        // A value type NVML may add later is not guessed at.
+        assert_eq!(read(99, &ui), []);
+        assert_eq!(ps(1, 250_500).watts(), Watts(250.5));
     }
 }

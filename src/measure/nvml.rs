@@ -8,10 +8,14 @@
 //!
 //! 1. The driver's own buffer of power samples (`nvmlDeviceGetSamples`,
 //!    Kepler and later), taken every 20 ms or so (Lang and Rünger, Euro-Par
-//!    2013, measured 20 ms). Each read returns every sample since the last one
-//!    used, so a burst shorter than carbontrack's interval is still seen;
+//!    2013, measured 20 ms). Each read returns every sample since the newest
+//!    one seen, so a burst shorter than carbontrack's interval is still seen;
 //!    NVML documents the buffer as "higher frequency data at lower polling
-//!    cost". The error is that of 20 ms sampling, whatever the interval.
+//!    cost". The error is that of 20 ms sampling as long as the interval is
+//!    shorter than what the buffer keeps (about 2 s on the drivers measured;
+//!    the default interval is 1 s). With a longer interval the oldest samples
+//!    are gone by the next read, and the trapezoid bridges that stretch as it
+//!    does between direct readings.
 //! 2. Otherwise one power reading per sample (`nvmlDeviceGetPowerUsage`). On a
 //!    step in power this errs by at most `ΔP × interval / 2` per step, and
 //!    steps up and down cancel in the long run; a burst shorter than the
@@ -52,7 +56,7 @@ pub const MAX_FAILURES: u32 = 3;
 const MAX_PLAUSIBLE_WATTS: f64 = 10_000.0;
 
 /// When the driver's power samples count as stopped: no new one for this
-/// long and over [`SILENT_READS`] reads in a row. Then the GPU is read
+/// long and for [`SILENT_READS`] reads in a row. Then the GPU is read
 /// directly: a stalled buffer, or a wall clock stepped back (the timestamps
 /// are the CPU's wall time in µs), would otherwise count nothing. Drivers
 /// sample every 20 ms or so, so either alone would be plenty.
@@ -237,10 +241,11 @@ enum Mode {
     /// One power reading per sample, last one.
     Power { at: Instant, watts: f64 },
     /// The driver's power samples: the newest one used (its timestamp in
-    /// µs, its power) and when new samples last came.
+    /// µs, its power), the newest one seen, and when new samples last came.
     Samples {
         last_us: u64,
         watts: f64,
+        after_us: u64,
         seen: Instant,
         /// Reads in a row that found nothing new.
         silent: u32,
@@ -263,6 +268,9 @@ pub struct SampleRun {
     pub energy: Joules,
     /// The newest sample used: timestamp in µs, power.
     pub last: (u64, Watts),
+    /// The newest timestamp seen, used or not: the next read asks for what
+    /// came after it, so no sample is looked at twice.
+    pub after_us: u64,
     /// Samples above any GPU's power, left out.
     pub implausible: u32,
     /// Gaps between samples longer than the time that passed, not counted.
@@ -271,18 +279,19 @@ pub struct SampleRun {
 
 impl SampleRun {
     /// Nothing yet after `last`.
-    fn at(last: (u64, Watts)) -> SampleRun {
+    pub fn at(last: (u64, Watts)) -> SampleRun {
         SampleRun {
             energy: Joules(0.0),
             last,
+            after_us: last.0,
             implausible: 0,
             jumps: 0,
         }
     }
 }
 
-/// Integrates driver power samples newer than `run.last` into `run` with the
-/// trapezoid rule. Samples not newer than the last one used are skipped (a
+/// Integrates driver power samples newer than `run.after_us` into `run`
+/// with the trapezoid rule, from `run.last` on. Older samples are skipped (a
 /// read may overlap the previous one); implausible ones are left out, so the
 /// next good sample bridges them; a gap over `max_gap_us` is a wall-clock
 /// step, so the energy across it is not counted and the next sample starts
@@ -293,22 +302,23 @@ pub fn integrate_samples(
     max_gap_us: u64,
 ) -> SampleRun {
     for s in samples {
-        let (at, p0) = run.last;
-        if s.at_us <= at {
+        if s.at_us <= run.after_us {
             continue;
         }
-        let watts = s.milliwatts as f64 / 1e3;
-        if watts > MAX_PLAUSIBLE_WATTS {
+        run.after_us = s.at_us;
+        let watts = s.watts();
+        if watts.0 > MAX_PLAUSIBLE_WATTS {
             run.implausible += 1;
             continue;
         }
+        let (at, p0) = run.last;
         let gap = s.at_us - at;
         if gap > max_gap_us {
             run.jumps += 1;
         } else {
-            run.energy += trapezoid(p0, Watts(watts), Duration::from_micros(gap));
+            run.energy += trapezoid(p0, watts, Duration::from_micros(gap));
         }
-        run.last = (s.at_us, Watts(watts));
+        run.last = (s.at_us, watts);
     }
     run
 }
@@ -395,6 +405,7 @@ impl GpuMeter {
             Mode::Samples {
                 last_us,
                 watts,
+                after_us,
                 seen,
                 ..
             } => {
@@ -404,8 +415,9 @@ impl GpuMeter {
                 let max_gap = now.saturating_duration_since(seen) + SAMPLE_GAP_SLACK;
                 let max_gap_us = u64::try_from(max_gap.as_micros()).unwrap_or(u64::MAX);
                 let mut run = SampleRun::at((last_us, Watts(watts)));
+                run.after_us = after_us;
                 for _ in 0..MAX_BUFFER_READS {
-                    let new = match buffer.read(dev, run.last.0) {
+                    let new = match buffer.read(dev, run.after_us) {
                         Ok(new) => new,
                         Err(NvmlError::NotFound) => break,
                         Err(e) => return Err(e),
@@ -416,7 +428,7 @@ impl GpuMeter {
                         break;
                     }
                 }
-                Ok(if run.last.0 == last_us {
+                Ok(if run.after_us == after_us {
                     Reading::NoNewSamples
                 } else {
                     Reading::Samples(run)
@@ -424,12 +436,13 @@ impl GpuMeter {
             }
             Mode::Unprobed => match dev.total_energy_consumption() {
                 Ok(mj) => Ok(Reading::Counter(mj)),
-                Err(NvmlError::NotSupported) => match probe_samples(dev) {
-                    Some((buffer, newest)) => {
+                Err(NvmlError::NotSupported) => match PowerSamples::for_device(dev) {
+                    Ok(mut buffer) => {
+                        let baseline = sample_baseline(dev, &mut buffer)?;
                         self.buffer = Some(buffer);
-                        Ok(Reading::Samples(SampleRun::at(newest)))
+                        Ok(Reading::Samples(SampleRun::at(baseline)))
                     }
-                    None => dev.power_usage().map(|mw| Reading::Power(mw_to_w(mw))),
+                    Err(_) => dev.power_usage().map(|mw| Reading::Power(mw_to_w(mw))),
                 },
                 Err(e) => Err(e),
             },
@@ -442,6 +455,10 @@ impl GpuMeter {
         }
         match catch_unwind(AssertUnwindSafe(|| self.read(nvml, now))) {
             Ok(Ok(r)) => self.fold(r, now),
+            // The buffer failing is no reason to stop reading the GPU.
+            Ok(Err(e)) if matches!(self.mode, Mode::Samples { .. }) && !is_fatal(&e) => {
+                self.leave_samples(&format!("failed (NVML: {e})"), now)
+            }
             Ok(Err(NvmlError::NotSupported)) if self.mode == Mode::Unprobed => self.stop(
                 "this GPU reports neither an energy counter nor its power (NVML: not supported)"
                     .into(),
@@ -468,7 +485,7 @@ impl GpuMeter {
                 if silent >= SILENT_READS
                     && now.saturating_duration_since(seen) > MAX_SAMPLE_SILENCE
                 {
-                    return self.samples_went_silent(seen, now);
+                    return self.leave_samples(&format!("stopped at {}", wall_time(seen)), now);
                 }
                 if let Mode::Samples { silent: s, .. } = &mut self.mode {
                     *s = silent;
@@ -479,6 +496,7 @@ impl GpuMeter {
                 self.mode = Mode::Samples {
                     last_us: run.last.0,
                     watts: run.last.1.0,
+                    after_us: run.after_us,
                     seen: now,
                     silent: 0,
                 };
@@ -524,6 +542,7 @@ impl GpuMeter {
                     Reading::Samples(run) => Mode::Samples {
                         last_us: run.last.0,
                         watts: run.last.1.0,
+                        after_us: run.after_us,
                         seen: now,
                         silent: 0,
                     },
@@ -539,30 +558,32 @@ impl GpuMeter {
         self.measured = true;
     }
 
-    /// The driver stopped giving power samples: read the GPU's power
-    /// directly from now on. What it drew since the last sample is unknown.
-    fn samples_went_silent(&mut self, seen: Instant, now: Instant) {
+    /// The driver's power samples stopped or failed (`what` says which):
+    /// read the GPU's power directly from now on. What it drew since the last
+    /// sample used is unknown.
+    fn leave_samples(&mut self, what: &str, now: Instant) {
         self.buffer = None;
-        let Some(dev) = &self.device else {
-            return self.stop("the driver's power samples stopped".into(), now);
+        let reading = match &self.device {
+            Some(dev) => catch_unwind(AssertUnwindSafe(|| dev.power_usage())),
+            None => Ok(Err(NvmlError::Uninitialized)),
         };
-        match dev.power_usage() {
-            Ok(mw) => {
+        match reading {
+            Ok(Ok(mw)) => {
                 self.mode = Mode::Power {
                     at: now,
                     watts: mw_to_w(mw),
                 };
                 self.gap(format!(
-                    "the driver's power samples stopped at {}; not counted until {}, \
+                    "the driver's power samples {what}; not counted until {}, \
                      power read directly from then on",
-                    wall_time(seen),
                     wall_time(now)
                 ));
             }
-            Err(e) => self.stop(
-                format!("the driver's power samples stopped and NVML: {e}"),
+            Ok(Err(e)) => self.stop(
+                format!("the driver's power samples {what}, and NVML: {e}"),
                 now,
             ),
+            Err(_) => self.stop("the NVML wrapper panicked".into(), now),
         }
     }
 
@@ -625,12 +646,29 @@ impl GpuMeter {
     }
 }
 
-/// Whether the GPU keeps power samples: room for them and the newest one.
-fn probe_samples(dev: &Device<'static>) -> Option<(PowerSamples, (u64, Watts))> {
-    let mut buffer = PowerSamples::for_device(dev).ok()?;
-    let newest = buffer.read(dev, 0).ok()?.max_by_key(|s| s.at_us)?;
-    let watts = newest.milliwatts as f64 / 1e3;
-    (watts <= MAX_PLAUSIBLE_WATTS).then_some((buffer, (newest.at_us, Watts(watts))))
+/// Where integrating a GPU's power samples starts: the newest plausible
+/// sample the driver holds, or, while its buffer is still empty (a driver
+/// just brought up for the job), a direct reading stamped with the wall
+/// clock in µs, as the driver stamps its samples.
+fn sample_baseline(
+    dev: &Device<'static>,
+    buffer: &mut PowerSamples,
+) -> Result<(u64, Watts), NvmlError> {
+    let newest = match buffer.read(dev, 0) {
+        Ok(samples) => samples
+            .filter(|s| s.watts().0 <= MAX_PLAUSIBLE_WATTS)
+            .max_by_key(|s| s.at_us),
+        Err(NvmlError::NotFound) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(s) = newest {
+        return Ok((s.at_us, s.watts()));
+    }
+    let watts = Watts(mw_to_w(dev.power_usage()?));
+    let now_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    Ok((now_us, watts))
 }
 
 fn mw_to_w(mw: u32) -> f64 {
@@ -794,6 +832,22 @@ mod tests {
                  {implausible} implausible, {jumps} jumps"
             );
         }
+        // An implausible newest sample is left out once: the next read asks
+        // for what came after it, and bridges from the last good one.
+        let first = integrate_samples(start, [at(1_500_000, 99_000_000_000)], 10_000_000);
+        assert_eq!(
+            (first.implausible, first.after_us, first.last),
+            (1, 1_500_000, start.last)
+        );
+        let next = integrate_samples(
+            SampleRun {
+                implausible: 0,
+                ..first
+            },
+            [at(1_500_000, 99_000_000_000), at(2_000_000, 100_000)],
+            10_000_000,
+        );
+        assert_eq!((next.implausible, next.energy), (0, Joules(100.0)));
         // Two reads in a row add up as one.
         let all = [at(1_500_000, 200_000), at(2_000_000, 100_000)];
         let once = integrate_samples(start, all, 10_000_000);

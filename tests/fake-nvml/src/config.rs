@@ -19,6 +19,8 @@
 //!                           # a sample every 20 ms (nvmlDeviceGetSamples);
 //!                           # without it the call answers NOT_SUPPORTED
 //! sample_buffer = 120       # optional: samples the buffer keeps (default 120)
+//! samples_start = 1.0       # optional: seconds after epoch; the buffer is
+//!                           # empty until then (default 0)
 //! samples_stop = 2.0        # optional: seconds after epoch; no new samples then
 //! fail_after = 3.5          # optional: seconds after epoch; then GPU_IS_LOST
 //! reload_at = 2.0           # optional: the energy counter restarts from 0 then
@@ -56,6 +58,8 @@ pub struct Gpu {
     /// Seconds between the driver's buffered power samples; None: no buffer.
     pub sample_period: Option<f64>,
     pub sample_buffer: u32,
+    /// Seconds after the epoch before which the buffer holds nothing.
+    pub samples_start: f64,
     /// Seconds after the epoch from which the buffer gets no new samples.
     pub samples_stop: Option<f64>,
     pub fail_after: Option<f64>,
@@ -74,6 +78,7 @@ impl Gpu {
             counter: true,
             sample_period: None,
             sample_buffer: 120,
+            samples_start: 0.0,
             samples_stop: None,
             fail_after: None,
             reload_at: None,
@@ -148,6 +153,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     return Err(at("sample_buffer must be at least 1".into()));
                 }
             }
+            ("samples_start", Some(g)) => g.samples_start = number(key, v).map_err(at)?,
             ("samples_stop", Some(g)) => g.samples_stop = Some(number(key, v).map_err(at)?),
             ("fail_after", Some(g)) => g.fail_after = Some(number(key, v).map_err(at)?),
             ("reload_at", Some(g)) => g.reload_at = Some(number(key, v).map_err(at)?),
@@ -184,7 +190,7 @@ mod tests {
     fn parses_the_documented_example() {
         let c = parse(
             "epoch = 10.5\ndelay_us = 3\n[gpu]\nuuid = GPU-a # first\npower = 100@5,300@5\n\
-             energy = none\nsamples = 20\nsample_buffer = 50\nsamples_stop = 9\nfail_after = 3.5\npids = 1, 2\n\
+             energy = none\nsamples = 20\nsample_buffer = 50\nsamples_start = 1\nsamples_stop = 9\nfail_after = 3.5\npids = 1, 2\n\
              mig = MIG-x,MIG-y\n[gpu]\nuuid = GPU-b\nminor = 7\n",
         )
         .unwrap();
@@ -198,7 +204,7 @@ mod tests {
         assert_eq!(a.power.mean_power(), 200.0);
         assert_eq!(a.fail_after, Some(3.5));
         assert_eq!((a.sample_period, a.sample_buffer), (Some(0.02), 50));
-        assert_eq!(a.samples_stop, Some(9.0));
+        assert_eq!((a.samples_start, a.samples_stop), (1.0, Some(9.0)));
         assert_eq!(c.gpus[1].sample_period, None);
         assert_eq!(a.pids, [1, 2]);
         assert_eq!(a.migs.len(), 2);

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use carbontrack_fixtures::fake_nvml::driver_sample_time as sample_time;
 use config::{Config, Gpu};
 
 type Ret = c_uint;
@@ -368,14 +369,6 @@ pub struct Sample {
 const TOTAL_POWER_SAMPLES: c_uint = 0;
 const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
 
-/// When sample `k` is taken, in seconds since the epoch: half a period off
-/// the epoch's grid, so no sample falls exactly on an edge of a profile whose
-/// steps are whole multiples of the period (where rounding would decide which
-/// power it reads).
-fn sample_time(period: f64, k: i64) -> f64 {
-    (k as f64 + 0.5) * period
-}
-
 /// Sample `k`'s timestamp: unix time in µs.
 fn sample_stamp(cfg: &Config, period: f64, k: i64) -> c_ulonglong {
     ((cfg.epoch + sample_time(period, k)) * 1e6).round() as c_ulonglong
@@ -387,7 +380,8 @@ fn samples_after(cfg: &Config, g: &Gpu, period: f64, last_seen: u64) -> Option<(
     let stamp = |k| sample_stamp(cfg, period, k);
     let until = g.samples_stop.map_or(now(cfg), |stop| stop.min(now(cfg)));
     let newest = (until / period - 0.5).floor() as i64;
-    let oldest = (newest - i64::from(g.sample_buffer) + 1).max(0);
+    let first_ever = (g.samples_start / period - 0.5).ceil() as i64;
+    let oldest = (newest - i64::from(g.sample_buffer) + 1).max(first_ever.max(0));
     let mut first = if last_seen == 0 {
         oldest
     } else {
