@@ -23,9 +23,9 @@ use nvml_wrapper_sys::bindings::{
     nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_SHORT as UNSIGNED_SHORT, nvmlValueType_t,
 };
 
-/// Room kept per GPU, whatever the driver claims: drivers keep about two
-/// seconds of samples (a sample every 20 ms), and 1024 × 16 bytes stays
-/// small next to the 2 MB the whole sampler may add.
+/// Room kept per GPU at most, whatever count the driver reports: 1024
+/// samples are 20 s at one per 20 ms, and 1024 × 16 bytes stays small next
+/// to the 2 MB the whole sampler may add.
 pub const MAX_SAMPLES: usize = 1024;
 
 /// Room kept per GPU at least: five seconds of samples at 20 ms, in 4 KiB.

@@ -12,10 +12,10 @@
 //!    one seen, so a burst shorter than carbontrack's interval is still seen;
 //!    NVML documents the buffer as "higher frequency data at lower polling
 //!    cost". The error is that of 20 ms sampling as long as the interval is
-//!    shorter than what the buffer keeps (about 2 s on the drivers measured;
-//!    the default interval is 1 s). With a longer interval the oldest samples
-//!    are gone by the next read, and the trapezoid bridges that stretch as it
-//!    does between direct readings.
+//!    shorter than what the buffer keeps (the driver says how many samples;
+//!    the default 1 s interval is 50 of them at 20 ms). With a longer interval
+//!    the oldest samples are gone by the next read, and the trapezoid bridges
+//!    that stretch as it does between direct readings.
 //! 2. Otherwise one power reading per sample (`nvmlDeviceGetPowerUsage`). On a
 //!    step in power this errs by at most `ΔP × interval / 2` per step, and
 //!    steps up and down cancel in the long run; a burst shorter than the
