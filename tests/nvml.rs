@@ -103,6 +103,20 @@ fn relative_error(measured: f64, truth: f64) -> f64 {
     (measured - truth).abs() / truth
 }
 
+/// Asserts GPU `n` was measured in full and within `bound` (relative) of
+/// `truth`; prints both for the test log.
+fn assert_within(all: &[DeviceEnergy], n: u32, truth: f64, bound: f64, what: &str) {
+    let e = entry(all, &uuid(n));
+    assert_eq!(e.status, Status::Ok, "{what}, GPU {n}");
+    let measured = e.energy.unwrap().0;
+    let err = relative_error(measured, truth);
+    eprintln!("{what}, GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
+    assert!(
+        err < bound,
+        "{what}, GPU {n}: {measured} J vs {truth} J ({err:.4})"
+    );
+}
+
 #[test]
 fn energy_counters_match_injected_energy_within_one_percent() {
     let epoch = unix_now() - 100.0;
@@ -130,10 +144,7 @@ fn energy_counters_match_injected_energy_within_one_percent() {
             (Component::Gpu, &Status::Ok, 1.0)
         );
         let truth = profile.energy_between(r.opened.mid(), last.mid());
-        let measured = e.energy.unwrap().0;
-        let err = relative_error(measured, truth);
-        eprintln!("counter GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
-        assert!(err < 0.01, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
+        assert_within(&all, n, truth, 0.01, "counter");
     }
     assert!(
         log.iter()
@@ -168,12 +179,7 @@ fn power_only_gpu_on_a_step_load_within_three_percent_at_one_second() {
     let truth = step.energy_between(r.opened.mid(), last.mid());
     assert!(truth > 1500.0, "the window covers both steps: {truth} J");
     for (n, bound) in [(0, 0.03), (1, 0.01)] {
-        let e = entry(&all, &uuid(n));
-        assert_eq!(e.status, Status::Ok);
-        let measured = e.energy.unwrap().0;
-        let err = relative_error(measured, truth);
-        eprintln!("step load GPU {n}: {measured:.3} J measured, {truth:.3} J injected ({err:.5})");
-        assert!(err < bound, "GPU {n}: {measured} J vs {truth} J ({err:.4})");
+        assert_within(&all, n, truth, bound, "step load");
     }
     let power_line = log.iter().find(|l| l.starts_with(&uuid(0))).unwrap();
     assert!(power_line.ends_with("power readings"), "{log:?}");
@@ -204,12 +210,7 @@ fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
     let step = |t: f64| newest_driver_sample(0.02, t);
     let last = r.samples.last().unwrap();
     let truth = spiky.energy_between(step(r.opened.mid()), step(last.mid()));
-    let e = entry(&all, &uuid(0));
-    assert_eq!(e.status, Status::Ok);
-    let measured = e.energy.unwrap().0;
-    let err = relative_error(measured, truth);
-    eprintln!("buffered power: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
-    assert!(err < 0.02, "{measured} J vs {truth} J ({err:.4})");
+    assert_within(&all, 0, truth, 0.02, "buffered power");
 
     let readings = entry(&all, &uuid(1)).energy.unwrap().0;
     let truth = spiky.energy_between(r.opened.mid(), last.mid());
@@ -288,17 +289,11 @@ fn a_buffer_still_empty_at_the_start_is_used_once_it_fills() {
         log[log.len() - 1].ends_with("the driver's power samples"),
         "{log:?}"
     );
-    let all = totals(&meter);
-    let e = entry(&all, &uuid(0));
-    assert_eq!(e.status, Status::Ok);
     let last = r.samples.last().unwrap();
     let truth = p.energy_between(r.opened.mid(), newest_driver_sample(0.02, last.mid()));
-    let measured = e.energy.unwrap().0;
-    let err = relative_error(measured, truth);
-    eprintln!("buffer empty at first: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
     // The direct reading at opening bridges to the first sample by one
     // trapezoid: up to 0.6 s of a 300 W burst misjudged, of about 330 J.
-    assert!(err < 0.1, "{measured} J vs {truth} J ({err:.4})");
+    assert_within(&totals(&meter), 0, truth, 0.1, "buffer empty at first");
 }
 
 #[test]
@@ -321,15 +316,9 @@ fn a_read_that_fills_the_room_reads_again() {
     );
     let lib = fake_nvml("full-room", &config);
     let (meter, _, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(2), 3);
-    let all = totals(&meter);
-    let e = entry(&all, &uuid(0));
-    assert_eq!(e.status, Status::Ok);
     let step = |t: f64| newest_driver_sample(0.005, t);
     let truth = p.energy_between(step(r.opened.mid()), step(r.samples.last().unwrap().mid()));
-    let measured = e.energy.unwrap().0;
-    let err = relative_error(measured, truth);
-    eprintln!("full reads: {measured:.2} J measured, {truth:.2} J injected ({err:.5})");
-    assert!(err < 0.01, "{measured} J vs {truth} J ({err:.4})");
+    assert_within(&totals(&meter), 0, truth, 0.01, "full reads");
 }
 
 #[test]
