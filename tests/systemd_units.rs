@@ -12,8 +12,8 @@ fn units() -> PathBuf {
 /// The value of `key=` in a unit file, the last one set.
 fn setting(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(str::to_string)
 }
 
