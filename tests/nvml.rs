@@ -99,6 +99,13 @@ fn entry<'a>(all: &'a [DeviceEnergy], uuid: &str) -> &'a DeviceEnergy {
         .unwrap_or_else(|| panic!("no entry for {uuid} in {all:?}"))
 }
 
+/// How the meter's log says GPU `n` is read (the end of its line).
+fn read_as(log: &[String], n: u32) -> &str {
+    log.iter()
+        .find(|l| l.starts_with(&uuid(n)))
+        .unwrap_or_else(|| panic!("no log line for GPU {n}: {log:?}"))
+}
+
 fn relative_error(measured: f64, truth: f64) -> f64 {
     (measured - truth).abs() / truth
 }
@@ -181,8 +188,7 @@ fn power_only_gpu_on_a_step_load_within_three_percent_at_one_second() {
     for (n, bound) in [(0, 0.03), (1, 0.01)] {
         assert_within(&all, n, truth, bound, "step load");
     }
-    let power_line = log.iter().find(|l| l.starts_with(&uuid(0))).unwrap();
-    assert!(power_line.ends_with("power readings"), "{log:?}");
+    assert!(read_as(&log, 0).ends_with("power readings"), "{log:?}");
     assert!(log.iter().any(|l| l.contains("all 2 GPUs")), "{log:?}");
 }
 
@@ -201,9 +207,11 @@ fn the_driver_buffer_sees_bursts_shorter_than_the_interval() {
     let lib = fake_nvml("buffer", &config);
     let (meter, log, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(1), 8);
     let all = totals(&meter);
-    let line = |n| log.iter().find(|l| l.starts_with(&uuid(n))).unwrap();
-    assert!(line(0).ends_with("the driver's power samples"), "{log:?}");
-    assert!(line(1).ends_with("power readings"), "{log:?}");
+    assert!(
+        read_as(&log, 0).ends_with("the driver's power samples"),
+        "{log:?}"
+    );
+    assert!(read_as(&log, 1).ends_with("power readings"), "{log:?}");
 
     // The buffered samples span from the newest one at opening to the newest
     // at the last read.
@@ -242,7 +250,7 @@ fn a_driver_buffer_that_stops_is_left_for_direct_readings() {
         12,
     );
     assert!(
-        log[log.len() - 1].ends_with("the driver's power samples"),
+        read_as(&log, 0).ends_with("the driver's power samples"),
         "{log:?}"
     );
     let all = totals(&meter);
@@ -286,7 +294,7 @@ fn a_buffer_still_empty_at_the_start_is_used_once_it_fills() {
     let lib = fake_nvml("empty-buffer", &config);
     let (meter, log, r) = run(&lib, &GpuHints::default(), epoch, Duration::from_secs(1), 5);
     assert!(
-        log[log.len() - 1].ends_with("the driver's power samples"),
+        read_as(&log, 0).ends_with("the driver's power samples"),
         "{log:?}"
     );
     let last = r.samples.last().unwrap();

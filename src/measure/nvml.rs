@@ -252,6 +252,19 @@ enum Mode {
     },
 }
 
+impl Mode {
+    /// Sample mode after a read that brought new samples at `now`.
+    fn after_samples(run: &SampleRun, now: Instant) -> Mode {
+        Mode::Samples {
+            last_us: run.last.0,
+            watts: run.last.1.0,
+            after_us: run.after_us,
+            seen: now,
+            silent: 0,
+        }
+    }
+}
+
 /// What one read of a GPU gave.
 enum Reading {
     Counter(u64),
@@ -493,13 +506,7 @@ impl GpuMeter {
             }
             (Mode::Samples { .. }, Reading::Samples(run)) => {
                 self.energy_j += run.energy.0;
-                self.mode = Mode::Samples {
-                    last_us: run.last.0,
-                    watts: run.last.1.0,
-                    after_us: run.after_us,
-                    seen: now,
-                    silent: 0,
-                };
+                self.mode = Mode::after_samples(&run, now);
                 if run.implausible > 0 {
                     self.gap(format!(
                         "{} implausible power samples left out before {}",
@@ -539,13 +546,7 @@ impl GpuMeter {
                         at: now,
                     },
                     Reading::Power(w) => Mode::Power { at: now, watts: w },
-                    Reading::Samples(run) => Mode::Samples {
-                        last_us: run.last.0,
-                        watts: run.last.1.0,
-                        after_us: run.after_us,
-                        seen: now,
-                        silent: 0,
-                    },
+                    Reading::Samples(run) => Mode::after_samples(&run, now),
                     // Only a GPU in sample mode reads the buffer again.
                     Reading::NoNewSamples => return,
                 };
