@@ -22,3 +22,4 @@ pub mod run;
 pub mod spool;
 pub mod tracker;
 pub mod units;
+pub mod userio;

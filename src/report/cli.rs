@@ -91,6 +91,7 @@ impl ConfigFlags {
             timeout: self.command_timeout,
             end_wait: self.end_wait,
             part_wait: self.part_wait,
+            ..Tools::default()
         }
     }
 }
