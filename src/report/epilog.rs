@@ -600,6 +600,17 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
             return Delivered::Queued;
         }
     };
+    // Only the user's files are left, and their work dir did not answer
+    // before: that is for `flush` and the job's own Epilog, and another
+    // job's Epilog says nothing about it.
+    if p.accounting_done
+        && p.ledger_done
+        && !p.user_files_done
+        && p.user_files_late > 0
+        && tools.own_job.is_some_and(|own| own != job)
+    {
+        return Delivered::Queued;
+    }
     let before = p.clone();
     p.attempts += 1;
     let mut errors = Vec::new();
