@@ -528,6 +528,67 @@ fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows whose sampler stopped well before it was asked to are never
+    /// `ok`; within the last interval or two they are left as they are.
+    #[test]
+    fn rows_cut_short_say_how_far_they_go() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let snap = |end_s: u64, problem: Option<&str>| Snapshot {
+            start: t0,
+            end: t0 + Duration::from_secs(end_s),
+            duration: Duration::from_secs(end_s),
+            samples: end_s,
+            devices: Vec::new(),
+            timeline: Default::default(),
+            timeline_bucket: Duration::from_secs(60),
+            problem: problem.map(str::to_string),
+            sampler_cpu: None,
+        };
+        let row = |status: &str| Row {
+            job_id: "1".into(),
+            node: "n".into(),
+            component: "cpu".into(),
+            device: "package-0".into(),
+            start: String::new(),
+            end: String::new(),
+            duration_s: 0.0,
+            share: Some(1.0),
+            energy_j: Some(1.0),
+            pue: 1.0,
+            energy_kwh: None,
+            intensity_g_per_kwh: None,
+            co2e_g: None,
+            status: status.into(),
+            intensity_source: String::new(),
+        };
+        let asked = t0 + Duration::from_secs(100);
+        let interval = Duration::from_secs(1);
+        let cut = "incomplete: measured until 2027-01-15T08:01:04Z";
+        for (end_s, problem, before, after) in [
+            (100, None, "ok", "ok"),
+            // Two intervals and a second of slack.
+            (97, None, "ok", "ok"),
+            (64, None, "ok", cut),
+            (
+                64,
+                None,
+                "incomplete: GPU 1 stopped answering at x",
+                "incomplete: GPU 1 stopped answering at x",
+            ),
+            (64, None, "unavailable: no RAPL", "unavailable: no RAPL"),
+            (
+                100,
+                Some("panicked"),
+                "ok",
+                "incomplete: measured until 2027-01-15T08:01:40Z",
+            ),
+        ] {
+            let mut rows = vec![row(before)];
+            mark_cut_short(&mut rows, &snap(end_s, problem), asked, interval);
+            assert_eq!(rows[0].status, after, "end {end_s} s, problem {problem:?}");
+        }
+    }
     use crate::ffi::identity::euid;
 
     /// A directory the user cannot write: the live summary fails with every
