@@ -4,17 +4,31 @@
 //! Columns are [`JobTotal`]'s fields in order (`job_id,user,account,
 //! partition,nodes,start,end,duration_s,gpu_hours,cpu_j,dram_j,gpu_j,energy_j,
 //! energy_kwh,co2e_g,pue,intensity_g_per_kwh,status,cluster,node_list`);
-//! unmeasured figures are empty. Appends happen under an exclusive lock on the
-//! file (several nodes' epilogs may finish at once, on shared storage too), and
-//! a job already among the last rows is not appended again, so a retry after a
+//! unmeasured figures are empty. Appends happen under an exclusive lock
+//! (several nodes' epilogs may finish at once, on shared storage too), and a
+//! job already among the last rows is not appended again, so a retry after a
 //! crash between the append and the outbox update counts nothing twice.
+//!
+//! The ledger is readable by users (0644), so it is never what is locked: a
+//! user's `flock` on it would stall every Epilog. The lock is a root-only
+//! file, `<ledger dir>/.carbontrack-lock/<ledger name>.lock` (directory 0700,
+//! file 0600), which no user can open, taken with a bounded wait
+//! ([`LOCK_WAIT`]); a lock not had in that time leaves the job queued in the
+//! outbox for the next Epilog or `carbontrack flush`. The ledger's directory
+//! and every one above it must be root's and not writable by others
+//! ([`crate::safe_fs::check_dir`]), else nothing is appended and the total
+//! stays queued; the ledger itself is opened without following a link or
+//! waiting on a FIFO and must be root's own regular file.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::safe_fs::{self, SafeFsError};
 
 use super::aggregate::{Aggregator, Job, parse_time};
 use super::total::JobTotal;
@@ -24,12 +38,48 @@ use super::total::JobTotal;
 /// come from a crash in between: the job's row is then among the last ones.
 pub const TAIL_BYTES: u64 = 1 << 20;
 
+/// How long an append waits for another Epilog's lock on the ledger.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The root-only directory beside the ledger that holds its lock.
+pub const LOCK_DIR: &str = ".carbontrack-lock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("ledger {path}: {source}")]
     Csv { path: PathBuf, source: csv::Error },
+    #[error(
+        "ledger {path}: nothing appended, the total stays queued: its directory {source} (and every directory above it root's, not writable by others)"
+    )]
+    UnsafeDir { path: PathBuf, source: SafeFsError },
+    #[error("ledger {path}: nothing appended, the total stays queued: {source}")]
+    Unsafe { path: PathBuf, source: SafeFsError },
+    #[error(
+        "ledger {path}: lock {lock} held by another carbontrack process for {waited} (an Epilog or flush stuck on the ledger's filesystem?); nothing appended, the total stays queued for the next Epilog or `carbontrack flush`"
+    )]
+    Busy {
+        path: PathBuf,
+        lock: PathBuf,
+        waited: humantime::Duration,
+    },
+}
+
+/// Where the lock of the ledger at `path` lives.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger".into());
+    ledger_dir(path).join(LOCK_DIR).join(format!("{name}.lock"))
+}
+
+fn ledger_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Whether the row was appended or was there already.
@@ -81,30 +131,46 @@ fn sample() -> JobTotal {
 
 /// Appends `t` to the ledger at `path` (created 0644 with its header when
 /// missing, its directory 0755), unless the job is among the last rows.
+/// Waits up to [`LOCK_WAIT`] for another appender.
 pub fn append(path: &Path, t: &JobTotal) -> Result<Appended, LedgerError> {
+    append_waiting(path, t, LOCK_WAIT)
+}
+
+/// [`append`], waiting up to `wait` for the lock.
+pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appended, LedgerError> {
     let io = |source| LedgerError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io)?;
-    }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
-    f.lock().map_err(io)?;
-    // The lock is released when `f` is closed, on every path out.
+    let unsafe_dir = |source| LedgerError::UnsafeDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let refused = |source| LedgerError::Unsafe {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = ledger_dir(path);
+    safe_fs::ensure_dir(dir, 0o755).map_err(unsafe_dir)?;
+    let lock_file = lock_path(path);
+    safe_fs::ensure_dir(&dir.join(LOCK_DIR), 0o700).map_err(refused)?;
+    let Some(_lock) = safe_fs::lock(&lock_file, wait).map_err(refused)? else {
+        return Err(LedgerError::Busy {
+            path: path.to_path_buf(),
+            lock: lock_file,
+            waited: wait.into(),
+        });
+    };
+    // The lock is released when `_lock` is closed, on every path out.
+    let mut f = safe_fs::open_own(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o644),
+    )
+    .map_err(refused)?;
     let len = f.metadata().map_err(io)?.len();
     if len > 0 && tail_has_job(&mut f, len, t.job_id).map_err(io)? {
         return Ok(Appended::AlreadyThere);
@@ -125,6 +191,20 @@ pub fn append(path: &Path, t: &JobTotal) -> Result<Appended, LedgerError> {
     f.write_all(&bytes).map_err(io)?;
     f.sync_data().map_err(io)?;
     Ok(Appended::Yes)
+}
+
+/// Opens the ledger to read: never blocking on a FIFO, a regular file only.
+fn open_to_read(path: &Path) -> Result<File, LedgerError> {
+    safe_fs::open_regular(path).map_err(|e| match e {
+        SafeFsError::Io { source, .. } => LedgerError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => LedgerError::Unsafe {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 fn tail_has_job(f: &mut File, len: u64, job_id: u32) -> io::Result<bool> {
@@ -151,10 +231,7 @@ fn ends_with_newline(f: &mut File, len: u64) -> io::Result<bool> {
 /// Every row of the ledger. Rows that do not parse (a torn line) are
 /// skipped and counted, so one bad line does not hide the rest.
 pub fn read(path: &Path) -> Result<(Vec<JobTotal>, usize), LedgerError> {
-    let f = File::open(path).map_err(|source| LedgerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f = open_to_read(path)?;
     let mut rd = csv::ReaderBuilder::new().flexible(true).from_reader(f);
     let mut rows = Vec::new();
     let mut bad = 0;
@@ -205,10 +282,7 @@ impl Columns {
 /// row. Returns how many rows were skipped: rows shorter than the header
 /// (a torn line) or whose fields the report uses do not read.
 pub fn report_into(path: &Path, agg: &mut Aggregator<'_>) -> Result<usize, LedgerError> {
-    let f = File::open(path).map_err(|source| LedgerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f = open_to_read(path)?;
     let csv_err = |source| LedgerError::Csv {
         path: path.to_path_buf(),
         source,
@@ -312,6 +386,7 @@ mod tests {
     use crate::config::Components;
     use crate::report::total::JobMeta;
     use crate::report::total::tests::row;
+    use std::fs;
 
     fn total(job: u32, gpu: Option<f64>) -> JobTotal {
         let rows = vec![

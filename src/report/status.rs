@@ -75,7 +75,7 @@ pub fn from_spool(
     let spool = Spool::open(&config.spool).map_err(|e| e.to_string())?;
     let mut rows: Vec<Row> = Vec::new();
     for p in spool.live_footprints(job).map_err(|e| e.to_string())? {
-        let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let bytes = spool.read_file(&p).map_err(|e| e.to_string())?;
         let r = footprint::read_csv(&bytes[..]).map_err(|e| format!("{}: {e}", p.display()))?;
         rows.extend(r.into_iter().filter(|r| !r.is_total()));
     }
