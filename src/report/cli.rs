@@ -321,18 +321,21 @@ pub fn status_main(a: &StatusArgs) -> ExitCode {
         print!("{text}");
         return ExitCode::SUCCESS;
     }
-    // Not root, or not on a node of the job: the user's own live summary.
-    if let Some(dir) = queue.as_ref().ok().and_then(|q| q.work_dir.clone()) {
-        let p = dir.join(format!("carbontrack-{job}.txt"));
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
+    // Not root, or not on a node of the job: the user's own live summary,
+    // read as the job's user.
+    let work_view = queue.as_ref().ok().map(|q| status::from_work_dir(job, q));
+    if let Some(Ok(text)) = &work_view {
+        print!("{text}");
+        return ExitCode::SUCCESS;
     }
-    let why = match (&spool_view, &queue) {
-        (Err(e), _) => e.clone(),
-        (_, Err(e)) => e.to_string(),
-        _ => format!("no live footprint of job {job} on this node and no summary in its work dir"),
+    let spool_why = match &spool_view {
+        Err(e) => e.clone(),
+        Ok(_) => format!("no live footprint of job {job} on this node"),
+    };
+    let why = match (&queue, &work_view) {
+        (Err(e), _) => format!("{spool_why}; squeue: {e}"),
+        (_, Some(Err(e))) => format!("{spool_why}; {e}"),
+        _ => format!("{spool_why} and no summary in its work dir"),
     };
     eprintln!("carbontrack status: job {job}: {why}");
     ExitCode::from(1)

@@ -499,6 +499,87 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Nothing a user could leave at or around the ledger makes an append
+    /// follow it, wait for it or write into it: each is refused at once,
+    /// with what to fix.
+    #[test]
+    fn refuses_what_a_user_could_plant_at_once() {
+        use crate::safe_fs::tests::{mkfifo, quick, temp};
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::time::Instant;
+        let d = temp("ledger");
+        // A directory users can write: nothing appended, the fix named.
+        let lax = d.join("lax");
+        fs::create_dir(&lax).unwrap();
+        fs::set_permissions(&lax, fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = append(&lax.join("ledger.csv"), &total(1, Some(1.0)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("chown root: {0} && chmod 755 {0}", lax.display()))
+                && e.contains("mode 1777")
+                && e.contains("stays queued"),
+            "{e}"
+        );
+        assert!(!lax.join("ledger.csv").exists());
+
+        let ok = d.join("ok");
+        fs::create_dir(&ok).unwrap();
+        let p = ok.join("ledger.csv");
+        // A FIFO: refused without blocking.
+        mkfifo(&p);
+        let e = quick("append to a FIFO", || append(&p, &total(1, Some(1.0))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a FIFO") && e.contains("stays queued"), "{e}");
+        let e = quick("report from a FIFO", || read(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        fs::remove_file(&p).unwrap();
+        // A link to a file root would otherwise append to.
+        let target = d.join("shadow");
+        fs::write(&target, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        let e = append(&p, &total(1, Some(1.0))).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep\n");
+        fs::remove_file(&p).unwrap();
+        // Pre-created by a user.
+        if crate::ffi::identity::euid() == 0 {
+            fs::write(&p, "").unwrap();
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+            let e = append(&p, &total(1, Some(1.0))).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+            fs::remove_file(&p).unwrap();
+        }
+        // The lock: root-only, beside the ledger, taken with a bounded wait.
+        assert_eq!(append(&p, &total(1, Some(1.0))).unwrap(), Appended::Yes);
+        let lock = lock_path(&p);
+        assert_eq!(lock, ok.join(".carbontrack-lock/ledger.csv.lock"));
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (mode(lock.parent().unwrap()), mode(&lock), mode(&p)),
+            (0o700, 0o600, 0o644)
+        );
+        let held = safe_fs::lock(&lock, Duration::ZERO).unwrap().unwrap();
+        let t0 = Instant::now();
+        let e = append_waiting(&p, &total(2, Some(1.0)), Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert!(e.contains("held by another") && e.contains("flush"), "{e}");
+        drop(held);
+        assert_eq!(append(&p, &total(2, Some(1.0))).unwrap(), Appended::Yes);
+        assert_eq!(read(&p).unwrap().0.len(), 2);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn appends_once_with_header_and_reads_back() {
         let d = std::env::temp_dir().join(format!("ct-ledger-{}", std::process::id()));
