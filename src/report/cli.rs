@@ -316,7 +316,15 @@ pub fn status_main(a: &StatusArgs) -> ExitCode {
     };
     let queue = status::queue_info(&a.config.squeue, job, a.config.command_timeout);
     let limit = queue.as_ref().ok().and_then(|q| q.time_limit);
-    let spool_view = status::from_spool(&config, job, limit, SystemTime::now());
+    // The spool is root's: anyone else goes to the job's own summary.
+    let spool_view = if crate::ffi::identity::euid() == 0 {
+        status::from_spool(&config, job, limit, SystemTime::now())
+    } else {
+        Err(format!(
+            "the live footprint in {} is root's",
+            config.spool.display()
+        ))
+    };
     if let Ok(Some(text)) = &spool_view {
         print!("{text}");
         return ExitCode::SUCCESS;

@@ -142,9 +142,15 @@ pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appen
         path: path.to_path_buf(),
         source,
     };
-    let unsafe_dir = |source| LedgerError::UnsafeDir {
-        path: path.to_path_buf(),
-        source,
+    let unsafe_dir = |source| match source {
+        SafeFsError::UnsafeDir { .. } => LedgerError::UnsafeDir {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => LedgerError::Unsafe {
+            path: path.to_path_buf(),
+            source,
+        },
     };
     let refused = |source| LedgerError::Unsafe {
         path: path.to_path_buf(),
