@@ -385,7 +385,78 @@ fn epilog_against_real_slurmdbd() {
     );
     fs::remove_file(t.stage.join("footprint.csv")).unwrap();
 
-    // 5. A user (ctuser) holds a lock on every carbontrack file and
+    // 5. `carbontrack status` run by root for a running job whose live
+    // footprint is not in the spool reads the job's summary in its work dir
+    // as the job's user (uid, gid from the real squeue): a link ctuser
+    // planted there to a root-only file is not followed, a FIFO does not
+    // hang it, the user's own file is shown.
+    let id = t.submit("sleep 60");
+    t.wait_state(id, "RUNNING");
+    let no_live = dir.join("ct-spool-empty");
+    carbontrack::spool::Spool::open(&no_live).unwrap();
+    let secret = dir.join("root-secret");
+    fs::write(&secret, "root's secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let txt = t.c.work_dir().join(format!("carbontrack-{id}.txt"));
+    let as_ctuser = |args: &[&str]| {
+        let o = Command::new("runuser")
+            .args(["-u", common::USER, "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", T::out(&o));
+    };
+    let status = || {
+        let t0 = Instant::now();
+        let o = t.carbontrack(&[
+            "status",
+            "--spool",
+            no_live.to_str().unwrap(),
+            &id.to_string(),
+        ]);
+        (o, t0.elapsed())
+    };
+    as_ctuser(&["ln", "-s", secret.to_str().unwrap(), txt.to_str().unwrap()]);
+    let (o, _) = status();
+    assert!(
+        !o.status.success()
+            && !T::out(&o).contains("secret\n")
+            && T::out(&o).contains("is a symbolic link"),
+        "{}",
+        T::out(&o)
+    );
+    fs::remove_file(&txt).unwrap();
+    as_ctuser(&["mkfifo", txt.to_str().unwrap()]);
+    let (o, took) = status();
+    assert!(
+        !o.status.success() && T::out(&o).contains("is a FIFO"),
+        "{}",
+        T::out(&o)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "status on a FIFO took {took:?}"
+    );
+    println!("status as root on ctuser's FIFO: refused in {took:?}");
+    fs::remove_file(&txt).unwrap();
+    let summary = format!("carbontrack: job {id} (running) so far\n");
+    as_ctuser(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf '%s\\n' '{}' > {}",
+            summary.trim_end(),
+            txt.display()
+        ),
+    ]);
+    let (o, _) = status();
+    assert!(o.status.success(), "{}", T::out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), summary);
+    let o = t.c.as_root("scancel", &[&id.to_string()]);
+    assert!(o.status.success(), "{}", T::out(&o));
+    t.wait_gone(id);
+
+    // 6. A user (ctuser) holds a lock on every carbontrack file and
     // directory he can open (the ledger and its directory, the spool's
     // directory entry, the configuration, the binary) while other tracked
     // jobs end: each leaves the queue within 15 s of its end, its total is
@@ -484,7 +555,7 @@ fn epilog_against_real_slurmdbd() {
         assert_eq!(rows, 1, "job {id} in the ledger:\n{ledger}");
     }
 
-    // 6. Reports: totals equal the sum of the jobs, from accounting (as root
+    // 7. Reports: totals equal the sum of the jobs, from accounting (as root
     // and as the user, who sees their own jobs) and from the ledger.
     let want = kwh(delivered_j.iter().sum());
     for (who, out) in [
