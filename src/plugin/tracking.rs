@@ -310,9 +310,11 @@ impl Tracking {
             host.log(Level::Error, &format!("job {job_id}: {p}"));
         }
         let path = self.spool.node_footprint_path(job_id, &self.job.node);
-        let earlier = std::fs::File::open(&path)
+        let earlier = self
+            .spool
+            .read_file(&path)
             .ok()
-            .and_then(|f| read_csv(f).ok());
+            .and_then(|b| read_csv(&b[..]).ok());
         let (rows, summary) = match earlier {
             Some(prev) if !prev.is_empty() => {
                 let rows = merge_segments(&prev, &done.rows);

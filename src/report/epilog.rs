@@ -16,7 +16,6 @@
 //! that finds every part (or `flush`/a later Epilog, once a missing part is
 //! overdue) queues the job's one total.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -511,7 +510,7 @@ pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
 /// last. A file cut short loses its total row, so a missing one means
 /// truncated, not "smaller job".
 pub fn read_node_footprint(p: &Path) -> Result<Vec<Row>, String> {
-    let bytes = fs::read(p).map_err(|e| e.to_string())?;
+    let bytes = crate::safe_fs::read_own(p, crate::spool::MAX_FILE).map_err(|e| e.to_string())?;
     let rows = footprint::read_csv(&bytes[..]).map_err(|e| e.to_string())?;
     match rows.last() {
         Some(r) if r.is_total() && rows.len() > 1 => Ok(rows),
@@ -573,15 +572,15 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
         }
     };
     let path = spool.outbox_path(job);
-    let text = match fs::read(&path) {
+    let text = match spool.read_file(&path) {
         Ok(t) => t,
         // Delivered by another process between listing and locking.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             let _ = spool.remove_outbox(job);
             return Delivered::Busy;
         }
         Err(e) => {
-            log(format!("carbontrack: job {job}: {}: {e}", path.display()));
+            log(format!("carbontrack: job {job}: outbox record: {e}"));
             return Delivered::Queued;
         }
     };
