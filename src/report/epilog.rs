@@ -458,7 +458,7 @@ fn collect(
     // dir did not answer): delivered from here on, with the total.
     let record = spool.job_dir(job.job_id).join(USER_FILES_RECORD);
     if let Some(p) = &mut pending
-        && let Ok(bytes) = fs::read(&record)
+        && let Ok(bytes) = spool.read_file(&record)
     {
         match serde_json::from_slice::<UserFiles>(&bytes) {
             Ok(u) => {
