@@ -489,8 +489,10 @@ impl Slot {
         if self.stuck.get().is_some() {
             return Ok(());
         }
+        // The sample's time stands for the call's: the calls of one sample
+        // run back to back, and one clock read a sample is cheaper.
         self.busy_since.store(
-            since_ns(shared.t0, Instant::now()).saturating_add(1),
+            since_ns(shared.t0, now).saturating_add(1),
             Ordering::Relaxed,
         );
         let result = catch_unwind(AssertUnwindSafe(|| {
