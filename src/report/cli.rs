@@ -260,7 +260,15 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
             &filter,
             a.config.command_timeout.max(Duration::from_secs(60)),
         )
-        .map(|r| aggregate::aggregate(&r, &filter, a.by))
+        .map(|(r, bad)| {
+            if bad > 0 {
+                eprintln!(
+                    "carbontrack report: skipped {bad} sacct record(s) that did not read as {} fields",
+                    aggregate::SACCT_COLUMNS.split(',').count() + 1
+                );
+            }
+            aggregate::aggregate(&r, &filter, a.by)
+        })
         .map_err(|e| e.to_string()),
         Source::Ledger => match &config.ledger {
             None => Err(

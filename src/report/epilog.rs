@@ -26,12 +26,13 @@ use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved};
 use crate::carbon::live::{LiveSettings, resolve_live};
 use crate::config::Config;
 use crate::footprint::{self, Row};
-use crate::spool::Spool;
+use crate::spool::{RunKey, Spool};
 use crate::units::Joules;
 
 use super::accounting::{self, Segment};
 use super::cmd::{self, CmdError};
 use super::ledger::{self, Appended};
+use super::sacct;
 use super::total::{JobMeta, JobTotal};
 
 /// How long each sacct/sacctmgr call may take.
@@ -49,6 +50,13 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 /// incomplete). Node Epilogs of one job start within seconds of each other;
 /// a part later than this comes from a node that failed.
 pub const DEFAULT_PART_WAIT: Duration = Duration::from_secs(600);
+
+/// How far a run's first measurement may lie before accounting's start of
+/// the job and still be that job's: the clocks of a node and of slurmctld
+/// differ by this much at most. A run's measurement starts after its job's
+/// start in accounting (the prolog runs once slurmctld has started the job),
+/// and an earlier job with the same id started before that job ended.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(10);
 
 /// The Slurm commands and their limits; overridable so tests and odd sites
 /// can name them.
@@ -101,6 +109,11 @@ pub struct Pending {
     /// delivered a second time.
     #[serde(default)]
     pub keep_job_dir: bool,
+    /// Why this run's figures are not written into accounting: its job id
+    /// belongs to a later job there (ids are reused), and `sacctmgr` only
+    /// writes the newest job with an id. The ledger still takes them.
+    #[serde(default)]
+    pub superseded: Option<String>,
 }
 
 /// The footprint and summary to write into the job's work dir, as its user.
@@ -136,6 +149,20 @@ pub enum AccountingError {
     NotEnded(u32),
     #[error("sacctmgr changed nothing for job {job}: {output}")]
     NotModified { job: u32, output: String },
+    #[error(
+        "accounting's job {job} started at {accounting}, after this run's measurement began ({run}): the id now belongs to a later job"
+    )]
+    Superseded {
+        job: u32,
+        accounting: String,
+        run: String,
+    },
+    #[error(
+        "accounting's newest job {job} ended at {end}, before this run's measurement began ({run}): this run is not in accounting yet"
+    )]
+    EarlierInAccounting { job: u32, end: String, run: String },
+    #[error("sacct's answer for job {job} does not read: {output}")]
+    Unreadable { job: u32, output: String },
 }
 
 impl AccountingError {
@@ -150,7 +177,7 @@ impl AccountingError {
 pub type Log<'a> = &'a mut dyn FnMut(String);
 
 /// What the Epilog knows of the job from its environment.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpilogJob {
     pub job_id: u32,
     pub meta: JobMeta,
@@ -256,8 +283,8 @@ pub fn epilog(
     if multi && config.shared.is_some() {
         // Whatever happens to the shared directory, the part stays in this
         // node's spool until it is safely there.
-        if let Some(shared) = &shared {
-            super::shared::epilog(
+        match &shared {
+            Some(shared) => super::shared::epilog(
                 config,
                 tools,
                 &spool,
@@ -266,12 +293,29 @@ pub fn epilog(
                 &mut outage,
                 &mut report,
                 log,
-            );
+            ),
+            None => super::shared::keep_for_retry(&spool, job, log),
         }
     } else {
         local_epilog(config, tools, &spool, job, &mut outage, &mut report, log);
     }
+    if config.accounting_field == "Comment" {
+        log(format!("carbontrack: {}", crate::config::COMMENT_WARNING));
+    }
     let deadline = Instant::now() + retry_budget;
+    adopt_stale(config, &spool, &job.meta.cluster, &mut report, log);
+    if let Some(shared) = &shared {
+        super::shared::retry_deposits(
+            config,
+            tools,
+            &spool,
+            shared,
+            Some(job.job_id),
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     retry_outbox(
         &spool,
         tools,
@@ -307,16 +351,23 @@ fn local_epilog(
     log: Log,
 ) {
     match collect(config, spool, job, report, log) {
-        Ok(Some(pending)) => match spool.write_outbox(job.job_id, &to_json(&pending)) {
-            Ok(_) => {
-                let d = deliver(spool, tools, job.job_id, outage, log);
-                tally(report, job.job_id, d);
+        Ok(Some(pending)) => {
+            match spool.write_outbox(pending.total.run_key(), &to_json(&pending)) {
+                Ok(_) => {
+                    // The record holds the whole total: the job's directory can
+                    // go now, before a later job with the same id needs it.
+                    if let Err(e) = spool.remove_job(job.job_id) {
+                        log(format!("carbontrack: job {}: queued, but {e}", job.job_id));
+                    }
+                    let d = deliver(spool, tools, pending.total.run_key(), outage, log);
+                    tally(report, job.job_id, d);
+                }
+                Err(e) => log(format!(
+                    "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
+                    job.job_id
+                )),
             }
-            Err(e) => log(format!(
-                "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
-                job.job_id
-            )),
-        },
+        }
         Ok(None) => {}
         Err(e) => log(format!("carbontrack: job {}: {e}", job.job_id)),
     }
@@ -331,13 +382,32 @@ pub fn flush(
     let spool = Spool::open(&config.spool)?;
     let mut report = RunReport::default();
     let mut outage = false;
+    if config.accounting_field == "Comment" {
+        log(format!("carbontrack: {}", crate::config::COMMENT_WARNING));
+    }
+    adopt_stale(config, &spool, "", &mut report, log);
+    let shared = match &config.shared {
+        Some(dir) => Some(Spool::open(dir)?),
+        None => None,
+    };
+    if let Some(shared) = &shared {
+        super::shared::retry_deposits(
+            config,
+            tools,
+            &spool,
+            shared,
+            None,
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     retry_outbox(&spool, tools, None, None, &mut outage, &mut report, log);
-    if let Some(dir) = &config.shared {
-        let shared = Spool::open(dir)?;
+    if let Some(shared) = &shared {
         super::shared::sweep(
             config,
             tools,
-            &shared,
+            shared,
             None,
             None,
             &mut outage,
@@ -372,13 +442,77 @@ pub(super) fn retry_outbox(
             return;
         }
     };
-    for job in jobs.into_iter().filter(|j| Some(*j) != skip) {
+    // The Epilog's own job was just tried; an earlier run of the same id
+    // waits for the next Epilog or flush.
+    for run in jobs.into_iter().filter(|r| Some(r.job_id) != skip) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            report.queued.push(job);
+            report.queued.push(run.job_id);
             continue;
         }
-        let d = deliver(spool, tools, job, outage, log);
-        tally(report, job, d);
+        let d = deliver(spool, tools, run, outage, log);
+        tally(report, run.job_id, d);
+    }
+}
+
+/// Queues the runs a later job's prolog moved to `stale/` (their Epilog
+/// never ran on this node), each as its own run; `cluster` is this Epilog's
+/// cluster name (empty from `flush`).
+fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunReport, log: Log) {
+    let stale = match spool.stale_jobs() {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("carbontrack: {e}"));
+            return;
+        }
+    };
+    for (id, dir) in stale {
+        let mut rows: Vec<Row> = Vec::new();
+        for p in crate::spool::node_footprints_in(&dir).unwrap_or_default() {
+            match read_node_footprint(&p) {
+                Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
+                Err(why) => {
+                    log(format!(
+                        "carbontrack: job {id}: skipped unreadable footprint {}: {why}",
+                        p.display()
+                    ));
+                    report.corrupt.push(p);
+                }
+            }
+        }
+        let mut meta = JobMeta {
+            cluster: cluster.to_string(),
+            ..JobMeta::default()
+        };
+        if let Some(h) = fs::read_to_string(dir.join("handoff"))
+            .ok()
+            .and_then(|t| crate::job::JobInfo::from_text(&t).ok())
+        {
+            fill_meta(&mut meta, &h);
+        }
+        let queued = match JobTotal::from_rows(id, &rows, config.components, &meta) {
+            Some(total) => {
+                let run = total.run_key();
+                let pending = pending_of(config, total);
+                match spool.write_outbox(run, &to_json(&pending)) {
+                    Ok(_) => {
+                        log(format!(
+                            "carbontrack: job {run}: an earlier run of this id, whose Epilog never ran on this node, queued on its own"
+                        ));
+                        true
+                    }
+                    Err(e) => {
+                        log(format!(
+                            "carbontrack: job {id}: cannot queue an earlier run: {e}"
+                        ));
+                        false
+                    }
+                }
+            }
+            None => true,
+        };
+        if queued && let Err(e) = fs::remove_dir_all(&dir) {
+            log(format!("carbontrack: job {id}: {}: {e}", dir.display()));
+        }
     }
 }
 
@@ -468,6 +602,7 @@ pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
         user_files: None,
         user_files_done: true,
         keep_job_dir: false,
+        superseded: None,
     }
 }
 
@@ -527,8 +662,15 @@ pub(super) fn to_json(p: &Pending) -> Vec<u8> {
 /// success; removes the record and the job's spool directory when both are
 /// done. After an outage (`*outage`), accounting is not tried again in this
 /// run.
-pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: Log) -> Delivered {
-    let _lock = match spool.try_lock_outbox(job) {
+pub fn deliver(
+    spool: &Spool,
+    tools: &Tools,
+    run: RunKey,
+    outage: &mut bool,
+    log: Log,
+) -> Delivered {
+    let job = run.job_id;
+    let _lock = match spool.try_lock_outbox(run) {
         Ok(Some(l)) => l,
         Ok(None) => return Delivered::Busy,
         Err(e) => {
@@ -536,12 +678,12 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
             return Delivered::Queued;
         }
     };
-    let path = spool.outbox_path(job);
+    let path = spool.outbox_path(run);
     let text = match fs::read(&path) {
         Ok(t) => t,
         // Delivered by another process between listing and locking.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let _ = spool.remove_outbox(job);
+            let _ = spool.remove_outbox(run);
             return Delivered::Busy;
         }
         Err(e) => {
@@ -560,16 +702,36 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
                 "carbontrack: job {job}: skipped unreadable outbox record {}: {e}; {moved}",
                 path.display()
             ));
-            let _ = spool.remove_outbox(job);
+            let _ = spool.remove_outbox(run);
             return Delivered::Queued;
         }
     };
     let before = p.clone();
+    let expect = Expect {
+        cluster: &p.total.cluster,
+        start: humantime::parse_rfc3339_weak(&p.total.start).ok(),
+    };
     p.attempts += 1;
     let mut errors = Vec::new();
     if !p.accounting_done && !*outage {
-        match set_segment(tools, job, &p.field, &p.segment) {
+        match set_segment(tools, job, &expect, &p.field, &p.segment) {
             Ok(()) => p.accounting_done = true,
+            Err(e @ AccountingError::Superseded { .. }) => {
+                // sacctmgr writes the newest job with an id: this run's
+                // figures would land in another job. The ledger takes them.
+                log(format!(
+                    "carbontrack: job {run}: not written to {}: {e}; {}",
+                    p.field,
+                    if p.ledger.is_some() {
+                        "the figures go to the ledger only"
+                    } else {
+                        "no ledger is configured, so the figures are dropped"
+                    }
+                ));
+                p.superseded = Some(e.to_string());
+                p.accounting_done = true;
+                p.user_files_done = true;
+            }
             Err(e) => {
                 *outage |= e.is_outage();
                 errors.push(format!("accounting: {e}"));
@@ -595,23 +757,22 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
         p.user_files_done = true;
     }
     if p.accounting_done && p.ledger_done {
-        let cleanup = if p.keep_job_dir {
-            spool.remove_outbox(job)
-        } else {
-            spool
-                .remove_job(job)
-                .and_then(|()| spool.remove_outbox(job))
-        };
-        if let Err(e) = cleanup {
+        // Only the record goes: the job's directory was dropped when the
+        // record was queued (a later job with this id may own it by now).
+        if let Err(e) = spool.remove_outbox(run) {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
         }
         let kwh = p
             .total
             .energy_kwh
             .map_or("unknown".into(), footprint::fmt_kwh);
+        let to = if p.superseded.is_some() {
+            "no job field".to_string()
+        } else {
+            p.field.clone()
+        };
         log(format!(
-            "carbontrack: job {job}: delivered {kwh} kWh to {}{}",
-            p.field,
+            "carbontrack: job {job}: delivered {kwh} kWh to {to}{}",
             p.ledger
                 .as_ref()
                 .map(|l| format!(" and {}", l.display()))
@@ -621,7 +782,7 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
     }
     p.last_error = errors.join("; ");
     if p != before
-        && let Err(e) = spool.write_outbox(job, &to_json(&p))
+        && let Err(e) = spool.write_outbox(run, &to_json(&p))
     {
         log(format!("carbontrack: job {job}: {e}"));
     }
@@ -661,13 +822,20 @@ fn write_user_files(job: u32, u: &UserFiles, spool: &Spool, log: Log) {
 pub fn set_segment(
     tools: &Tools,
     job: u32,
+    expect: &Expect,
     field: &str,
     segment: &str,
 ) -> Result<(), AccountingError> {
     let deadline = Instant::now() + tools.end_wait;
     let current = loop {
-        match read_field(tools, job, field)? {
-            Some(JobField { ended: true, text }) => break text,
+        let f = read_field(tools, job, expect.cluster, field)?;
+        if let Some(f) = &f {
+            expect.check(job, f)?;
+        }
+        match f {
+            Some(JobField {
+                ended: true, text, ..
+            }) => break text,
             Some(_) | None if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
@@ -679,20 +847,18 @@ pub fn set_segment(
     if merged == current {
         return Ok(());
     }
-    let out = cmd::run(
-        &tools.sacctmgr,
-        [
-            "-i".to_string(),
-            "modify".into(),
-            "job".into(),
-            "where".into(),
-            format!("jobid={job}"),
-            "set".into(),
-            format!("{field}={merged}"),
-        ],
-        &[],
-        tools.timeout,
-    )?;
+    let mut args = vec![
+        "-i".to_string(),
+        "modify".into(),
+        "job".into(),
+        "where".into(),
+        format!("jobid={job}"),
+    ];
+    if !expect.cluster.is_empty() {
+        args.push(format!("cluster={}", expect.cluster));
+    }
+    args.extend(["set".into(), format!("{field}={merged}")]);
+    let out = cmd::run(&tools.sacctmgr, args, &[], tools.timeout)?;
     let said = format!("{}{}", out.stdout, out.stderr);
     if said.contains("Nothing modified") || said.contains("Nothing to modify") {
         return Err(AccountingError::NotModified {
@@ -703,48 +869,99 @@ pub fn set_segment(
     Ok(())
 }
 
+/// Which job a record's segment belongs to: accounting's job with the id
+/// must be on this cluster and be the run the record measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expect<'a> {
+    /// The job's cluster (empty: the local one).
+    pub cluster: &'a str,
+    /// When the run's measurement started (`None`: unknown, not checked).
+    pub start: Option<SystemTime>,
+}
+
+impl Expect<'_> {
+    /// Whether accounting's newest job with this id is the measured run.
+    fn check(&self, job: u32, f: &JobField) -> Result<(), AccountingError> {
+        let Some(run) = self.start else {
+            return Ok(());
+        };
+        let show = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        if let Some(start) = f.start
+            && run + CLOCK_SKEW < start
+        {
+            return Err(AccountingError::Superseded {
+                job,
+                accounting: show(start),
+                run: show(run),
+            });
+        }
+        if let Some(end) = f.end
+            && end + CLOCK_SKEW < run
+        {
+            return Err(AccountingError::EarlierInAccounting {
+                job,
+                end: show(end),
+                run: show(run),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A job's field as accounting holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobField {
     /// Whether accounting has the job's end time.
     pub ended: bool,
+    /// The job's start and end in accounting, when known.
+    pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
     pub text: String,
 }
 
-/// The job's field as accounting holds it; `None` when sacct knows no such
-/// job. `-X`: the allocation's record only, not its steps; `-P`: no width
-/// limit; the field comes last since it may hold the `|` separator or
-/// newlines.
+/// The job's field as accounting holds it (the newest job with this id, as
+/// sacct gives for `-j`); `None` when sacct knows no such job. `-X`: the
+/// allocation's record only, not its steps; times in UTC; records read with
+/// a delimiter no field can hold ([`sacct`]).
 pub fn read_field(
     tools: &Tools,
     job: u32,
+    cluster: &str,
     field: &str,
 ) -> Result<Option<JobField>, AccountingError> {
+    let delim = sacct::delimiter();
+    let mut args: Vec<String> = vec!["-n".into(), "-X".into()];
+    args.extend(sacct::args(&delim));
+    if !cluster.is_empty() {
+        args.extend(["-M".into(), cluster.to_string()]);
+    }
+    args.extend([
+        "-j".into(),
+        job.to_string(),
+        "-o".into(),
+        format!("End,Start,{field}"),
+    ]);
     let out = cmd::run(
         &tools.sacct,
-        [
-            "-n".to_string(),
-            "-P".into(),
-            "-X".into(),
-            "-j".into(),
-            job.to_string(),
-            "-o".into(),
-            format!("End,{field}"),
-        ],
-        &[],
+        &args,
+        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
         tools.timeout,
     )?;
-    let Some(line) = out
-        .stdout
-        .strip_suffix('\n')
-        .or(Some(&out.stdout))
-        .filter(|l| !l.is_empty())
-    else {
+    if out.stdout.trim().is_empty() {
         return Ok(None);
+    }
+    let (records, _) = sacct::records(&out.stdout, &delim, 3);
+    let Some(f) = records.into_iter().next_back() else {
+        return Err(AccountingError::Unreadable {
+            job,
+            output: cmd::one_line(&out.stdout),
+        });
     };
-    let (end, text) = line.split_once('|').unwrap_or((line, ""));
+    let known = |t: &str| !matches!(t.trim(), "" | "Unknown" | "None");
     Ok(Some(JobField {
-        ended: !matches!(end.trim(), "" | "Unknown" | "None"),
-        text: text.to_string(),
+        ended: known(f[0]),
+        end: super::aggregate::parse_time(f[0]),
+        start: super::aggregate::parse_time(f[1]),
+        text: f[2].to_string(),
     }))
 }
