@@ -253,6 +253,9 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
         since: a.since,
         until: a.until,
     };
+    if a.source == Source::Sacct && config.accounting_field == "Comment" {
+        eprintln!("carbontrack report: {}", crate::config::COMMENT_WARNING);
+    }
     let report = match a.source {
         Source::Sacct => aggregate::sacct_records(
             &a.config.sacct,

@@ -51,12 +51,13 @@ pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
 /// a part later than this comes from a node that failed.
 pub const DEFAULT_PART_WAIT: Duration = Duration::from_secs(600);
 
-/// How far a run's first measurement may lie before accounting's start of
-/// the job and still be that job's: the clocks of a node and of slurmctld
-/// differ by this much at most. A run's measurement starts after its job's
-/// start in accounting (the prolog runs once slurmctld has started the job),
-/// and an earlier job with the same id started before that job ended.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(10);
+/// How far the clocks of a node and of slurmctld may differ. A run is
+/// measured from after its job's start in accounting (the prolog runs once
+/// slurmctld has started the job) to after its end; an earlier job with the
+/// same id was measured to its end before the later job started (its Epilog
+/// ran first). So a record measured to more than this before accounting's
+/// start of the job is an earlier job's.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// The Slurm commands and their limits; overridable so tests and odd sites
 /// can name them.
@@ -150,7 +151,7 @@ pub enum AccountingError {
     #[error("sacctmgr changed nothing for job {job}: {output}")]
     NotModified { job: u32, output: String },
     #[error(
-        "accounting's job {job} started at {accounting}, after this run's measurement began ({run}): the id now belongs to a later job"
+        "accounting's job {job} started at {accounting}, after this run's measurement ended ({run}): the id now belongs to a later job"
     )]
     Superseded {
         job: u32,
@@ -710,6 +711,7 @@ pub fn deliver(
     let expect = Expect {
         cluster: &p.total.cluster,
         start: humantime::parse_rfc3339_weak(&p.total.start).ok(),
+        end: humantime::parse_rfc3339_weak(&p.total.end).ok(),
     };
     p.attempts += 1;
     let mut errors = Vec::new();
@@ -875,27 +877,26 @@ pub fn set_segment(
 pub struct Expect<'a> {
     /// The job's cluster (empty: the local one).
     pub cluster: &'a str,
-    /// When the run's measurement started (`None`: unknown, not checked).
+    /// When the run's measurement started and ended (`None`: unknown, not
+    /// checked).
     pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
 }
 
 impl Expect<'_> {
     /// Whether accounting's newest job with this id is the measured run.
     fn check(&self, job: u32, f: &JobField) -> Result<(), AccountingError> {
-        let Some(run) = self.start else {
-            return Ok(());
-        };
         let show = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-        if let Some(start) = f.start
-            && run + CLOCK_SKEW < start
+        if let (Some(run_end), Some(start)) = (self.end, f.start)
+            && run_end + CLOCK_SKEW < start
         {
             return Err(AccountingError::Superseded {
                 job,
                 accounting: show(start),
-                run: show(run),
+                run: show(run_end),
             });
         }
-        if let Some(end) = f.end
+        if let (Some(run), Some(end)) = (self.start, f.end)
             && end + CLOCK_SKEW < run
         {
             return Err(AccountingError::EarlierInAccounting {
