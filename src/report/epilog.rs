@@ -720,16 +720,8 @@ pub fn deliver(
             Ok(()) => p.accounting_done = true,
             Err(e @ AccountingError::Superseded { .. }) => {
                 // sacctmgr writes the newest job with an id: this run's
-                // figures would land in another job. The ledger takes them.
-                log(format!(
-                    "carbontrack: job {run}: not written to {}: {e}; {}",
-                    p.field,
-                    if p.ledger.is_some() {
-                        "the figures go to the ledger only"
-                    } else {
-                        "no ledger is configured, so the figures are dropped"
-                    }
-                ));
+                // figures would land in another job. The ledger takes them
+                // (said once, when delivered).
                 p.superseded = Some(e.to_string());
                 p.accounting_done = true;
                 p.user_files_done = true;
@@ -768,18 +760,24 @@ pub fn deliver(
             .total
             .energy_kwh
             .map_or("unknown".into(), footprint::fmt_kwh);
-        let to = if p.superseded.is_some() {
-            "no job field".to_string()
-        } else {
-            p.field.clone()
-        };
-        log(format!(
-            "carbontrack: job {job}: delivered {kwh} kWh to {to}{}",
-            p.ledger
-                .as_ref()
-                .map(|l| format!(" and {}", l.display()))
-                .unwrap_or_default()
-        ));
+        match (&p.superseded, &p.ledger) {
+            (Some(why), Some(l)) => log(format!(
+                "carbontrack: job {run}: not written to {}: {why}; {kwh} kWh delivered to the ledger only ({})",
+                p.field,
+                l.display()
+            )),
+            (Some(why), None) => log(format!(
+                "carbontrack: job {run}: not written to {}: {why}; no ledger is configured, so its {kwh} kWh are dropped",
+                p.field
+            )),
+            (None, l) => log(format!(
+                "carbontrack: job {job}: delivered {kwh} kWh to {}{}",
+                p.field,
+                l.as_ref()
+                    .map(|l| format!(" and {}", l.display()))
+                    .unwrap_or_default()
+            )),
+        }
         return Delivered::Done;
     }
     p.last_error = errors.join("; ");
