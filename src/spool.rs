@@ -217,35 +217,7 @@ impl Spool {
     fn job_files(&self, job_id: u32, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
         files_in(&self.job_dir(job_id), pre, post)
     }
-}
 
-/// Every node footprint in a job directory (a stale one, say), sorted.
-pub fn node_footprints_in(d: &Path) -> Result<Vec<PathBuf>, SpoolError> {
-    files_in(d, "node-", ".csv")
-}
-
-fn files_in(d: &Path, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
-    {
-        let rd = match fs::read_dir(d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(d)(e)),
-        };
-        let mut v: Vec<PathBuf> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
-            })
-            .collect();
-        v.sort();
-        Ok(v)
-    }
-}
-
-impl Spool {
     /// Where the sampler keeps this node's footprint so far while the job
     /// runs (same CSV as the final footprint), for `carbontrack status`.
     pub fn live_path(&self, job_id: u32, node: &str) -> PathBuf {
@@ -434,6 +406,30 @@ impl Spool {
             _ => Ok(()),
         }
     }
+}
+
+/// Every node footprint in a job directory (a stale one, say), sorted.
+pub fn node_footprints_in(d: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    files_in(d, "node-", ".csv")
+}
+
+fn files_in(d: &Path, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
+    let rd = match fs::read_dir(d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(d)(e)),
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 /// Takes an exclusive `flock` on the lock file `p` (created 0600, never

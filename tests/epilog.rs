@@ -937,17 +937,24 @@ fn d_text(e: &Env, job: u32) -> String {
 #[test]
 fn a_reused_job_id_on_several_nodes_starts_afresh_in_shared() {
     let e = multi_node_env("reuse-shared", &[701, 702]);
-    e.db_job(701, "");
-    e.db_job(702, "");
+    // Times as they go: run A measured two hours ago (its parts arrive
+    // now), run B measured from a minute on.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a_start, b_start) = (now - 7200, now + 60);
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
+    for job in [701, 702] {
+        e.db_job_run(job, &utc(a_start - 5), &utc(a_start + 1800));
+    }
     // Run A of 701 on both nodes: delivered and claimed.
     for (node, j) in [("n1", 1000.0), ("n2", 2000.0)] {
-        e.footprint_in(
-            &e.dir.join(format!("spool-{node}")),
-            701,
-            node,
-            j,
-            Some(0.0),
-        );
+        let spool = e.dir.join(format!("spool-{node}"));
+        e.footprint_at(&spool, 701, node, j, Some(0.0), a_start);
     }
     for node in ["n1", "n2"] {
         assert!(node_epilog(&e, 701, node, &[]).status.success());
@@ -955,7 +962,14 @@ fn a_reused_job_id_on_several_nodes_starts_afresh_in_shared() {
     assert!(e.dir.join("shared/jobs/701/total.csv").exists());
     assert!(e.dir.join("work/carbontrack-701.csv").exists());
     // Run A of 702: only n1's part came (n2 failed).
-    e.footprint_in(&e.dir.join("spool-n1"), 702, "n1", 5000.0, Some(0.0));
+    e.footprint_at(
+        &e.dir.join("spool-n1"),
+        702,
+        "n1",
+        5000.0,
+        Some(0.0),
+        a_start,
+    );
     assert!(node_epilog(&e, 702, "n1", &[]).status.success());
     assert_eq!(e.field(702), "");
 
@@ -983,12 +997,12 @@ fn a_reused_job_id_on_several_nodes_starts_afresh_in_shared() {
                 node,
                 40_000.0,
                 Some(0.0),
-                DAY2,
+                b_start,
             );
         }
     }
     for job in [701, 702] {
-        e.db_job_run(job, "2024-05-02T00:00:00", "2024-05-02T01:00:00");
+        e.db_job_run(job, &utc(b_start - 5), &utc(b_start + 1800));
         let o = node_epilog(&e, job, "n1", &[]);
         assert!(
             stderr(&o).contains("held an earlier job with this id"),
@@ -1033,9 +1047,34 @@ fn a_reused_job_id_on_several_nodes_starts_afresh_in_shared() {
     assert_eq!(rows.len(), 2, "{}", e.ledger());
     let a = rows
         .iter()
-        .find(|r| r.contains(",2024-05-01T00:00:00.000Z,"))
+        .find(|r| r.contains(&format!(",{}.000Z,", utc(a_start))))
         .unwrap();
     assert!(a.contains("incomplete: node n2 part missing"), "{a}");
+}
+
+/// Without an extern step, each node samples only while a step runs there,
+/// so one job's parts can cover different times: still one job.
+#[test]
+fn parts_of_one_job_sampled_at_different_times_make_one_total() {
+    let e = multi_node_env("disjoint", &[711]);
+    e.db_job(711, "");
+    e.footprint_at(&e.dir.join("spool-n1"), 711, "n1", 1000.0, Some(0.0), DAY1);
+    e.footprint_at(
+        &e.dir.join("spool-n2"),
+        711,
+        "n2",
+        2000.0,
+        Some(0.0),
+        DAY1 + 3600,
+    );
+    for node in ["n1", "n2"] {
+        let o = node_epilog(&e, 711, node, &[]);
+        assert!(!stderr(&o).contains("earlier job"), "{}", stderr(&o));
+    }
+    let seg = Segment::parse(&e.field(711)).unwrap();
+    assert_eq!(seg.nodes, 2);
+    assert!(near(seg.energy_kwh.unwrap(), kwh_of(3000.0)), "{seg:?}");
+    assert_eq!(ledger_rows(&e, 711).len(), 1);
 }
 
 /// A node whose part cannot reach shared= once (here: the directory made

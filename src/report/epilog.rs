@@ -312,6 +312,7 @@ pub fn epilog(
             &spool,
             shared,
             Some(job.job_id),
+            Some(deadline),
             &mut outage,
             &mut report,
             log,
@@ -398,6 +399,7 @@ pub fn flush(
             &spool,
             shared,
             None,
+            None,
             &mut outage,
             &mut report,
             log,
@@ -472,8 +474,12 @@ fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunRe
             match read_node_footprint(&p) {
                 Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
                 Err(why) => {
+                    let moved = spool
+                        .quarantine(id, &p)
+                        .map(|to| format!("moved to {}", to.display()))
+                        .unwrap_or_else(|e| format!("could not move it aside: {e}"));
                     log(format!(
-                        "carbontrack: job {id}: skipped unreadable footprint {}: {why}",
+                        "carbontrack: job {id}: skipped unreadable footprint {}: {why}; {moved}",
                         p.display()
                     ));
                     report.corrupt.push(p);
@@ -753,6 +759,13 @@ pub fn deliver(
     if p.accounting_done && p.ledger_done {
         // Only the record goes: the job's directory was dropped when the
         // record was queued (a later job with this id may own it by now).
+        // A record from before runs were keyed still has its directory.
+        if run.start.is_none()
+            && !p.keep_job_dir
+            && let Err(e) = spool.remove_job(job)
+        {
+            log(format!("carbontrack: job {job}: delivered, but {e}"));
+        }
         if let Err(e) = spool.remove_outbox(run) {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
         }

@@ -13,8 +13,10 @@
 //! <shared>/outbox/<jobid>-<start>.json|.lock  the total until delivered
 //! ```
 //! Job ids are reused (see [`crate::spool`]): a job's directory holds one
-//! run. A part whose measured time does not overlap that of the parts (or
-//! total) already there belongs to a later run with the same id: the earlier
+//! run. A part measured from after the parts already there arrived, and
+//! whose measured time does not overlap theirs (or the total's), belongs to a
+//! later run with the same id (the parts of one job all arrive after it
+//! ended, whatever each node sampled): the earlier
 //! run is then queued on its own, for the ledger only, if it was still
 //! waiting for parts, its directory is dropped, and the later run starts
 //! afresh, so an earlier run's claim, parts or work dir never reach it.
@@ -176,6 +178,7 @@ pub fn retry_deposits(
     local: &Spool,
     shared: &Spool,
     skip: Option<u32>,
+    deadline: Option<Instant>,
     outage: &mut bool,
     report: &mut RunReport,
     log: Log,
@@ -192,6 +195,10 @@ pub fn retry_deposits(
         let Ok(bytes) = fs::read(&marker) else {
             continue;
         };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            report.queued.push(id);
+            continue;
+        }
         let job: EpilogJob = match serde_json::from_slice(&bytes) {
             Ok(j) => j,
             Err(e) => {
@@ -227,6 +234,21 @@ fn window(rows: &[Row]) -> Option<(SystemTime, SystemTime)> {
 /// of one run do, while runs with one id follow each other.
 fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> bool {
     a.0 <= b.1 + CLOCK_SKEW && b.0 <= a.1 + CLOCK_SKEW
+}
+
+/// When the newest part in a job's shared directory arrived (else when the
+/// directory was claimed or first written to).
+fn last_deposit(shared: &Spool, id: u32) -> Option<SystemTime> {
+    let mtime = |p: &std::path::Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let dir = shared.job_dir(id);
+    shared
+        .node_footprints(id)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| mtime(p))
+        .max()
+        .or_else(|| mtime(&dir.join(TOTAL_FILE)))
+        .or_else(|| mtime(&dir.join(JOB_FILE)))
 }
 
 /// The measured time of what a job's shared directory holds.
@@ -267,11 +289,12 @@ fn retire_earlier_run(
     };
     let claimed = dir.join(TOTAL_FILE).exists();
     let there = dir_window(shared, id);
-    let earlier = match there {
-        Some(w) => !overlap(w, part),
-        // Nothing readable: only a claim of nothing is worth dropping.
-        None => claimed,
-    };
+    // An earlier job's parts arrived (at its end) before this part's
+    // measurement began, and do not overlap it; the parts of one job arrive
+    // after it ended, even those of nodes that sampled at different times
+    // (srun steps without an extern step).
+    let deposited_before = last_deposit(shared, id).is_some_and(|t| t + CLOCK_SKEW < part.0);
+    let earlier = deposited_before && there.is_none_or(|w| !overlap(w, part));
     if !earlier {
         return Ok(());
     }
