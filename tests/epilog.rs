@@ -346,14 +346,23 @@ fn outage_queues_then_flush_delivers_exactly_once() {
 #[test]
 fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     let e = Env::new("notyet");
-    e.footprint(301, "n1", 3600.0, Some(0.0));
+    // A job that just ended (measured for the 30 minutes before now).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    e.footprint_at(&e.spool(), 301, "n1", 3600.0, Some(0.0), now - 1800);
     let o = e.epilog(301);
     assert!(
         stderr(&o).contains("not in accounting yet"),
         "{}",
         stderr(&o)
     );
-    e.db_job(301, "");
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
+    e.db_job_run(301, &utc(now - 1805), &utc(now));
     e.footprint(302, "n1", 3600.0, Some(0.0));
     e.db_job(302, "");
     let o = e.epilog(302);
@@ -379,6 +388,28 @@ fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     let o = e.carbontrack(&["flush"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(Segment::parse(&e.field(303)).is_some());
+
+    // A run accounting has no job for a week after it ended (its cluster
+    // renamed, its database replaced, and no later job took the id) is not
+    // waited for forever: the ledger only, one line.
+    e.footprint(304, "n1", 3600.0, Some(0.0));
+    let o = e.epilog(304);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("job 304 (measured from"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains(
+            "accounting still has no job 304 on cluster test 7 days after this run ended"
+        ) && said[0].contains("delivered to the ledger only"),
+        "{}",
+        said[0]
+    );
+    assert!(!e.queued(304));
+    assert_eq!(ledger_rows(&e, 304).len(), 1);
 }
 
 #[test]

@@ -59,6 +59,12 @@ pub const DEFAULT_PART_WAIT: Duration = Duration::from_secs(600);
 /// start of the job is an earlier job's.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
+/// How long after a run's end accounting may still lack its job before the
+/// run is taken for one that accounting will never have (its cluster was
+/// renamed or its database replaced, and no later job took the id): its
+/// figures then go to the ledger only.
+pub const NEVER_IN_ACCOUNTING: Duration = Duration::from_secs(7 * 86_400);
+
 /// The Slurm commands and their limits; overridable so tests and odd sites
 /// can name them.
 #[derive(Debug, Clone)]
@@ -731,6 +737,22 @@ pub fn deliver(
                 p.superseded = Some(e.to_string());
                 p.accounting_done = true;
                 p.user_files_done = true;
+            }
+            Err(AccountingError::NotYet(_))
+                if expect
+                    .end
+                    .is_some_and(|t| t + NEVER_IN_ACCOUNTING < SystemTime::now()) =>
+            {
+                p.superseded = Some(format!(
+                    "accounting still has no job {job}{} {} days after this run ended",
+                    if expect.cluster.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on cluster {}", expect.cluster)
+                    },
+                    NEVER_IN_ACCOUNTING.as_secs() / 86_400
+                ));
+                p.accounting_done = true;
             }
             Err(e) => {
                 *outage |= e.is_outage();
