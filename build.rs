@@ -22,6 +22,12 @@ const HEADERS: [&str; 3] = ["slurm/spank.h", "slurm/slurm_version.h", "slurm/slu
 
 fn main() {
     println!("cargo:rerun-if-changed=spank/wrapper.h");
+    // Slurm unloads the plugin after `slurm_spank_exit`; a thread of ours
+    // left in a call that never returns (NVML on a GPU that fell off the bus,
+    // a read on a dead NFS server) would then come back into unmapped code
+    // and crash slurmstepd. NODELETE keeps the library mapped for the life
+    // of the process (tests/nodelete.rs checks it).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     println!("cargo:rerun-if-env-changed=SLURM_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
 

@@ -1,9 +1,12 @@
-//! Putting files into the user's directory with the user's identity.
+//! Putting files into the user's directory with the user's identity, and
+//! reading them back the same way.
 //!
 //! Root never writes there itself: the write runs under the job user's
 //! filesystem identity ([`crate::ffi::identity`]), so the kernel checks it as
 //! the user's own, and a link planted at the file's name is replaced, never
-//! followed (temporary file, then rename over the name).
+//! followed (temporary file, then rename over the name). Reads
+//! (`carbontrack status` run by root) likewise run as the user, never
+//! follow a link at the name, never wait on a FIFO, and are bounded.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -11,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::ffi::identity::{FsIdentity, euid, with_fs_identity};
+use crate::safe_fs::{self, SafeFsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -26,6 +30,49 @@ pub enum DeliverError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("cannot read {path} as uid {uid}: {source}")]
+    Read {
+        uid: u32,
+        path: PathBuf,
+        source: SafeFsError,
+    },
+}
+
+/// Reads `path`, a file in a user's directory, as the user `id` (`None`: as
+/// the caller): the kernel checks the access as the user's own, a link at
+/// the name is refused (`O_NOFOLLOW`), a FIFO neither blocks nor is read
+/// (`O_NONBLOCK`, then only a regular file), and at most `max` bytes are
+/// read.
+pub fn read_user_file(
+    id: Option<&FsIdentity>,
+    path: &Path,
+    max: u64,
+) -> Result<Vec<u8>, DeliverError> {
+    let uid = id.map_or_else(euid, |id| id.uid);
+    let read = || -> Result<Vec<u8>, SafeFsError> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(safe_fs::OPEN_FLAGS)
+            .open(path)
+            .map_err(|e| safe_fs::open_error(path, e))?;
+        safe_fs::check_regular(path, &f)?;
+        safe_fs::read_bounded(path, f, max)
+    };
+    let read_err = |source| DeliverError::Read {
+        uid,
+        path: path.to_path_buf(),
+        source,
+    };
+    match id.filter(|id| id.uid != euid()) {
+        None => read().map_err(read_err),
+        Some(id) => with_fs_identity(id, read)
+            .map_err(|source| DeliverError::Identity {
+                uid,
+                dir: path.parent().unwrap_or(path).to_path_buf(),
+                source,
+            })?
+            .map_err(read_err),
+    }
 }
 
 /// Writes `dir/name` as the user `id` (`None`: as the caller), atomically.
@@ -124,6 +171,71 @@ mod tests {
             "{e}"
         );
         assert!(!work.join("carbontrack-1.txt").exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// What root reads for `carbontrack status` out of a user's directory:
+    /// as the user, never through a link, never from a FIFO, bounded.
+    #[test]
+    fn reads_as_the_user_never_through_a_link_or_from_a_fifo() {
+        use crate::safe_fs::tests::{mkfifo, quick};
+        if euid() != 0 {
+            eprintln!("skipped: reading as another user needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("ct-deliver-read-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let work = base.join("work");
+        fs::create_dir_all(&work).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+        let nobody = FsIdentity {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
+        // Root's secret, 0600, and a link to it where the summary should be.
+        let secret = base.join("secret");
+        fs::write(&secret, "root only").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let txt = work.join("carbontrack-1.txt");
+        std::os::unix::fs::symlink(&secret, &txt).unwrap();
+        let e = read_user_file(Some(&nobody), &txt, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is a symbolic link") && e.contains("65534"),
+            "{e}"
+        );
+        fs::remove_file(&txt).unwrap();
+        // A hard link to it (or any root-only file): the user cannot read it.
+        if fs::hard_link(&secret, &txt).is_ok() {
+            let e = read_user_file(Some(&nobody), &txt, 1 << 20)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("Permission denied"), "{e}");
+            fs::remove_file(&txt).unwrap();
+        }
+        // A FIFO: refused at once, nothing waits for a writer.
+        mkfifo(&txt);
+        std::os::unix::fs::chown(&txt, Some(65534), Some(65534)).unwrap();
+        let e = quick("read a FIFO", || {
+            read_user_file(Some(&nobody), &txt, 1 << 20)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        fs::remove_file(&txt).unwrap();
+        // The user's own summary reads; one too big does not.
+        write_user_file(Some(&nobody), &work, "carbontrack-1.txt", b"job 1\n").unwrap();
+        assert_eq!(
+            read_user_file(Some(&nobody), &txt, 1 << 20).unwrap(),
+            b"job 1\n"
+        );
+        let e = read_user_file(Some(&nobody), &txt, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 3 bytes"), "{e}");
         fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -19,6 +19,8 @@ pub mod measure;
 pub mod plugin;
 pub mod report;
 pub mod run;
+pub mod safe_fs;
 pub mod spool;
 pub mod tracker;
 pub mod units;
+pub mod userio;

@@ -38,16 +38,24 @@
 //! `carbontrack flush` retries it.
 //! Everything is written by root, mode 0600, atomically (temporary file and
 //! rename), and the spool itself is refused unless root owns it and nobody
-//! else can write to it: a spool others could write would let them forge
-//! footprints or plant links that root then follows.
+//! else can write to it or to a directory above it ([`crate::safe_fs`]): a
+//! spool others could write would let them forge footprints or plant links
+//! that root then follows. Every file is opened without following a link or
+//! waiting on a FIFO and checked to be root's own regular file; locks are
+//! root-only files taken with a bounded wait.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::job::JobInfo;
+use crate::safe_fs::{self, SafeFsError};
+
+/// The most any spool file is read: footprints, hand-offs and outbox records
+/// are a few kilobytes; a bigger file is not one carbontrack wrote.
+pub const MAX_FILE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -59,6 +67,19 @@ pub enum SpoolError {
     Unsafe(PathBuf),
     #[error("hand-off record {path} is unreadable: {reason}")]
     BadRecord { path: PathBuf, reason: String },
+    #[error("spool: {0}")]
+    File(#[from] SafeFsError),
+}
+
+impl SpoolError {
+    /// Whether the file asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            SpoolError::File(e) => e.is_not_found(),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -133,20 +154,10 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens the spool, creating it (0700) when missing, and checks it is safe.
+    /// Opens the spool, creating it (0700) when missing, and checks it and
+    /// every directory above it are safe ([`safe_fs::check_dir`]).
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
-        match fs::symlink_metadata(root) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(root)
-                    .map_err(io_err(root))?;
-            }
-            Err(e) => return Err(io_err(root)(e)),
-            Ok(_) => {}
-        }
-        check_private_dir(root)?;
+        safe_fs::ensure_dir(root, 0o700)?;
         let spool = Spool {
             root: root.to_path_buf(),
         };
@@ -179,16 +190,22 @@ impl Spool {
     /// on this node (or the prolog has not run yet).
     pub fn read_handoff(&self, job_id: u32) -> Result<Option<JobInfo>, SpoolError> {
         let p = self.job_dir(job_id).join("handoff");
-        match fs::read_to_string(&p) {
-            Ok(t) => JobInfo::from_text(&t)
+        match safe_fs::read_own(&p, MAX_FILE) {
+            Ok(t) => JobInfo::from_text(&String::from_utf8_lossy(&t))
                 .map(Some)
                 .map_err(|e| SpoolError::BadRecord {
                     path: p,
                     reason: e.to_string(),
                 }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&p)(e)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Reads one of the spool's files (a footprint, an outbox record),
+    /// never through a link or from a FIFO, at most [`MAX_FILE`] bytes.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>, SpoolError> {
+        Ok(safe_fs::read_own(path, MAX_FILE)?)
     }
 
     /// Path of this node's footprint for a job.
@@ -432,29 +449,11 @@ fn files_in(d: &Path, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError>
     Ok(v)
 }
 
-/// Takes an exclusive `flock` on the lock file `p` (created 0600, never
-/// through a link), waiting up to `wait`; `None` when another holder keeps
-/// it. The lock lives as long as the returned file.
+/// Takes an exclusive `flock` on the lock file `p` (created 0600 in the
+/// root-only spool, never through a link), waiting up to `wait`; `None`
+/// when another holder keeps it. The lock lives as long as the returned file.
 fn lock_file(p: &Path, wait: Duration) -> Result<Option<File>, SpoolError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
-        .map_err(io_err(p))?;
-    let deadline = Instant::now() + wait;
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(Some(f)),
-            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(p)(e)),
-        }
-    }
+    Ok(safe_fs::lock(p, wait)?)
 }
 
 /// Node names go into file names: keep them to a safe alphabet.
@@ -479,6 +478,7 @@ fn check_private_dir(d: &Path) -> Result<(), SpoolError> {
 }
 
 fn ensure_private_dir(d: &Path) -> Result<(), SpoolError> {
+    use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(0o700).create(d) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_private_dir(d),
@@ -486,10 +486,11 @@ fn ensure_private_dir(d: &Path) -> Result<(), SpoolError> {
     }
 }
 
-/// Writes a whole file so readers see the old or the new content, never half.
-/// The temporary name is unique per host, process and call (`.<name>.tmp-
-/// <host>-<pid>-<n>`): in `shared=` several nodes write the same job's files,
-/// and their pids may well coincide.
+/// Writes a whole file (0600) so readers see the old or the new content,
+/// never half, and a link at the name is replaced, never followed. The
+/// temporary name is unique per host, process and call (`.<name>.tmp-<host>-
+/// <pid>-<n>`): in `shared=` several nodes write the same job's files, and
+/// their pids may well coincide.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -502,17 +503,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> 
         sanitize(&crate::run::hostname()),
         std::process::id()
     ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(safe_fs::write_atomic(path, &tmp, bytes, 0o600)?)
 }
 
 #[cfg(test)]

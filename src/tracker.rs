@@ -8,15 +8,14 @@
 //! footprint rows, the CSV and the human summary.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve};
 use crate::carbon::predict::EpochMark;
 use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
 use crate::config::{Components, Config};
-use crate::deliver::write_user_file;
-use crate::epochs::{EpochWatcher, Mark};
+use crate::epochs::Mark;
 use crate::ffi::identity::FsIdentity;
 use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
 use crate::measure::Meter;
@@ -24,8 +23,9 @@ use crate::measure::cpuset::PackageShares;
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
-use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError, Tick};
+use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
 use crate::units::Joules;
+use crate::userio::{Delivery, Setup, UserIo};
 
 /// Where a run's results go.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +73,9 @@ pub struct Plan {
     pub refresh: Duration,
     /// How long stopping may wait for the sampler thread.
     pub join_timeout: Duration,
+    /// How long [`Tracker::finish`] waits for the final files to be written
+    /// into the user's filesystem before leaving them (`Finished::late`).
+    pub deliver_wait: Duration,
 }
 
 impl Plan {
@@ -95,6 +98,7 @@ impl Plan {
             live_csv: None,
             refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
+            deliver_wait: Duration::from_secs(30),
         }
     }
 
@@ -107,43 +111,17 @@ impl Plan {
     }
 }
 
-/// What the sampler thread and the tracker share: marks and delivery trouble.
-#[derive(Debug, Default)]
-struct Progress {
-    marks: Vec<Mark>,
-    epoch_problem: Option<String>,
-    write_problem: Option<String>,
-    /// The time limit once looked up (`Some(None)`: unlimited or unknown).
-    time_limit: Option<Option<Duration>>,
-}
-
-fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
-    p.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The observer running on the sampler thread.
+/// The observer running on the sampler thread: it renders the live summary
+/// and keeps the spool's live copy, and hands the user's file to the
+/// user-filesystem thread, never writing there itself.
 struct Live {
     plan: Arc<Plan>,
-    watcher: Option<EpochWatcher>,
-    progress: Arc<Mutex<Progress>>,
-    seen_marks: usize,
+    /// Filled in once the sampler (whose energy the I/O thread needs for
+    /// epoch marks) has started.
+    io: Arc<OnceLock<Arc<UserIo>>>,
 }
 
 impl Observer for Live {
-    fn on_sample(&mut self, tick: &mut Tick<'_>) {
-        let Some(w) = &mut self.watcher else { return };
-        w.poll(tick.at, || tick.total());
-        if w.marks().len() != self.seen_marks || w.refused().is_some() {
-            self.seen_marks = w.marks().len();
-            let mut p = lock(&self.progress);
-            p.marks.clear();
-            p.marks.extend_from_slice(w.marks());
-            if p.epoch_problem.is_none() {
-                p.epoch_problem = w.refused().map(str::to_string);
-            }
-        }
-    }
-
     fn on_refresh(&mut self, snap: &Snapshot) {
         let plan = &self.plan;
         if plan.live_csv.is_none() && !matches!(plan.output, Output::WorkDir(_)) {
@@ -157,36 +135,20 @@ impl Observer for Live {
                 let _ = crate::spool::write_atomic(path, &csv);
             }
         }
-        let Output::WorkDir(dir) = &plan.output else {
+        let (Output::WorkDir(dir), Some(io)) = (&plan.output, self.io.get()) else {
             return;
         };
-        let known = lock(&self.progress).time_limit;
-        let time_limit = match known {
-            Some(t) => t,
-            None if plan.time_limit.is_none() && plan.time_limit_from_squeue => {
-                let t = squeue_time_limit(&plan.job_id);
-                lock(&self.progress).time_limit = Some(t);
-                t
-            }
-            None => plan.time_limit,
-        };
-        let marks = lock(&self.progress).marks.clone();
+        let time_limit = io.time_limit().unwrap_or(plan.time_limit);
         let text = summary(
             plan,
             snap,
             &rows,
             &intensity,
-            &marks,
+            &io.marks(),
             time_limit,
             Some(SystemTime::now()),
         );
-        if let Err(e) = write_as_user(plan, dir, &plan.txt_name(), text.as_bytes()) {
-            let mut p = lock(&self.progress);
-            // One report per run, not one per refresh.
-            if p.write_problem.is_none() {
-                p.write_problem = Some(e);
-            }
-        }
+        io.offer_summary(dir, plan.txt_name(), text.into_bytes());
     }
 }
 
@@ -194,11 +156,10 @@ impl Observer for Live {
 pub struct Tracker {
     sampler: Sampler,
     plan: Arc<Plan>,
-    progress: Arc<Mutex<Progress>>,
+    io: Option<Arc<UserIo>>,
 }
 
 /// What a finished run produced.
-#[derive(Debug)]
 pub struct Finished {
     pub snapshot: Snapshot,
     /// Device rows then the total row.
@@ -214,6 +175,23 @@ pub struct Finished {
     /// `problems` only when the final files were written (by the tracker), so
     /// a caller writing them itself decides whether it says anything new.
     pub live_summary_problem: Option<String>,
+    /// The final files could not be written in time: the user's filesystem
+    /// did not answer within `Plan::deliver_wait`.
+    pub late: bool,
+    /// The user-filesystem thread, for a caller writing the final files
+    /// itself ([`Finished::deliver`]).
+    io: Option<Arc<UserIo>>,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished")
+            .field("rows", &self.rows)
+            .field("delivered", &self.delivered)
+            .field("problems", &self.problems)
+            .field("late", &self.late)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tracker {
@@ -235,34 +213,48 @@ impl Tracker {
         if cfg.components.gpu {
             let (meter, notes) = NvmlMeter::for_job(&cfg.nvml, &plan.gpus, Instant::now());
             log.extend(notes);
-            meters.push(Box::new(meter));
+            // One meter a GPU: a GPU that stops answering is given up on alone.
+            meters.extend(
+                meter
+                    .split()
+                    .into_iter()
+                    .map(|m| Box::new(m) as Box<dyn Meter>),
+            );
         }
         let plan = Arc::new(plan);
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        let live = Live {
-            plan: Arc::clone(&plan),
-            watcher: plan
-                .epoch_file
-                .clone()
-                .map(|p| EpochWatcher::new(p, plan.user.clone())),
-            progress: Arc::clone(&progress),
-            seen_marks: 0,
-        };
         let opts = SamplerOptions {
             interval: plan.config.interval,
             refresh: plan.refresh,
             join_timeout: plan.join_timeout,
             ..SamplerOptions::default()
         };
+        // The observer needs the I/O thread, which needs the sampler's
+        // energy: the observer's slot is filled once both exist.
+        let io_slot: Arc<OnceLock<Arc<UserIo>>> = Arc::default();
+        let live = Live {
+            plan: Arc::clone(&plan),
+            io: Arc::clone(&io_slot),
+        };
         let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
-        Ok((
-            Tracker {
-                sampler,
-                plan,
-                progress,
-            },
-            log,
-        ))
+        let needs_io = plan.epoch_file.is_some()
+            || plan.time_limit_from_squeue
+            || !matches!(plan.output, Output::None);
+        let io = if needs_io {
+            let io = UserIo::start(Setup {
+                user: plan.user.clone(),
+                epoch_file: plan.epoch_file.clone(),
+                poll: plan.config.interval,
+                squeue_job: (plan.time_limit.is_none() && plan.time_limit_from_squeue)
+                    .then(|| plan.job_id.clone()),
+                energy: sampler.probe(),
+            })
+            .map(Arc::new)?;
+            let _ = io_slot.set(Arc::clone(&io));
+            Some(io)
+        } else {
+            None
+        };
+        Ok((Tracker { sampler, plan, io }, log))
     }
 
     /// The figures so far, without stopping.
@@ -275,9 +267,12 @@ impl Tracker {
         rows_of(&self.plan, &self.sampler.snapshot()).0
     }
 
-    /// Stops sampling and writes the results where the plan says.
+    /// Stops sampling and writes the results where the plan says. Every wait
+    /// is bounded: the sampler's by `Plan::join_timeout`, the user's
+    /// filesystem's by `Plan::deliver_wait`.
     pub fn finish(self) -> Finished {
         let mut problems = Vec::new();
+        let asked = SystemTime::now();
         let snapshot = match self.sampler.stop() {
             Ok(s) => s,
             Err(e) => {
@@ -287,7 +282,7 @@ impl Tracker {
                     Some(s) => *s,
                     None => {
                         problems.push("no figures could be had from the stuck sampler".into());
-                        return Finished::empty(&self.plan, problems);
+                        return Finished::empty(&self.plan, problems, self.io);
                     }
                 }
             }
@@ -296,50 +291,48 @@ impl Tracker {
             problems.push(format!("sampling stopped early: {p}"));
         }
         let plan = &self.plan;
-        let progress = std::mem::take(&mut *lock(&self.progress));
-        problems.extend(
-            progress
-                .epoch_problem
-                .map(|e| format!("epoch marks ignored: {e}")),
-        );
-        let live_summary_problem = progress
-            .write_problem
-            .map(|e| format!("live summary not written: {e}"));
+        let (marks, epoch_problem, write_problem) = match &self.io {
+            Some(io) => io.last_poll(EPOCH_WAIT),
+            None => (Vec::new(), None, None),
+        };
+        problems.extend(epoch_problem.map(|e| format!("epoch marks ignored: {e}")));
+        let live_summary_problem = write_problem.map(|e| format!("live summary not written: {e}"));
 
-        let (rows, intensity) = rows_of(plan, &snapshot);
+        let (mut rows, intensity) = rows_of(plan, &snapshot);
+        mark_cut_short(&mut rows, &snapshot, asked, plan.config.interval);
         let mut csv = Vec::new();
         if let Err(e) = write_csv(&mut csv, &rows) {
             problems.push(format!("cannot format the footprint CSV: {e}"));
         }
-        let time_limit = progress.time_limit.flatten().or(plan.time_limit);
-        let summary = summary(
-            plan,
-            &snapshot,
-            &rows,
-            &intensity,
-            &progress.marks,
-            time_limit,
-            None,
-        );
-
-        let mut delivered = Vec::new();
-        let mut undelivered = false;
-        let mut deliver = |dir: &std::path::Path, name: String, bytes: &[u8]| match write_as_user(
-            plan, dir, &name, bytes,
-        ) {
-            Ok(p) => delivered.push(p),
-            Err(e) => {
-                undelivered = true;
-                problems.push(e);
-            }
+        let time_limit = self
+            .io
+            .as_ref()
+            .and_then(|io| io.time_limit())
+            .flatten()
+            .or(plan.time_limit);
+        let summary = summary(plan, &snapshot, &rows, &intensity, &marks, time_limit, None);
+        let mut done = Finished {
+            snapshot,
+            rows,
+            intensity,
+            csv,
+            summary,
+            delivered: Vec::new(),
+            problems,
+            live_summary_problem,
+            late: false,
+            io: self.io,
         };
-        match &plan.output {
-            _ if !plan.final_files => {}
-            Output::None => {}
-            Output::WorkDir(dir) => {
-                deliver(dir, plan.csv_name(), &csv);
-                deliver(dir, plan.txt_name(), summary.as_bytes());
-            }
+        let files = match &plan.output {
+            _ if !plan.final_files => None,
+            Output::None => None,
+            Output::WorkDir(dir) => Some((
+                dir.clone(),
+                vec![
+                    (plan.csv_name(), done.csv.clone()),
+                    (plan.txt_name(), done.summary.clone().into_bytes()),
+                ],
+            )),
             Output::Csv(path) => {
                 let dir = path
                     .parent()
@@ -349,29 +342,55 @@ impl Tracker {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| plan.csv_name());
-                deliver(dir, name, &csv);
+                Some((dir.to_path_buf(), vec![(name, done.csv.clone())]))
+            }
+        };
+        if let Some((dir, files)) = files {
+            match done.deliver(&dir, files, plan.deliver_wait, None) {
+                Delivery::Written(paths) => {
+                    done.delivered = paths;
+                    // The live summary's failure, if it healed by the end,
+                    // is still worth a line.
+                    done.problems.extend(done.live_summary_problem.clone());
+                }
+                Delivery::Failed(errors) => done.problems.extend(errors),
+                Delivery::Late(waited) => {
+                    done.late = true;
+                    done.problems.push(format!(
+                        "{} is not answering (no reply within {:.0} s); files not written",
+                        dir.display(),
+                        waited.as_secs_f64()
+                    ));
+                }
             }
         }
-        // A final file that could not be written says why; the live summary's
-        // failure is the same one, said again.
-        if plan.final_files && !undelivered {
-            problems.extend(live_summary_problem.clone());
-        }
-        Finished {
-            snapshot,
-            rows,
-            intensity,
-            csv,
-            summary,
-            delivered,
-            problems,
-            live_summary_problem,
+        done
+    }
+}
+
+/// How long the last look at the epoch file may take at the end.
+const EPOCH_WAIT: Duration = Duration::from_secs(1);
+
+/// Rows that stop before the run did (the sampler could not be stopped in
+/// time, or ended early) are never `ok`: each says how far it goes.
+fn mark_cut_short(rows: &mut [Row], snap: &Snapshot, asked: SystemTime, interval: Duration) {
+    let slack = interval.saturating_mul(2) + Duration::from_secs(1);
+    let short = asked
+        .duration_since(snap.end)
+        .is_ok_and(|behind| behind > slack);
+    if !short && snap.problem.is_none() {
+        return;
+    }
+    let until = humantime::format_rfc3339_seconds(snap.end);
+    for r in rows.iter_mut() {
+        if r.status == "ok" {
+            r.status = format!("incomplete: measured until {until}");
         }
     }
 }
 
 impl Finished {
-    fn empty(plan: &Plan, problems: Vec<String>) -> Finished {
+    fn empty(plan: &Plan, problems: Vec<String>, io: Option<Arc<UserIo>>) -> Finished {
         let now = SystemTime::now();
         Finished {
             snapshot: Snapshot {
@@ -397,27 +416,25 @@ impl Finished {
             delivered: Vec::new(),
             problems,
             live_summary_problem: None,
+            late: false,
+            io,
         }
     }
-}
 
-fn write_as_user(
-    plan: &Plan,
-    dir: &std::path::Path,
-    name: &str,
-    bytes: &[u8],
-) -> Result<PathBuf, String> {
-    write_user_file(plan.user.as_ref(), dir, name, bytes).map_err(|e| e.to_string())
-}
-
-/// The job's time limit from `squeue`, bounded to 2 s; `None` when unlimited
-/// or unknown (the summary then shows no projection to the limit).
-fn squeue_time_limit(job_id: &str) -> Option<Duration> {
-    let job = job_id.parse().ok()?;
-    let squeue = crate::report::cmd::find_program(std::path::Path::new("squeue"));
-    crate::report::status::queue_info(&squeue, job, Duration::from_secs(2))
-        .ok()?
-        .time_limit
+    /// Writes `files` into `dir` as the plan's user on the user-filesystem
+    /// thread, waiting at most `wait` (see [`UserIo::deliver`]).
+    pub fn deliver(
+        &self,
+        dir: &std::path::Path,
+        files: Vec<(String, Vec<u8>)>,
+        wait: Duration,
+        late_record: Option<PathBuf>,
+    ) -> Delivery {
+        match &self.io {
+            Some(io) => io.deliver(dir, files, wait, late_record),
+            None => Delivery::Failed(vec!["no user-filesystem thread to write with".into()]),
+        }
+    }
 }
 
 /// The timeline as spans of energy, for weighting an hourly intensity.
@@ -511,6 +528,67 @@ fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows whose sampler stopped well before it was asked to are never
+    /// `ok`; within the last interval or two they are left as they are.
+    #[test]
+    fn rows_cut_short_say_how_far_they_go() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let snap = |end_s: u64, problem: Option<&str>| Snapshot {
+            start: t0,
+            end: t0 + Duration::from_secs(end_s),
+            duration: Duration::from_secs(end_s),
+            samples: end_s,
+            devices: Vec::new(),
+            timeline: Default::default(),
+            timeline_bucket: Duration::from_secs(60),
+            problem: problem.map(str::to_string),
+            sampler_cpu: None,
+        };
+        let row = |status: &str| Row {
+            job_id: "1".into(),
+            node: "n".into(),
+            component: "cpu".into(),
+            device: "package-0".into(),
+            start: String::new(),
+            end: String::new(),
+            duration_s: 0.0,
+            share: Some(1.0),
+            energy_j: Some(1.0),
+            pue: 1.0,
+            energy_kwh: None,
+            intensity_g_per_kwh: None,
+            co2e_g: None,
+            status: status.into(),
+            intensity_source: String::new(),
+        };
+        let asked = t0 + Duration::from_secs(100);
+        let interval = Duration::from_secs(1);
+        let cut = "incomplete: measured until 2027-01-15T08:01:04Z";
+        for (end_s, problem, before, after) in [
+            (100, None, "ok", "ok"),
+            // Two intervals and a second of slack.
+            (97, None, "ok", "ok"),
+            (64, None, "ok", cut),
+            (
+                64,
+                None,
+                "incomplete: GPU 1 stopped answering at x",
+                "incomplete: GPU 1 stopped answering at x",
+            ),
+            (64, None, "unavailable: no RAPL", "unavailable: no RAPL"),
+            (
+                100,
+                Some("panicked"),
+                "ok",
+                "incomplete: measured until 2027-01-15T08:01:40Z",
+            ),
+        ] {
+            let mut rows = vec![row(before)];
+            mark_cut_short(&mut rows, &snap(end_s, problem), asked, interval);
+            assert_eq!(rows[0].status, after, "end {end_s} s, problem {problem:?}");
+        }
+    }
     use crate::ffi::identity::euid;
 
     /// A directory the user cannot write: the live summary fails with every

@@ -3,10 +3,13 @@
 //! record every call (tests/epilog_cluster.rs runs the same against real
 //! slurmdbd). Each test has its own spool, ledger and plugstack.conf.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use carbontrack::footprint::{self, NodeFootprint};
 use carbontrack::measure::{Component, DeviceEnergy, Status};
@@ -1171,4 +1174,262 @@ fn a_part_that_could_not_reach_shared_is_deposited_by_the_next_flush() {
     );
     assert_eq!(e.calls("sacctmgr"), writes);
     assert_eq!(ledger_rows(&e, 801).len(), 1);
+}
+
+/// Why the tests that act as another user cannot run here, if they cannot
+/// (a failure under CI=true, as the cluster tests).
+fn cannot_act_as_users() -> Option<String> {
+    if carbontrack::ffi::identity::euid() != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["runuser", "flock", "mkfifo"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} not found (util-linux, coreutils)"));
+        }
+    }
+    None
+}
+
+fn skip_unless_users(test: &str) -> bool {
+    match cannot_act_as_users() {
+        Some(why) => {
+            assert!(!common::in_ci(), "{test} cannot run under CI: {why}");
+            println!("SKIPPED {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn timed(f: impl FnOnce() -> Output) -> (Output, Duration) {
+    let t0 = Instant::now();
+    let o = f();
+    (o, t0.elapsed())
+}
+
+/// A user holding locks on everything of carbontrack's they can open (the
+/// ledger, its directory, the directories above the spool) delays no Epilog
+/// and no flush: none of those is what carbontrack locks, and its own locks
+/// are root-only files no user can open.
+#[test]
+fn a_users_locks_never_delay_the_epilog_or_flush() {
+    if skip_unless_users("a_users_locks_never_delay_the_epilog_or_flush") {
+        return;
+    }
+    let e = Env::new("userlock");
+    e.footprint(601, "n1", 3600.0, Some(3600.0));
+    e.db_job(601, "");
+    assert!(e.epilog(601).status.success());
+    let ledger = e.dir.join("ledger.csv");
+    assert_eq!(ledger_rows(&e, 601).len(), 1);
+
+    let holder = common::LockHolder::start("nobody", &[&e.dir]);
+    assert!(
+        holder.holds(&ledger) && holder.holds(&e.dir),
+        "{:?}",
+        holder.locked
+    );
+    let private = [
+        e.spool(),
+        carbontrack::report::ledger::lock_path(&ledger)
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    ];
+    for p in &holder.locked {
+        assert!(
+            !private.iter().any(|d| p.starts_with(d)),
+            "a user could open {}",
+            p.display()
+        );
+    }
+    println!("nobody holds flock on {} paths", holder.locked.len());
+    let mut times = Vec::new();
+    for job in [602, 603, 604] {
+        e.footprint(job, "n1", 7200.0, Some(3600.0));
+        e.db_job(job, "");
+        let (o, took) = timed(|| e.epilog(job));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("job {job}: delivered")),
+            "{}",
+            stderr(&o)
+        );
+        // Well under the bounded wait: the user's locks are not even seen.
+        assert!(
+            took < carbontrack::report::ledger::LOCK_WAIT,
+            "epilog of job {job} took {took:?} with a user's lock held"
+        );
+        times.push(took);
+    }
+    let (o, took) = timed(|| e.carbontrack(&["flush"], None));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(took < carbontrack::report::ledger::LOCK_WAIT, "{took:?}");
+    println!("epilog with a user's locks held: {times:?}; flush {took:?}");
+    drop(holder);
+    for job in [601, 602, 603, 604] {
+        assert_eq!(ledger_rows(&e, job).len(), 1, "{}", e.ledger());
+        assert!(e.field(job).contains("carbontrack:v1"), "job {job}");
+    }
+}
+
+/// Another carbontrack process holding the ledger's own lock (stuck on the
+/// ledger's filesystem, say) delays an Epilog by the bounded wait only; the
+/// job's ledger row waits in the outbox, with one log line, and goes out
+/// once with the next flush after the lock is free.
+#[test]
+fn a_held_ledger_lock_costs_the_bounded_wait_and_the_total_stays_queued() {
+    if skip_unless_users("a_held_ledger_lock_costs_the_bounded_wait_and_the_total_stays_queued") {
+        return;
+    }
+    let e = Env::new("heldlock");
+    let ledger = e.dir.join("ledger.csv");
+    let lock = carbontrack::report::ledger::lock_path(&ledger);
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    fs::set_permissions(lock.parent().unwrap(), fs::Permissions::from_mode(0o700)).unwrap();
+    let held = carbontrack::safe_fs::lock(&lock, Duration::ZERO)
+        .unwrap()
+        .unwrap();
+    e.footprint(611, "n1", 3600.0, Some(3600.0));
+    e.db_job(611, "");
+    let (o, took) = timed(|| e.epilog(611));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let wait = carbontrack::report::ledger::LOCK_WAIT;
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(3),
+        "epilog took {took:?}"
+    );
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("job 611")).collect();
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(
+        lines[0].contains("queued for retry") && lines[0].contains("held by another carbontrack"),
+        "{}",
+        lines[0]
+    );
+    // Accounting has it already; the ledger not yet.
+    assert!(e.field(611).contains("carbontrack:v1"));
+    assert!(ledger_rows(&e, 611).is_empty());
+    assert!(e.queued(611));
+    drop(held);
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ledger_rows(&e, 611).len(), 1);
+    assert!(!e.queued(611));
+    println!("epilog with the ledger's lock held elsewhere: {took:?}");
+}
+
+/// A ledger directory users can write is refused with one line saying what
+/// to fix; the total stays queued and goes out once it is fixed.
+#[test]
+fn a_ledger_directory_users_can_write_is_refused_until_fixed() {
+    let e = Env::new("laxledger");
+    let dir = e.dir.join("lax");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let ledger = dir.join("ledger.csv");
+    e.footprint(621, "n1", 3600.0, Some(3600.0));
+    e.db_job(621, "");
+    let o = e.carbontrack(&["epilog", "--ledger", ledger.to_str().unwrap()], Some(621));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fix = format!("chown root: {0} && chmod 755 {0}", dir.display());
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(&fix)).collect();
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(
+        lines[0].contains("job 621: queued for retry") && lines[0].contains("stays queued"),
+        "{}",
+        lines[0]
+    );
+    assert!(!ledger.exists());
+    assert!(e.queued(621));
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = fs::read_to_string(&ledger).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("621,")).count(),
+        1,
+        "{text}"
+    );
+}
+
+/// `carbontrack status` as root reads the job's summary in the user's work
+/// dir as the job's user: a link planted there is not followed, a FIFO does
+/// not hang it.
+#[test]
+fn status_as_root_reads_the_summary_as_the_user() {
+    if skip_unless_users("status_as_root_reads_the_summary_as_the_user") {
+        return;
+    }
+    let e = Env::new("status");
+    let work = e.dir.join("work");
+    fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    let squeue = e.dir.join("bin/squeue");
+    fs::write(
+        &squeue,
+        format!(
+            "#!/bin/sh\necho '1:00:00|nobody|65534|65534|{}'\n",
+            work.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&squeue, fs::Permissions::from_mode(0o755)).unwrap();
+    let status = || {
+        timed(|| {
+            e.carbontrack(
+                &["status", "--squeue", squeue.to_str().unwrap(), "631"],
+                None,
+            )
+        })
+    };
+    let secret = e.dir.join("secret");
+    fs::write(&secret, "root's secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let txt = work.join("carbontrack-631.txt");
+    std::os::unix::fs::symlink(&secret, &txt).unwrap();
+    let (o, _) = status();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() && !out.contains("secret"), "{out}");
+    assert!(stderr(&o).contains("is a symbolic link"), "{}", stderr(&o));
+    fs::remove_file(&txt).unwrap();
+    let made = Command::new("runuser")
+        .args(["-u", "nobody", "--", "mkfifo"])
+        .arg(&txt)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (o, took) = status();
+    assert!(
+        took < Duration::from_secs(3),
+        "status took {took:?} on a FIFO"
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("is a FIFO"),
+        "{}",
+        stderr(&o)
+    );
+    fs::remove_file(&txt).unwrap();
+    carbontrack::deliver::write_user_file(
+        Some(&carbontrack::ffi::identity::FsIdentity {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        }),
+        &work,
+        "carbontrack-631.txt",
+        b"carbontrack: job 631 (running 5 min)\n",
+    )
+    .unwrap();
+    let (o, _) = status();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "carbontrack: job 631 (running 5 min)\n"
+    );
 }

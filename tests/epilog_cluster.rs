@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carbontrack::carbon::intensity::Resolved;
 use carbontrack::footprint::{self, NodeFootprint};
@@ -430,7 +430,177 @@ fn epilog_against_real_slurmdbd() {
     );
     fs::remove_file(t.stage.join("footprint.csv")).unwrap();
 
-    // 5. Reports: totals equal the sum of the jobs, from accounting (as root
+    // 5. `carbontrack status` run by root for a running job whose live
+    // footprint is not in the spool reads the job's summary in its work dir
+    // as the job's user (uid, gid from the real squeue): a link ctuser
+    // planted there to a root-only file is not followed, a FIFO does not
+    // hang it, the user's own file is shown.
+    let id = t.submit("sleep 60");
+    t.wait_state(id, "RUNNING");
+    let no_live = dir.join("ct-spool-empty");
+    carbontrack::spool::Spool::open(&no_live).unwrap();
+    let secret = dir.join("root-secret");
+    fs::write(&secret, "root's secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let txt = t.c.work_dir().join(format!("carbontrack-{id}.txt"));
+    let as_ctuser = |args: &[&str]| {
+        let o = Command::new("runuser")
+            .args(["-u", common::USER, "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", T::out(&o));
+    };
+    let status = || {
+        let t0 = Instant::now();
+        let o = t.carbontrack(&[
+            "status",
+            "--spool",
+            no_live.to_str().unwrap(),
+            &id.to_string(),
+        ]);
+        (o, t0.elapsed())
+    };
+    as_ctuser(&["ln", "-s", secret.to_str().unwrap(), txt.to_str().unwrap()]);
+    let (o, _) = status();
+    assert!(
+        !o.status.success()
+            && !T::out(&o).contains("secret\n")
+            && T::out(&o).contains("is a symbolic link"),
+        "{}",
+        T::out(&o)
+    );
+    fs::remove_file(&txt).unwrap();
+    as_ctuser(&["mkfifo", txt.to_str().unwrap()]);
+    let (o, took) = status();
+    assert!(
+        !o.status.success() && T::out(&o).contains("is a FIFO"),
+        "{}",
+        T::out(&o)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "status on a FIFO took {took:?}"
+    );
+    println!("status as root on ctuser's FIFO: refused in {took:?}");
+    fs::remove_file(&txt).unwrap();
+    let summary = format!("carbontrack: job {id} (running) so far\n");
+    as_ctuser(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf '%s\\n' '{}' > {}",
+            summary.trim_end(),
+            txt.display()
+        ),
+    ]);
+    let (o, _) = status();
+    assert!(o.status.success(), "{}", T::out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), summary);
+    let o = t.c.as_root("scancel", &[&id.to_string()]);
+    assert!(o.status.success(), "{}", T::out(&o));
+    t.wait_gone(id);
+
+    // 6. A user (ctuser) holds a lock on every carbontrack file and
+    // directory he can open (the ledger and its directory, the spool's
+    // directory entry, the configuration, the binary) while other tracked
+    // jobs end: each leaves the queue within 15 s of its end, its total is
+    // in accounting, and the ledger has exactly one row per job.
+    let holder = common::LockHolder::start(
+        common::USER,
+        &[
+            t.ledger.parent().unwrap(),
+            &t.spool,
+            &dir.join("etc"),
+            &t.bin,
+        ],
+    );
+    assert!(
+        holder.holds(&t.ledger) && holder.holds(t.ledger.parent().unwrap()),
+        "{:?}",
+        holder.locked
+    );
+    println!(
+        "{} holds flock on {} paths: {:?}",
+        common::USER,
+        holder.locked.len(),
+        holder.locked
+    );
+    t.stage(18_000.0, 36_000.0);
+    let ids: Vec<u32> = (0..3).map(|_| t.submit("sleep 2")).collect();
+    let mut gone_at = std::collections::HashMap::new();
+    t.wait_for("the jobs to leave the queue", || {
+        for id in &ids {
+            if !gone_at.contains_key(id)
+                && t.root("squeue", &["-h", "-j", &id.to_string(), "-o", "%T"])
+                    .trim()
+                    .is_empty()
+            {
+                gone_at.insert(*id, std::time::SystemTime::now());
+            }
+        }
+        gone_at.len() == ids.len()
+    });
+    for id in &ids {
+        let end = t
+            .root(
+                "sacct",
+                &["-n", "-X", "-P", "-j", &id.to_string(), "-o", "End"],
+            )
+            .trim()
+            .to_string();
+        let secs = Command::new("date")
+            .args(["-d", &end, "+%s"])
+            .output()
+            .unwrap();
+        let end_s: u64 = String::from_utf8_lossy(&secs.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("job {id}: End `{end}`"));
+        let gone_s = gone_at[id]
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let after = gone_s - end_s as f64;
+        println!(
+            "job {id}: left the queue {after:.1} s after its end ({end}) with ctuser's locks held"
+        );
+        assert!(
+            after <= 15.0,
+            "job {id} left the queue {after:.1} s after its end"
+        );
+        t.wait_for(&format!("segment of job {id}"), || {
+            t.field(*id).contains("carbontrack:v1")
+        });
+        let seg = Segment::parse(&t.field(*id)).unwrap();
+        assert!(close(seg.energy_kwh.unwrap(), kwh(54_000.0)), "{seg:?}");
+        delivered_j.push(54_000.0);
+    }
+    assert_eq!(t.drained(), "");
+    for l in t.epilog_log().lines().filter(|l| {
+        l.starts_with("test-epilog:") && ids.iter().any(|id| l.contains(&format!("job {id} took")))
+    }) {
+        println!("{l}");
+        let ms: u64 = l
+            .split(" took ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(ms < 10_000, "{l}");
+    }
+    drop(holder);
+    fs::remove_file(t.stage.join("footprint.csv")).unwrap();
+    let ledger = fs::read_to_string(&t.ledger).unwrap();
+    for id in &ids {
+        let rows = ledger
+            .lines()
+            .filter(|l| l.starts_with(&format!("{id},")))
+            .count();
+        assert_eq!(rows, 1, "job {id} in the ledger:\n{ledger}");
+    }
+
+    // 7. Reports: totals equal the sum of the jobs, from accounting (as root
     // and as the user, who sees their own jobs) and from the ledger.
     let want = kwh(delivered_j.iter().sum());
     for (who, out) in [

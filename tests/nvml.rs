@@ -544,3 +544,91 @@ fn selection_through_the_library() {
     let (meter, _) = NvmlMeter::for_job(&path, &hints, Instant::now());
     assert_eq!(totals(&meter)[0].share, 0.5);
 }
+
+/// A GPU whose calls stop returning (the driver waiting on a GPU that fell
+/// off the bus) is given up on alone: the other GPU is measured in full by
+/// a fresh sampler thread, the stuck one keeps what it had and says when it
+/// stopped answering, and nothing changes when its call finally returns.
+#[test]
+fn a_gpu_whose_calls_hang_is_given_up_on_alone() {
+    use carbontrack::measure::sampler::{Sampler, SamplerOptions};
+    let epoch = unix_now();
+    let p: Profile = "200".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}",
+        gpu(
+            0,
+            "power = 200\nenergy = counter\nhang_at = 2.0\nhang_for = 3.0"
+        ),
+        gpu(1, "power = 200\nenergy = counter"),
+    );
+    let lib = fake_nvml("hanging", &config);
+    let before = unix_now() - epoch;
+    let (meter, _) = NvmlMeter::for_job(&lib, &GpuHints::default(), Instant::now());
+    let opened = (before + unix_now() - epoch) / 2.0;
+    let meters: Vec<Box<dyn Meter>> = meter
+        .split()
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn Meter>)
+        .collect();
+    assert_eq!(meters.len(), 2, "one meter per GPU");
+    let opts = SamplerOptions {
+        interval: Duration::from_millis(100),
+        stall_after: Duration::from_millis(300),
+        join_timeout: Duration::from_secs(2),
+        thread_name: "ct-nvml-hang".into(),
+        ..SamplerOptions::default()
+    };
+    let s = Sampler::start(meters, opts, None).unwrap();
+    sleep(Duration::from_secs_f64(
+        (3.5 - (unix_now() - epoch)).max(0.0),
+    ));
+    let stop_at = unix_now() - epoch;
+    let fin = s
+        .stop()
+        .expect("the other GPU's thread takes the last sample");
+    let stopped = unix_now() - epoch;
+    assert!(stopped - stop_at < 2.5, "stop took {} s", stopped - stop_at);
+
+    let healthy = entry(&fin.devices, &uuid(1));
+    assert_eq!(healthy.status, Status::Ok, "{:?}", fin.devices);
+    let whole = p.energy_between(opened, stop_at);
+    let err = relative_error(healthy.energy.unwrap().0, whole);
+    eprintln!(
+        "healthy GPU: {} J vs {whole} J ({err:.4})",
+        healthy.energy.unwrap().0
+    );
+    assert!(err < 0.03, "the healthy GPU is measured in full: {err}");
+
+    let stuck = entry(&fin.devices, &uuid(0));
+    let Status::Incomplete(why) = &stuck.status else {
+        panic!("stuck GPU: {:?}", stuck.status)
+    };
+    assert!(why.starts_with("GPU 0 stopped answering at 20"), "{why}");
+    assert!(
+        why.len() <= 100 - "incomplete: ".len(),
+        "short status: {why}"
+    );
+    let until_hang = p.energy_between(opened, 2.0);
+    let got = stuck.energy.unwrap().0;
+    assert!(
+        got <= until_hang * 1.01 && got >= p.energy_between(opened, 1.85) * 0.99,
+        "energy until it stopped answering: {got} J, truth {until_hang} J"
+    );
+
+    // The hung call returns at 5 s; its thread must end quietly.
+    sleep(Duration::from_secs_f64(
+        (5.5 - (unix_now() - epoch)).max(0.0),
+    ));
+    let t = Instant::now();
+    while std::fs::read_dir("/proc/self/task").unwrap().any(|e| {
+        std::fs::read_to_string(e.unwrap().path().join("comm"))
+            .is_ok_and(|c| c.trim() == "ct-nvml-hang")
+    }) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the released thread never ended"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}

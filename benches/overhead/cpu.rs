@@ -172,7 +172,12 @@ impl CpuRun {
             })],
             Set::NoMeters | Set::Sleeper => Vec::new(),
             Set::RaplOnly => vec![Box::new(meters.rapl)],
-            Set::NvmlOnly => vec![Box::new(meters.nvml)],
+            Set::NvmlOnly => meters
+                .nvml
+                .split()
+                .into_iter()
+                .map(|m| Box::new(m) as Box<dyn Meter>)
+                .collect(),
         };
         // Unique per run, within the 15 bytes Linux keeps.
         let name = format!("ct-{}-{delay_us}-{}", interval.as_millis(), set.code());

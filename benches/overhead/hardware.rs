@@ -165,8 +165,17 @@ impl JobMeters {
         }
     }
 
+    /// The meters as the tracker hands them to the sampler: RAPL, then one
+    /// meter per GPU (so a GPU that stops answering is given up on alone).
     pub fn into_boxes(self) -> Vec<Box<dyn Meter>> {
-        vec![Box::new(self.rapl), Box::new(self.nvml)]
+        let mut v: Vec<Box<dyn Meter>> = vec![Box::new(self.rapl)];
+        v.extend(
+            self.nvml
+                .split()
+                .into_iter()
+                .map(|m| Box::new(m) as Box<dyn Meter>),
+        );
+        v
     }
 }
 

@@ -225,6 +225,8 @@ pub struct HourTable(pub BTreeMap<i64, f64>);
 /// A bad intensity file; the message names the file, the line and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    #[error("intensity file {0}")]
+    Refused(String),
     #[error("intensity file {path}: {source}")]
     Read {
         path: String,
@@ -241,11 +243,26 @@ pub enum FileError {
     },
 }
 
-/// Reads and parses a site's hourly file.
+/// The most of a site's hourly file that is read: years of hours are a few
+/// megabytes.
+pub const MAX_HOURLY_FILE: u64 = 64 << 20;
+
+/// Reads and parses a site's hourly file: a regular file (a link an admin
+/// made is followed; a FIFO is refused, never waited on), at most
+/// [`MAX_HOURLY_FILE`] bytes.
 pub fn read_hourly_file(path: &Path) -> Result<HourTable, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    let refused = |e: crate::safe_fs::SafeFsError| match e {
+        crate::safe_fs::SafeFsError::Io { source, .. } => FileError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+        e => FileError::Refused(e.to_string()),
+    };
+    let f = crate::safe_fs::open_regular(path).map_err(refused)?;
+    let bytes = crate::safe_fs::read_bounded(path, f, MAX_HOURLY_FILE).map_err(refused)?;
+    let text = String::from_utf8(bytes).map_err(|e| FileError::Read {
         path: path.display().to_string(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
     parse_hourly_csv(&text).map_err(|(line, problem)| FileError::Line {
         path: path.display().to_string(),
@@ -670,6 +687,16 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("line 2"), "{d}");
+
+        // A FIFO at the name: refused at once (the fallback used), never
+        // waited on for a writer.
+        std::fs::remove_file(&path).unwrap();
+        crate::safe_fs::tests::mkfifo(&path);
+        let r = crate::safe_fs::tests::quick("a FIFO as the intensity file", || {
+            resolve(&spec, &IntensitySpec::Zone("DK".into()), (t(0), t(1)), &[])
+        });
+        assert_eq!(r.g_per_kwh, GramsPerKwh(149.7));
+        assert!(r.describe().contains("is a FIFO"), "{}", r.describe());
         std::fs::remove_dir_all(&dir).unwrap();
 
         let r = resolve(&spec, &IntensitySpec::WorldAverage, (t(0), t(1)), &[]);

@@ -28,13 +28,15 @@
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
+
+use crate::safe_fs;
 
 use super::intensity::{
     EnergySpan, HourTable, IntensitySpec, MAX_G_PER_KWH, Resolved, constant_or_world, hour_weights,
@@ -319,7 +321,15 @@ pub fn read_key(path: &Path) -> Result<String, LiveError> {
         path: path.display().to_string(),
         problem,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    // Followed if a link (an admin's choice), but never a FIFO: opened
+    // without blocking, then checked as opened.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    safe_fs::check_regular(path, &f).map_err(|e| err(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| err(e.to_string()))?;
     // /proc/self belongs to the process's effective user.
     let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     if me.is_some_and(|uid| uid != meta.uid()) {
@@ -334,7 +344,8 @@ pub fn read_key(path: &Path) -> Result<String, LiveError> {
             meta.mode() & 0o777
         )));
     }
-    let key = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let key = safe_fs::read_bounded(path, f, 4096).map_err(|e| err(e.to_string()))?;
+    let key = String::from_utf8_lossy(&key);
     let key = key.trim();
     if key.is_empty() || key.contains(['\r', '\n']) {
         return Err(err("must hold the key on a single line".into()));
@@ -502,33 +513,33 @@ pub fn cache_path(dir: &Path, zone: &str) -> PathBuf {
     dir.join(format!("electricitymaps-{zone}.csv"))
 }
 
+/// The most a cache file is read: 30 days of hours are about 20 kB.
+const MAX_CACHE: u64 = 4 << 20;
+
+/// The cache, if it is root's own regular file in a directory only root can
+/// write (the spool): never read through a link or from a FIFO.
 fn read_cache(path: &Path) -> Option<(HourTable, SystemTime)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    let table = parse_hourly_csv(&text).ok()?;
+    safe_fs::check_dir(path.parent()?, 0o700).ok()?;
+    let f = safe_fs::open_own(path, std::fs::OpenOptions::new().read(true)).ok()?;
+    let modified = f.metadata().ok()?.modified().ok()?;
+    let bytes = safe_fs::read_bounded(path, f, MAX_CACHE).ok()?;
+    let table = parse_hourly_csv(&String::from_utf8_lossy(&bytes)).ok()?;
     Some((table, modified))
 }
 
 /// Writes the cache beside its final name and renames it into place, so a
-/// concurrent epilog reads the old file or the new one, never half of one.
-fn write_cache(path: &Path, table: &HourTable) -> std::io::Result<()> {
+/// concurrent epilog reads the old file or the new one, never half of one;
+/// only into a directory only root can write, never through a link.
+fn write_cache(path: &Path, table: &HourTable) -> Result<(), safe_fs::SafeFsError> {
     let mut text = String::from("timestamp,g_per_kwh\n");
     for (h, g) in &table.0 {
         text.push_str(&format!("{},{g}\n", h * 3600));
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        safe_fs::check_dir(dir, 0o700)?;
     }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    safe_fs::write_atomic(path, &tmp, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]
@@ -540,6 +551,7 @@ mod tests {
 
     use super::*;
     use crate::units::{GramsPerKwh, Joules};
+    use std::os::unix::fs::PermissionsExt;
 
     /// 2024-05-01T00:00:00Z.
     const DAY: u64 = 1_714_521_600;

@@ -121,6 +121,20 @@ pub trait Meter: Send {
     fn sample(&mut self, now: Instant);
     /// Appends the running totals, one entry per device.
     fn totals(&self, out: &mut Vec<DeviceEnergy>);
+    /// The energies of [`Meter::totals`], in its order, into `out` (cleared
+    /// first). Runs after every sample, so the sampler keeps figures it can
+    /// give without asking a meter that stopped answering; the meters of
+    /// this crate allocate nothing here in steady state.
+    fn energies(&self, out: &mut Vec<Option<Joules>>) {
+        let mut rows = Vec::new();
+        self.totals(&mut rows);
+        out.clear();
+        out.extend(rows.iter().map(|r| r.energy));
+    }
+    /// Names the meter in a status: `RAPL`, `GPU 1`.
+    fn label(&self) -> String {
+        "meter".to_string()
+    }
 }
 
 #[cfg(test)]

@@ -742,6 +742,23 @@ impl NvmlMeter {
         (meter, log)
     }
 
+    /// One meter per GPU, so that the sampler can give up on a GPU whose
+    /// calls stopped returning and go on with the others.
+    pub fn split(self) -> Vec<NvmlMeter> {
+        if self.unavailable.is_some() || self.gpus.len() <= 1 {
+            return vec![self];
+        }
+        let nvml = self.nvml;
+        self.gpus
+            .into_iter()
+            .map(|g| NvmlMeter {
+                nvml,
+                gpus: vec![g],
+                unavailable: None,
+            })
+            .collect()
+    }
+
     /// The GPUs being metered, by UUID.
     pub fn uuids(&self) -> impl Iterator<Item = &str> {
         self.gpus.iter().map(|g| g.uuid.as_str())
@@ -765,6 +782,25 @@ impl Meter for NvmlMeter {
             ));
         }
         out.extend(self.gpus.iter().map(GpuMeter::entry));
+    }
+
+    fn energies(&self, out: &mut Vec<Option<Joules>>) {
+        out.clear();
+        if self.unavailable.is_some() {
+            out.push(None);
+        }
+        out.extend(
+            self.gpus
+                .iter()
+                .map(|g| g.measured.then(|| Joules(g.energy_j) * g.share)),
+        );
+    }
+
+    fn label(&self) -> String {
+        match &self.gpus[..] {
+            [g] => format!("GPU {}", g.index),
+            _ => "NVML".to_string(),
+        }
     }
 }
 

@@ -514,6 +514,22 @@ impl Meter for RaplMeter {
         }
         out.extend(self.unavailable.iter().cloned());
     }
+
+    fn energies(&self, out: &mut Vec<Option<Joules>>) {
+        out.clear();
+        // Which of these is unavailable is the rows' to say; the sampler
+        // keeps both.
+        out.extend(
+            self.zones
+                .iter()
+                .map(|z| Some(Joules::from_micro(z.energy_uj) * z.share)),
+        );
+        out.extend(self.unavailable.iter().map(|u| u.energy));
+    }
+
+    fn label(&self) -> String {
+        "RAPL".to_string()
+    }
 }
 
 /// How a counter moved between two reads.

@@ -24,11 +24,12 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::measure::{Component, DeviceEnergy, Meter};
+use crate::measure::{Component, DeviceEnergy, Meter, Status};
 use crate::units::{Joules, Watts};
 
 /// The largest timeline cap accepted: 2^20 points are 32 MiB, reserved at
@@ -47,8 +48,12 @@ pub struct SamplerOptions {
     /// Most timeline points kept; when full, neighbours are merged in pairs.
     /// The default holds 7 days of minutes.
     pub timeline_cap: usize,
-    /// How long [`Sampler::stop`] waits for the thread.
+    /// How long [`Sampler::stop`] waits for the last sample, all told.
     pub join_timeout: Duration,
+    /// A meter call older than this is taken as one that will not return:
+    /// the meter is given up on and a fresh thread samples the others. Also
+    /// how often the watchdog looks.
+    pub stall_after: Duration,
     /// The thread's stack: meters and observers do little, and the thread
     /// lives inside slurmstepd, so it stays far below the 8 MiB default.
     pub stack_size: usize,
@@ -64,6 +69,7 @@ impl Default for SamplerOptions {
             refresh: Duration::from_secs(60),
             timeline_cap: 7 * 24 * 60,
             join_timeout: Duration::from_secs(2),
+            stall_after: Duration::from_secs(5),
             stack_size: 256 * 1024,
             thread_name: "carbontrack".to_string(),
         }
@@ -290,10 +296,12 @@ fn sum_component(devices: &[DeviceEnergy], c: Component) -> Option<Joules> {
         .reduce(|a, b| a + b)
 }
 
-/// Called on the sampler thread; keep both cheap, never block for long.
+/// Called on the sampler thread; keep both cheap, never block for long, and
+/// never touch a user's filesystem here (a hung NFS server would stop the
+/// sampling; `crate::tracker` does that on a thread of its own).
 pub trait Observer: Send {
-    /// After every sample. Call [`Tick::total`] only when needed: it is the one
-    /// thing here that allocates.
+    /// After every sample. [`Tick::total`] sums the energies kept from the
+    /// sample; it allocates nothing.
     fn on_sample(&mut self, _tick: &mut Tick<'_>) {}
     /// Every `refresh` period and once more after the last sample.
     fn on_refresh(&mut self, _snap: &Snapshot) {}
@@ -305,79 +313,262 @@ pub struct Tick<'a> {
     pub at: SystemTime,
     /// Samples so far, this one included.
     pub samples: u64,
-    meters: &'a [Box<dyn Meter>],
-    scratch: &'a mut Vec<DeviceEnergy>,
+    slots: &'a [Slot],
 }
 
 impl Tick<'_> {
     /// Energy attributed to the job so far, over all measured devices.
     pub fn total(&mut self) -> Joules {
-        self.scratch.clear();
-        for m in self.meters {
-            m.totals(self.scratch);
-        }
-        self.scratch.iter().filter_map(|d| d.energy).sum()
+        total_of(self.slots)
     }
 }
 
-/// Why [`Sampler::stop`] could not join the thread.
+/// Why [`Sampler::stop`] could not have a last sample taken.
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     #[error(
-        "the sampler thread did not finish within {} s of being asked to stop \
-         (a meter call is stuck?); it is still running",
+        "the sampler did not finish within {} s of being asked to stop, even on a fresh \
+         thread; the figures stop at its last sample",
         waited.as_secs_f64()
     )]
     Hung {
         waited: Duration,
-        /// The newest snapshot that could be had without waiting for it.
+        /// The newest figures that could be had without waiting for it.
         last: Option<Box<Snapshot>>,
     },
 }
 
 /// A running sampler; dropping it stops it as [`Sampler::stop`] would.
+///
+/// A meter call that never returns (NVML when a GPU falls off the bus, a
+/// sysfs read on a sick node) must not stop the others: each meter sits in a
+/// [`Slot`] of its own, a watchdog thread (awake once per `stall_after`)
+/// notices a call older than that, marks its meter stuck as of the call's
+/// start, and hands the schedule to a fresh sampler thread, which skips the
+/// stuck meter. The stuck thread is left to its call: when it returns it
+/// sees it was retired and ends without touching anything but its own meter.
+/// Energy counters of the other meters bridge the pause; nothing is lost.
 pub struct Sampler {
     shared: Arc<Shared>,
+    /// The first sampler thread: joined at stop when it is the one that ended.
     handle: Option<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
     join_timeout: Duration,
 }
 
+/// The job's energy so far, as of the last sample; see [`Sampler::probe`].
+#[derive(Clone)]
+pub struct EnergyProbe(Arc<Shared>);
+
+impl EnergyProbe {
+    pub fn total(&self) -> Joules {
+        total_of(&self.0.slots)
+    }
+}
+
+/// One meter, and what is known of it without asking it.
+struct Slot {
+    meter: Mutex<Box<dyn Meter>>,
+    /// Its devices' energies after its last sample ([`Meter::energies`]);
+    /// never held across a device call.
+    energies: Mutex<Vec<Option<Joules>>>,
+    /// Its rows as last read in full (start, refreshes, snapshots), for when
+    /// it cannot be asked.
+    rows: Mutex<Vec<DeviceEnergy>>,
+    /// When the call in progress began, in ns after the baseline plus one;
+    /// 0 while no call is in progress.
+    busy_since: AtomicU64,
+    /// Set once the meter is given up on: the wall time its last call began,
+    /// and what happened (`stopped answering`, `failed`).
+    stuck: OnceLock<(SystemTime, &'static str)>,
+    /// Names the meter in a status (`GPU 1`, `RAPL`).
+    label: String,
+}
+
 struct Shared {
+    slots: Vec<Slot>,
     inner: Mutex<Inner>,
     control: Mutex<Control>,
     wake: Condvar,
-    /// The snapshot of the last refresh, for a stop that cannot get the lock;
-    /// without its timeline, which would keep the sampler copying it.
-    published: Mutex<Option<Snapshot>>,
-    /// Also in `Inner`; locked after `inner` when both are, so a stop can
-    /// still read it while a stuck meter holds `inner`.
-    timeline: Arc<Mutex<Buckets>>,
+    /// The observer, shared by the successive sampler threads; a thread stuck
+    /// inside it keeps it, and its successor goes on without.
+    observer: Mutex<Option<Box<dyn Observer>>>,
+    /// Which sampler thread is the current one; a retired one sees it change.
+    generation: AtomicU32,
+    /// When the current thread last went round its loop, ns after `t0`.
+    heartbeat: AtomicU64,
+    t0: Instant,
+    wall0: SystemTime,
+    opts: SamplerOptions,
 }
 
 #[derive(Default)]
 struct Control {
-    /// The thread has blocked signals and is about to wait for its first tick.
+    /// The current thread has blocked signals and is about to wait.
     running: bool,
     stop: bool,
+    /// The current thread has ended.
     done: bool,
 }
 
 struct Inner {
-    meters: Vec<Box<dyn Meter>>,
     samples: u64,
     first: Option<(Instant, SystemTime)>,
     last: Option<(Instant, SystemTime)>,
-    timeline: Arc<Mutex<Buckets>>,
-    scratch: Vec<DeviceEnergy>,
+    timeline: Buckets,
     problem: Option<String>,
-    /// Set by the thread only (see [`Snapshot::sampler_cpu`]).
+    /// Set by the sampler threads only (see [`Snapshot::sampler_cpu`]).
     sampler_cpu: Option<SamplerCpu>,
+    /// CPU time of sampler threads retired before the current one.
+    cpu_base: Duration,
 }
 
 /// Poisoning only means a meter panicked mid-sample; the totals are still the
 /// best there is, so use them.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Tries `m` for up to `wait`, never blocking longer: a meter's lock may be
+/// held by a thread stuck in a device call.
+fn lock_within<T: ?Sized>(m: &Mutex<T>, wait: Duration) -> Option<MutexGuard<'_, T>> {
+    let until = Instant::now() + wait;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// How long a snapshot waits for a meter in the middle of a sample.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
+
+fn total_of(slots: &[Slot]) -> Joules {
+    slots
+        .iter()
+        .map(|s| lock(&s.energies).iter().flatten().copied().sum::<Joules>())
+        .sum()
+}
+
+/// Energy per component from the kept energies, without asking any meter.
+fn energy_of_slots(slots: &[Slot]) -> [Option<Joules>; 3] {
+    let mut out = [None; 3];
+    for s in slots {
+        let rows = lock(&s.rows);
+        let energies = lock(&s.energies);
+        for (row, e) in rows.iter().zip(energies.iter()) {
+            if let (Some(e), Some(i)) = (e, COMPONENTS.iter().position(|&c| c == row.component)) {
+                out[i] = Some(out[i].unwrap_or(Joules::ZERO) + *e);
+            }
+        }
+    }
+    out
+}
+
+impl Slot {
+    fn new(meter: Box<dyn Meter>) -> Slot {
+        let label = meter.label();
+        Slot {
+            meter: Mutex::new(meter),
+            energies: Mutex::new(Vec::new()),
+            rows: Mutex::new(Vec::new()),
+            busy_since: AtomicU64::new(0),
+            stuck: OnceLock::new(),
+            label,
+        }
+    }
+
+    /// Samples the meter unless it is stuck; an error when it panicked (the
+    /// meter is then given up on, the others go on).
+    fn sample(&self, shared: &Shared, now: Instant) -> Result<(), String> {
+        if self.stuck.get().is_some() {
+            return Ok(());
+        }
+        // The sample's time stands for the call's: the calls of one sample
+        // run back to back, and one clock read a sample is cheaper.
+        self.busy_since.store(
+            since_ns(shared.t0, now).saturating_add(1),
+            Ordering::Relaxed,
+        );
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut m = lock(&self.meter);
+            m.sample(now);
+            // A call that returns after the meter was given up on must not
+            // move its figures past the time it stopped answering.
+            if self.stuck.get().is_none() {
+                m.energies(&mut lock(&self.energies));
+            }
+        }));
+        self.busy_since.store(0, Ordering::Relaxed);
+        result.map_err(|panic| {
+            let what = panic_text(&*panic);
+            let _ = self.stuck.set((SystemTime::now(), "failed"));
+            format!("{} failed (panicked: {what})", self.label)
+        })
+    }
+
+    /// Appends the meter's rows: asked directly when it is free within
+    /// `wait`, else from what was kept (marked, when it is stuck).
+    fn rows_into(&self, out: &mut Vec<DeviceEnergy>, wait: Duration) {
+        if self.stuck.get().is_none()
+            && let Some(m) = lock_within(&self.meter, wait)
+        {
+            let from = out.len();
+            m.totals(out);
+            drop(m);
+            *lock(&self.rows) = out[from..].to_vec();
+            return;
+        }
+        let rows = lock(&self.rows);
+        let energies = lock(&self.energies);
+        for (i, r) in rows.iter().enumerate() {
+            let mut r = r.clone();
+            if r.energy.is_some()
+                && let Some(Some(e)) = energies.get(i)
+            {
+                r.energy = Some(*e);
+            }
+            if let Some(&(at, what)) = self.stuck.get()
+                && r.energy.is_some()
+            {
+                r.status = Status::Incomplete(format!(
+                    "{} {what} at {}",
+                    self.label,
+                    humantime::format_rfc3339_seconds(at)
+                ));
+            }
+            out.push(r);
+        }
+    }
+
+    /// The wall time of the call in progress, if it began more than `stall`
+    /// ago.
+    fn stalled(&self, shared: &Shared, stall: Duration) -> Option<SystemTime> {
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy == 0 || self.stuck.get().is_some() {
+            return None;
+        }
+        let began = shared.t0 + Duration::from_nanos(busy - 1);
+        (Instant::now().saturating_duration_since(began) >= stall)
+            .then(|| shared.wall0 + Duration::from_nanos(busy - 1))
+    }
+}
+
+fn since_ns(t0: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(t0).as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 impl Sampler {
@@ -391,69 +582,75 @@ impl Sampler {
         if opts.interval.is_zero() {
             return Err(invalid("sampler interval must be positive"));
         }
-        if opts.bucket.is_zero() || opts.refresh.is_zero() {
+        if opts.bucket.is_zero() || opts.refresh.is_zero() || opts.stall_after.is_zero() {
             return Err(invalid(
-                "timeline bucket and refresh period must be positive",
+                "timeline bucket, refresh period and stall time must be positive",
             ));
         }
         if !(2..=MAX_TIMELINE_CAP).contains(&opts.timeline_cap) {
             return Err(invalid("timeline cap must be from 2 to 2^20 points"));
         }
-        let timeline = Arc::new(Mutex::new(Buckets::new(opts.bucket, opts.timeline_cap)));
-        let mut inner = Inner {
-            meters,
+        let inner = Inner {
             samples: 0,
             first: None,
             last: None,
-            timeline: Arc::clone(&timeline),
-            scratch: Vec::new(),
+            timeline: Buckets::new(opts.bucket, opts.timeline_cap),
             problem: None,
             sampler_cpu: None,
+            cpu_base: Duration::ZERO,
         };
-        let mut observer = observer;
         let t0 = Instant::now();
-        inner.sample(t0, SystemTime::now(), &mut observer);
+        let join_timeout = opts.join_timeout;
         let shared = Arc::new(Shared {
+            slots: meters.into_iter().map(Slot::new).collect(),
             inner: Mutex::new(inner),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
-            published: Mutex::new(None),
-            timeline,
+            observer: Mutex::new(observer),
+            generation: AtomicU32::new(0),
+            heartbeat: AtomicU64::new(0),
+            t0,
+            wall0: SystemTime::now(),
+            opts,
         });
-        let for_thread = Arc::clone(&shared);
-        let join_timeout = opts.join_timeout;
-        let handle = std::thread::Builder::new()
-            .name(opts.thread_name.clone())
-            .stack_size(opts.stack_size)
-            .spawn(move || run(for_thread, opts, observer, t0))?;
+        // The baseline, on the caller's thread: a snapshot is valid at once.
+        // Each meter's rows are read once here, so what is kept of a meter
+        // that gets stuck later names its devices.
+        for slot in &shared.slots {
+            let _ = slot.sample(&shared, t0);
+            slot.rows_into(&mut Vec::new(), Duration::ZERO);
+        }
+        shared.after_sample(t0, shared.wall0, 0);
+        let handle = spawn_worker(&shared, 0)?;
+        let watchdog = {
+            let for_dog = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(watchdog_name(&shared.opts.thread_name))
+                .stack_size(64 * 1024)
+                .spawn(move || watch(&for_dog))
+                .ok()
+        };
         // Return once the thread is set up (named, signals blocked), so callers
         // and tests see a fully started sampler; bounded like the join.
-        {
-            let mut c = lock(&shared.control);
-            let asked = Instant::now();
-            while !c.running && !c.done {
-                let left = join_timeout.saturating_sub(asked.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                c = shared
-                    .wake
-                    .wait_timeout(c, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
+        shared.wait_for(join_timeout, |c| c.running || c.done);
         Ok(Sampler {
             shared,
             handle: Some(handle),
+            watchdog,
             join_timeout,
         })
     }
 
     /// The totals as of the last sample, without stopping the thread. Waits at
-    /// most for one sample in progress.
+    /// most briefly for a sample in progress, never for a stuck meter.
     pub fn snapshot(&self) -> Snapshot {
-        lock(&self.shared.inner).snapshot()
+        self.shared.snapshot(SLOT_WAIT)
+    }
+
+    /// A handle that gives the job's energy so far from any thread, without
+    /// waiting for a meter (for epoch marks taken off the sampler thread).
+    pub fn probe(&self) -> EnergyProbe {
+        EnergyProbe(Arc::clone(&self.shared))
     }
 
     /// Stops the thread after one last sample and returns the final figures.
@@ -463,50 +660,48 @@ impl Sampler {
 
     fn stop_inner(&mut self) -> Result<Snapshot, StopError> {
         let Some(handle) = self.handle.take() else {
-            // Already stopped (only `Drop` gets here); never wait on a lock a
-            // hung thread may hold.
+            // Already stopped (only `Drop` gets here).
             return Err(StopError::Hung {
                 waited: Duration::ZERO,
                 last: None,
             });
         };
         let asked = Instant::now();
-        let mut c = lock(&self.shared.control);
-        c.stop = true;
+        lock(&self.shared.control).stop = true;
         self.shared.wake.notify_all();
-        while !c.done {
-            let left = self.join_timeout.saturating_sub(asked.elapsed());
-            if left.is_zero() {
-                drop(c);
-                let last = match self.shared.inner.try_lock() {
-                    Ok(inner) => Some(inner.snapshot()),
-                    Err(_) => lock(&self.shared.published).clone().map(|mut s| {
-                        // The completed points; the open one needs the meters.
-                        let b = lock(&self.shared.timeline);
-                        s.timeline = Timeline {
-                            base: b.base,
-                            points: Arc::clone(&b.points),
-                            open: None,
-                        };
-                        s
-                    }),
-                };
-                return Err(StopError::Hung {
-                    waited: asked.elapsed(),
-                    last: last.map(Box::new),
-                });
-            }
-            c = self
+        // Half the time for the current thread's last sample; if a meter
+        // holds it, a fresh thread takes the last sample of the others.
+        let half = self.join_timeout / 2;
+        let mut done = self.shared.wait_for(half, |c| c.done);
+        if !done {
+            let stuck = self
                 .shared
-                .wake
-                .wait_timeout(c, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+                .slots
+                .iter()
+                .filter_map(|s| s.stalled(&self.shared, Duration::ZERO).map(|at| (s, at)))
+                .min_by_key(|(_, at)| *at);
+            takeover(&self.shared, stuck);
+            done = self
+                .shared
+                .wait_for(self.join_timeout.saturating_sub(half), |c| c.done);
         }
-        drop(c);
-        // `done` is the thread's last act: joining now takes no time.
-        let _ = handle.join();
-        Ok(self.snapshot())
+        if let Some(dog) = self.watchdog.take() {
+            // It waits on the same condition: it has seen `stop` by now.
+            let _ = dog.join();
+        }
+        if done && self.shared.generation.load(Ordering::SeqCst) == 0 {
+            // `done` is the thread's last act: joining now takes no time.
+            let _ = handle.join();
+        }
+        let snap = self.shared.snapshot(SLOT_WAIT);
+        if done {
+            Ok(snap)
+        } else {
+            Err(StopError::Hung {
+                waited: asked.elapsed(),
+                last: Some(Box::new(snap)),
+            })
+        }
     }
 }
 
@@ -518,141 +713,271 @@ impl Drop for Sampler {
     }
 }
 
-impl Inner {
-    fn sample(&mut self, now: Instant, wall: SystemTime, observer: &mut Option<Box<dyn Observer>>) {
-        for m in &mut self.meters {
-            m.sample(now);
+/// The watchdog's thread name: the sampler's, with `-w` (15 bytes at most).
+fn watchdog_name(name: &str) -> String {
+    let mut base: String = name.chars().take(13).collect();
+    while base.len() > 13 {
+        base.pop();
+    }
+    format!("{base}-w")
+}
+
+fn spawn_worker(shared: &Arc<Shared>, generation: u32) -> std::io::Result<JoinHandle<()>> {
+    let for_thread = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name(shared.opts.thread_name.clone())
+        .stack_size(shared.opts.stack_size)
+        .spawn(move || run(&for_thread, generation))
+}
+
+/// Retires the current sampler thread (stuck in `stuck`'s meter, if named;
+/// else somewhere outside the meters) and starts a fresh one on the same
+/// schedule.
+fn takeover(shared: &Arc<Shared>, stuck: Option<(&Slot, SystemTime)>) {
+    if let Some((slot, at)) = stuck {
+        let _ = slot.stuck.set((at, "stopped answering"));
+    }
+    let next = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    {
+        let mut c = lock(&shared.control);
+        c.done = false;
+        c.running = false;
+    }
+    shared
+        .heartbeat
+        .store(since_ns(shared.t0, Instant::now()), Ordering::Relaxed);
+    if spawn_worker(shared, next).is_err() {
+        // No thread to be had: the figures stop here, and stop must not wait.
+        lock(&shared.inner).problem =
+            Some("the sampler thread got stuck and no new thread could be started".into());
+        lock(&shared.control).done = true;
+        shared.wake.notify_all();
+    }
+}
+
+/// The watchdog: once per `stall_after`, looks for a meter call older than
+/// that, or a sampler thread that stopped going round, and takes over.
+fn watch(shared: &Arc<Shared>) {
+    let _ = crate::ffi::signals::block_all();
+    let stall = shared.opts.stall_after;
+    loop {
+        if shared.wait_for(stall, |c| c.stop) {
+            return;
         }
-        self.samples += 1;
-        self.first.get_or_insert((now, wall));
-        self.last = Some((now, wall));
-        lock(&self.timeline).on_sample(now, wall, &self.meters, &mut self.scratch);
-        if let Some(obs) = observer.as_deref_mut() {
+        let stuck = shared
+            .slots
+            .iter()
+            .filter_map(|s| s.stalled(shared, stall).map(|at| (s, at)))
+            .min_by_key(|(_, at)| *at);
+        if stuck.is_some() {
+            takeover(shared, stuck);
+            continue;
+        }
+        let beat = Duration::from_nanos(shared.heartbeat.load(Ordering::Relaxed));
+        let quiet = Instant::now().saturating_duration_since(shared.t0 + beat);
+        if quiet > shared.opts.interval + stall && !lock(&shared.control).done {
+            takeover(shared, None);
+        }
+    }
+}
+
+impl Shared {
+    /// Waits up to `wait` for `cond` on the control state; true once it holds.
+    fn wait_for(&self, wait: Duration, cond: impl Fn(&Control) -> bool) -> bool {
+        let until = Instant::now() + wait;
+        let mut c = lock(&self.control);
+        loop {
+            if cond(&c) {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            c = self
+                .wake
+                .wait_timeout(c, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn is_current(&self, generation: u32) -> bool {
+        self.generation.load(Ordering::SeqCst) == generation
+    }
+
+    /// Samples every meter that still answers, then books the sample. False
+    /// when this thread was retired meanwhile.
+    fn sample(&self, generation: u32) -> bool {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for slot in &self.slots {
+            if !self.is_current(generation) {
+                return false;
+            }
+            if let Err(problem) = slot.sample(self, now) {
+                let mut inner = lock(&self.inner);
+                if inner.problem.is_none() {
+                    inner.problem = Some(problem);
+                }
+            }
+        }
+        if !self.is_current(generation) {
+            return false;
+        }
+        self.after_sample(now, wall, generation);
+        true
+    }
+
+    fn after_sample(&self, now: Instant, wall: SystemTime, generation: u32) {
+        let samples = {
+            let mut inner = lock(&self.inner);
+            inner.samples += 1;
+            inner.first.get_or_insert((now, wall));
+            inner.last = Some((now, wall));
+            inner
+                .timeline
+                .on_sample(now, wall, || energy_of_slots(&self.slots));
+            inner.samples
+        };
+        self.heartbeat
+            .store(since_ns(self.t0, now), Ordering::Relaxed);
+        if let Some(mut obs) = self.observer.try_lock().ok()
+            && self.is_current(generation)
+            && let Some(obs) = obs.as_deref_mut()
+        {
             obs.on_sample(&mut Tick {
                 at: wall,
-                samples: self.samples,
-                meters: &self.meters,
-                scratch: &mut self.scratch,
+                samples,
+                slots: &self.slots,
             });
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, wait: Duration) -> Snapshot {
         let mut devices = Vec::new();
-        for m in &self.meters {
-            m.totals(&mut devices);
+        for slot in &self.slots {
+            slot.rows_into(&mut devices, wait);
         }
-        let (first, last) = match (self.first, self.last) {
+        let inner = lock(&self.inner);
+        let (first, last) = match (inner.first, inner.last) {
             (Some(f), Some(l)) => (f, l),
             _ => {
                 let now = (Instant::now(), SystemTime::now());
                 (now, now)
             }
         };
-        let buckets = lock(&self.timeline);
-        let timeline = buckets.view(last.0, &devices);
-        let timeline_bucket = buckets.bucket;
-        drop(buckets);
         Snapshot {
             start: first.1,
             end: last.1,
             duration: last.0.saturating_duration_since(first.0),
-            samples: self.samples,
+            samples: inner.samples,
+            timeline: inner.timeline.view(last.0, &devices),
+            timeline_bucket: inner.timeline.bucket,
             devices,
-            timeline,
-            timeline_bucket,
-            problem: self.problem.clone(),
-            sampler_cpu: self.sampler_cpu,
+            problem: inner.problem.clone(),
+            sampler_cpu: inner.sampler_cpu,
         }
     }
 
-    /// Records the calling (sampler) thread's CPU time; called at its start,
-    /// refreshes and stop only.
-    fn read_own_cpu(&mut self) {
-        self.sampler_cpu = crate::ffi::clock::thread_cpu_time().map(|used| SamplerCpu {
-            used,
+    /// Records the calling (sampler) thread's CPU time, on top of what
+    /// retired threads used; called at its start, refreshes and stop only.
+    fn read_own_cpu(&self, base: Duration) {
+        let mut inner = lock(&self.inner);
+        inner.sampler_cpu = crate::ffi::clock::thread_cpu_time().map(|used| SamplerCpu {
+            used: base + used,
             // All but the baseline, which the caller's thread took.
-            samples: self.samples.saturating_sub(1),
+            samples: inner.samples.saturating_sub(1),
         });
+    }
+
+    /// Builds a snapshot and hands it to the observer.
+    fn refresh(&self, generation: u32, base: Duration) {
+        self.read_own_cpu(base);
+        let snap = self.snapshot(SLOT_WAIT);
+        if let Some(mut obs) = self.observer.try_lock().ok()
+            && self.is_current(generation)
+            && let Some(obs) = obs.as_deref_mut()
+        {
+            obs.on_refresh(&snap);
+        }
     }
 }
 
-/// Sets `done` however the thread ends, panics included, so `stop` never
-/// waits for a thread that is gone.
-struct DoneOnDrop(Arc<Shared>);
+/// Sets `done` however the current thread ends, panics included, so `stop`
+/// never waits for a thread that is gone. A retired thread leaves it be.
+struct DoneOnDrop<'a>(&'a Shared, u32);
 
-impl Drop for DoneOnDrop {
+impl Drop for DoneOnDrop<'_> {
     fn drop(&mut self) {
-        lock(&self.0.control).done = true;
+        let mut c = lock(&self.0.control);
+        if self.0.is_current(self.1) {
+            c.done = true;
+        }
+        drop(c);
         self.0.wake.notify_all();
     }
 }
 
-fn run(
-    shared: Arc<Shared>,
-    opts: SamplerOptions,
-    mut observer: Option<Box<dyn Observer>>,
-    t0: Instant,
-) {
-    let _done = DoneOnDrop(Arc::clone(&shared));
+fn run(shared: &Shared, generation: u32) {
+    let _done = DoneOnDrop(shared, generation);
     // Process-directed signals must go to slurmstepd's own threads. Failure
     // here is not worth losing the measurement over.
     let _ = crate::ffi::signals::block_all();
-    lock(&shared.inner).read_own_cpu();
-    lock(&shared.control).running = true;
+    // What the threads before this one used (their last reading).
+    let base = {
+        let mut inner = lock(&shared.inner);
+        let base = inner.sampler_cpu.map_or(inner.cpu_base, |c| c.used);
+        inner.cpu_base = base;
+        base
+    };
+    shared.read_own_cpu(base);
+    {
+        let mut c = lock(&shared.control);
+        if shared.is_current(generation) {
+            c.running = true;
+        }
+    }
     shared.wake.notify_all();
+    let opts = &shared.opts;
+    let t0 = shared.t0;
     let body = AssertUnwindSafe(|| {
-        let mut next_refresh = t0 + opts.refresh;
-        let mut k: u32 = 0;
+        let mut next_refresh = {
+            let since = Instant::now().saturating_duration_since(t0);
+            let periods = since.as_nanos() / opts.refresh.as_nanos().max(1) + 1;
+            t0 + opts
+                .refresh
+                .saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX))
+        };
         loop {
             // Deadlines are multiples of the interval from the baseline, so
-            // the schedule does not drift; after an overrun, skip to the next.
+            // the schedule does not drift; after an overrun (or when taking
+            // over), skip to the next.
             let now = Instant::now();
-            k = k.saturating_add(1);
-            let mut deadline = t0 + opts.interval.saturating_mul(k);
-            if deadline <= now {
-                let behind = now.duration_since(t0).as_nanos() / opts.interval.as_nanos().max(1);
-                k = u32::try_from(behind + 1).unwrap_or(u32::MAX);
-                deadline = t0 + opts.interval.saturating_mul(k);
+            let behind = now.duration_since(t0).as_nanos() / opts.interval.as_nanos().max(1);
+            let k = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+            let deadline = t0 + opts.interval.saturating_mul(k);
+            let stopping = wait_until(shared, deadline);
+            if !shared.sample(generation) {
+                return;
             }
-            let stopping = wait_until(&shared, deadline);
-            let now = Instant::now();
-            lock(&shared.inner).sample(now, SystemTime::now(), &mut observer);
             if stopping {
                 break;
             }
+            let now = Instant::now();
             if now >= next_refresh {
                 while next_refresh <= now {
                     next_refresh += opts.refresh;
                 }
-                refresh(&shared, &mut observer);
+                shared.refresh(generation, base);
             }
         }
-        refresh(&shared, &mut observer);
+        shared.refresh(generation, base);
     });
     if let Err(panic) = catch_unwind(body) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        lock(&shared.inner).problem = Some(format!("sampler thread panicked: {what}"));
+        lock(&shared.inner).problem =
+            Some(format!("sampler thread panicked: {}", panic_text(&*panic)));
     }
-}
-
-/// Builds a snapshot, hands it to the observer outside the lock, keeps it
-/// without its timeline (see [`Shared::published`]).
-fn refresh(shared: &Shared, observer: &mut Option<Box<dyn Observer>>) {
-    let mut snap = {
-        let mut inner = lock(&shared.inner);
-        inner.read_own_cpu();
-        inner.snapshot()
-    };
-    if let Some(obs) = observer.as_deref_mut() {
-        obs.on_refresh(&snap);
-    }
-    snap.timeline = Timeline::default();
-    *lock(&shared.published) = Some(snap);
 }
 
 /// Sleeps until `deadline` or a stop request; true when asked to stop.
@@ -711,23 +1036,20 @@ impl Buckets {
         }
     }
 
+    /// `energy`: the energy per component now, asked for only when a point
+    /// closes.
     fn on_sample(
         &mut self,
         now: Instant,
         wall: SystemTime,
-        meters: &[Box<dyn Meter>],
-        scratch: &mut Vec<DeviceEnergy>,
+        energy: impl FnOnce() -> [Option<Joules>; 3],
     ) {
         if let Some(m) = self.open
             && now.saturating_duration_since(m.at) < self.bucket
         {
             return;
         }
-        scratch.clear();
-        for meter in meters {
-            meter.totals(scratch);
-        }
-        let energy = energy_by_component(scratch);
+        let energy = energy();
         match self.open {
             None => self.base = wall,
             Some(m) => {
@@ -943,19 +1265,25 @@ mod tests {
         assert_eq!(size_of::<Packed>(), 32);
     }
 
+    fn energy_of(meters: &[Box<dyn Meter>]) -> [Option<Joules>; 3] {
+        let mut rows = Vec::new();
+        for m in meters {
+            m.totals(&mut rows);
+        }
+        energy_by_component(&rows)
+    }
+
     /// Samples every minute for `minutes` minutes; `each` sees the buckets
     /// after every one.
     fn run_buckets(t: &mut Buckets, minutes: u64, t0: Instant, mut each: impl FnMut(&Buckets)) {
         let mut meters = [Steady::boxed(Component::Cpu, 100.0)];
-        let mut scratch = Vec::new();
         for i in 0..=minutes {
             let at = t0 + Duration::from_secs(60 * i);
             meters[0].sample(at);
             t.on_sample(
                 at,
                 SystemTime::UNIX_EPOCH + Duration::from_secs(60 * i),
-                &meters,
-                &mut scratch,
+                || energy_of(&meters),
             );
             each(t);
         }
@@ -999,14 +1327,12 @@ mod tests {
         assert_eq!(before.len(), 5);
         // Shared, not copied, until the next point closes.
         assert!(Arc::ptr_eq(&held.points, &t.points));
-        let mut scratch = Vec::new();
         let meters = [Steady::boxed(Component::Cpu, 100.0)];
         for i in 6..=20u64 {
             t.on_sample(
                 t0 + Duration::from_secs(60 * i),
                 SystemTime::UNIX_EPOCH + Duration::from_secs(60 * i),
-                &meters,
-                &mut scratch,
+                || energy_of(&meters),
             );
         }
         assert!(!Arc::ptr_eq(&held.points, &t.points));

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use crate::carbon::summary::render_final_from_rows;
 use crate::config::{Config, ReportTarget};
-use crate::deliver::write_user_file;
 use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
 use crate::ffi::identity::{FsIdentity, user_groups};
 use crate::footprint::{Row, merge_segments, read_csv, write_csv};
@@ -24,9 +23,11 @@ use crate::measure::gpus::GpuHints;
 use crate::measure::sampler::SamplerCpu;
 use crate::plugin::options::JobChoice;
 use crate::plugin::{Host, Level, SlurmConf, Step};
+use crate::report::epilog::{USER_FILES_RECORD, UserFiles};
 use crate::run::hostname;
 use crate::spool::Spool;
 use crate::tracker::{Output, Plan, Tracker};
+use crate::userio::Delivery;
 
 /// `slurm_spank_job_prolog` for a tracked job: what the sampling step will
 /// need, left root-owned in the spool. Returns the record's path.
@@ -326,9 +327,11 @@ impl Tracking {
             host.log(Level::Error, &format!("job {job_id}: {p}"));
         }
         let path = self.spool.node_footprint_path(job_id, &self.job.node);
-        let earlier = std::fs::File::open(&path)
+        let earlier = self
+            .spool
+            .read_file(&path)
             .ok()
-            .and_then(|f| read_csv(f).ok());
+            .and_then(|b| read_csv(&b[..]).ok());
         let (rows, summary) = match earlier {
             Some(prev) if !prev.is_empty() => {
                 let rows = merge_segments(&prev, &done.rows);
@@ -336,7 +339,7 @@ impl Tracking {
                     render_final_from_rows(&self.job.job_id.to_string(), self.config.pue, &rows);
                 (rows, summary)
             }
-            _ => (done.rows, done.summary),
+            _ => (done.rows.clone(), done.summary.clone()),
         };
         let mut csv = Vec::new();
         if let Err(e) = write_csv(&mut csv, &rows) {
@@ -370,52 +373,85 @@ impl Tracking {
         if !self.writes_user_files {
             return;
         }
-        let (Some(dir), id) = (
-            &self.job.work_dir,
-            FsIdentity {
-                uid: self.job.uid,
-                gid: self.job.gid,
-                groups: self.job.groups.clone(),
-            },
-        ) else {
+        let Some(dir) = &self.job.work_dir else {
             return;
         };
-        let mut failed = Vec::new();
-        let mut first_error = None;
-        for (name, bytes) in [
-            (format!("carbontrack-{job_id}.csv"), csv.as_slice()),
-            (format!("carbontrack-{job_id}.txt"), summary.as_bytes()),
-        ] {
-            if let Err(e) = write_user_file(Some(&id), dir, &name, bytes) {
-                first_error.get_or_insert(e);
-                failed.push(name);
-            }
+        let names = [
+            format!("carbontrack-{job_id}.csv"),
+            format!("carbontrack-{job_id}.txt"),
+        ];
+        // Written before asking, so that if the work dir does not answer the
+        // Epilog (or `carbontrack flush`) delivers the files later; removed
+        // once they are written.
+        let files = UserFiles {
+            uid: self.job.uid,
+            gid: self.job.gid,
+            groups: self.job.groups.clone(),
+            dir: dir.clone(),
+            csv: String::from_utf8_lossy(&csv).into_owned(),
+            txt: summary.clone(),
+        };
+        let record = serde_json::to_vec(&files).ok().and_then(|b| {
+            self.spool
+                .write_job_file(job_id, USER_FILES_RECORD, &b)
+                .ok()
+        });
+        let delivery = done.deliver(
+            dir,
+            vec![
+                (names[0].clone(), csv.clone()),
+                (names[1].clone(), summary.into_bytes()),
+            ],
+            DELIVER_WAIT,
+            record.clone(),
+        );
+        if !matches!(delivery, Delivery::Late(_))
+            && let Some(r) = &record
+        {
+            let _ = std::fs::remove_file(r);
         }
         // One line for the admin, whatever failed: both files usually fail
         // for the same reason, and the live summary before them too.
-        match first_error {
-            Some(e) => {
-                let others = if failed.len() > 1 {
-                    format!(" (nor {})", failed[1..].join(", "))
-                } else {
-                    String::new()
-                };
-                host.log(
-                    Level::Error,
-                    &format!(
-                        "job {job_id}: {e}{others}; the footprint is kept in {}",
-                        kept.display()
-                    ),
-                );
-            }
-            None => {
-                if let Some(p) = done.live_summary_problem {
+        match delivery {
+            Delivery::Written(_) => {
+                if let Some(p) = &done.live_summary_problem {
                     host.log(Level::Error, &format!("job {job_id}: {p}"));
                 }
             }
+            Delivery::Failed(errors) => host.log(
+                Level::Error,
+                &format!(
+                    "job {job_id}: {}{}; the footprint is kept in {}",
+                    errors.first().map(String::as_str).unwrap_or_default(),
+                    if errors.len() > 1 {
+                        format!(" (nor {})", names[1])
+                    } else {
+                        String::new()
+                    },
+                    kept.display()
+                ),
+            ),
+            Delivery::Late(waited) => host.log(
+                Level::Error,
+                &format!(
+                    "job {job_id}: work dir {} is not answering (no reply in {:.0} s); {}",
+                    dir.display(),
+                    waited.as_secs_f64(),
+                    match record {
+                        Some(_) => "the user's files will be delivered by the Epilog or \
+                                    `carbontrack flush` once it answers"
+                            .to_string(),
+                        None => format!("the footprint is kept in {}", kept.display()),
+                    }
+                ),
+            ),
         }
     }
 }
+
+/// How long the extern step waits for the work dir at the end, on the
+/// user-filesystem thread (the main thread only waits).
+const DELIVER_WAIT: Duration = Duration::from_secs(5);
 
 /// The node's result in one log line, with what this segment's sampler thread
 /// cost: the figure admins check against the overhead budget on their own

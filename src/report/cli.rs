@@ -91,6 +91,7 @@ impl ConfigFlags {
             timeout: self.command_timeout,
             end_wait: self.end_wait,
             part_wait: self.part_wait,
+            ..Tools::default()
         }
     }
 }
@@ -327,23 +328,34 @@ pub fn status_main(a: &StatusArgs) -> ExitCode {
     };
     let queue = status::queue_info(&a.config.squeue, job, a.config.command_timeout);
     let limit = queue.as_ref().ok().and_then(|q| q.time_limit);
-    let spool_view = status::from_spool(&config, job, limit, SystemTime::now());
+    // The spool is root's: anyone else goes to the job's own summary.
+    let spool_view = if crate::ffi::identity::euid() == 0 {
+        status::from_spool(&config, job, limit, SystemTime::now())
+    } else {
+        Err(format!(
+            "the live footprint in {} is root's",
+            config.spool.display()
+        ))
+    };
     if let Ok(Some(text)) = &spool_view {
         print!("{text}");
         return ExitCode::SUCCESS;
     }
-    // Not root, or not on a node of the job: the user's own live summary.
-    if let Some(dir) = queue.as_ref().ok().and_then(|q| q.work_dir.clone()) {
-        let p = dir.join(format!("carbontrack-{job}.txt"));
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
+    // Not root, or not on a node of the job: the user's own live summary,
+    // read as the job's user.
+    let work_view = queue.as_ref().ok().map(|q| status::from_work_dir(job, q));
+    if let Some(Ok(text)) = &work_view {
+        print!("{text}");
+        return ExitCode::SUCCESS;
     }
-    let why = match (&spool_view, &queue) {
-        (Err(e), _) => e.clone(),
-        (_, Err(e)) => e.to_string(),
-        _ => format!("no live footprint of job {job} on this node and no summary in its work dir"),
+    let spool_why = match &spool_view {
+        Err(e) => e.clone(),
+        Ok(_) => format!("no live footprint of job {job} on this node"),
+    };
+    let why = match (&queue, &work_view) {
+        (Err(e), _) => format!("{spool_why}; squeue: {e}"),
+        (_, Some(Err(e))) => format!("{spool_why}; {e}"),
+        _ => format!("{spool_why} and no summary in its work dir"),
     };
     eprintln!("carbontrack status: job {job}: {why}");
     ExitCode::from(1)

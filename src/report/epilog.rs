@@ -16,7 +16,6 @@
 //! that finds every part (or `flush`/a later Epilog, once a missing part is
 //! overdue) queues the job's one total.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +43,10 @@ pub const DEFAULT_END_WAIT: Duration = Duration::from_secs(3);
 
 /// How long one epilog spends on older queued jobs after its own.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(2);
+
+/// How long writing a job's files into its work dir may take in an Epilog
+/// or flush before they stay queued (a server that stopped answering).
+pub const DEFAULT_USER_FILES_WAIT: Duration = Duration::from_secs(3);
 
 /// How long after a multi-node job's first part arrived its missing parts
 /// are waited for before the total goes out without them (marked
@@ -76,6 +79,11 @@ pub struct Tools {
     pub end_wait: Duration,
     /// How long a multi-node job's missing parts are waited for.
     pub part_wait: Duration,
+    /// How long writing the user's files into the work dir may take.
+    pub user_files_wait: Duration,
+    /// The job whose Epilog this is (`None`: `flush`): only it and `flush`
+    /// try again a work dir that did not answer before.
+    pub own_job: Option<u32>,
 }
 
 impl Default for Tools {
@@ -86,6 +94,8 @@ impl Default for Tools {
             timeout: DEFAULT_COMMAND_TIMEOUT,
             end_wait: DEFAULT_END_WAIT,
             part_wait: DEFAULT_PART_WAIT,
+            user_files_wait: DEFAULT_USER_FILES_WAIT,
+            own_job: None,
         }
     }
 }
@@ -111,6 +121,9 @@ pub struct Pending {
     pub user_files: Option<UserFiles>,
     #[serde(default)]
     pub user_files_done: bool,
+    /// Tries whose work dir did not answer in time.
+    #[serde(default)]
+    pub user_files_late: u32,
     /// Keep the job's directory once delivered: in the shared directory it
     /// holds `total.csv`, the proof that stops a late part from being
     /// delivered a second time.
@@ -250,6 +263,10 @@ pub fn epilog(
     log: Log,
 ) -> RunReport {
     let mut report = RunReport::default();
+    let tools = &Tools {
+        own_job: Some(job.job_id),
+        ..tools.clone()
+    };
     let spool = match Spool::open(&config.spool) {
         Ok(s) => s,
         Err(e) => {
@@ -496,9 +513,10 @@ fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunRe
             cluster: cluster.to_string(),
             ..JobMeta::default()
         };
-        if let Some(h) = fs::read_to_string(dir.join("handoff"))
+        if let Some(h) = spool
+            .read_file(&dir.join("handoff"))
             .ok()
-            .and_then(|t| crate::job::JobInfo::from_text(&t).ok())
+            .and_then(|t| crate::job::JobInfo::from_text(&String::from_utf8_lossy(&t)).ok())
         {
             fill_meta(&mut meta, &h);
         }
@@ -523,7 +541,7 @@ fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunRe
             }
             None => true,
         };
-        if queued && let Err(e) = fs::remove_dir_all(&dir) {
+        if queued && let Err(e) = std::fs::remove_dir_all(&dir) {
             log(format!("carbontrack: job {id}: {}: {e}", dir.display()));
         }
     }
@@ -582,10 +600,27 @@ fn collect(
     if let Some(r) = live_intensity(config, &rows, SystemTime::now()) {
         apply_intensity(&mut rows, &r);
     }
-    Ok(
-        JobTotal::from_rows(job.job_id, &rows, config.components, &meta)
-            .map(|total| pending_of(config, total)),
-    )
+    let mut pending = JobTotal::from_rows(job.job_id, &rows, config.components, &meta)
+        .map(|total| pending_of(config, total));
+    // The user's files the extern step could not write in time (the work
+    // dir did not answer): delivered from here on, with the total.
+    let record = spool.job_dir(job.job_id).join(USER_FILES_RECORD);
+    if let Some(p) = &mut pending
+        && let Ok(bytes) = spool.read_file(&record)
+    {
+        match serde_json::from_slice::<UserFiles>(&bytes) {
+            Ok(u) => {
+                p.user_files = Some(u);
+                p.user_files_done = false;
+            }
+            Err(e) => log(format!(
+                "carbontrack: job {}: skipped unreadable {}: {e}",
+                job.job_id,
+                record.display()
+            )),
+        }
+    }
+    Ok(pending)
 }
 
 /// Fills what the Epilog's environment did not say from the hand-off.
@@ -614,6 +649,7 @@ pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
         last_error: String::new(),
         user_files: None,
         user_files_done: true,
+        user_files_late: 0,
         keep_job_dir: false,
         superseded: None,
     }
@@ -623,7 +659,7 @@ pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
 /// last. A file cut short loses its total row, so a missing one means
 /// truncated, not "smaller job".
 pub fn read_node_footprint(p: &Path) -> Result<Vec<Row>, String> {
-    let bytes = fs::read(p).map_err(|e| e.to_string())?;
+    let bytes = crate::safe_fs::read_own(p, crate::spool::MAX_FILE).map_err(|e| e.to_string())?;
     let rows = footprint::read_csv(&bytes[..]).map_err(|e| e.to_string())?;
     match rows.last() {
         Some(r) if r.is_total() && rows.len() > 1 => Ok(rows),
@@ -692,15 +728,15 @@ pub fn deliver(
         }
     };
     let path = spool.outbox_path(run);
-    let text = match fs::read(&path) {
+    let text = match spool.read_file(&path) {
         Ok(t) => t,
         // Delivered by another process between listing and locking.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             let _ = spool.remove_outbox(run);
             return Delivered::Busy;
         }
         Err(e) => {
-            log(format!("carbontrack: job {job}: {}: {e}", path.display()));
+            log(format!("carbontrack: job {job}: outbox record: {e}"));
             return Delivered::Queued;
         }
     };
@@ -719,6 +755,17 @@ pub fn deliver(
             return Delivered::Queued;
         }
     };
+    // Only the user's files are left, and their work dir did not answer
+    // before: that is for `flush` and the job's own Epilog, and another
+    // job's Epilog says nothing about it.
+    if p.accounting_done
+        && p.ledger_done
+        && !p.user_files_done
+        && p.user_files_late > 0
+        && tools.own_job.is_some_and(|own| own != job)
+    {
+        return Delivered::Queued;
+    }
     let before = p.clone();
     let expect = Expect {
         cluster: &p.total.cluster,
@@ -770,15 +817,29 @@ pub fn deliver(
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if !p.user_files_done
-        && let Some(u) = &p.user_files
-    {
-        write_user_files(job, u, spool, log);
-        // Once: what stops it (the work dir gone or not writable by its
-        // owner) does not mend itself, and the total is kept by the admin.
+    // A work dir that did not answer before is tried again by `flush` and
+    // this job's own Epilog only, so that it never slows down another
+    // job's Epilog on the node.
+    let user_files_now = !p.user_files_done
+        && (p.user_files_late == 0 || tools.own_job.is_none_or(|own| own == job));
+    if user_files_now && let Some(u) = &p.user_files {
+        match write_user_files(job, u, spool, tools.user_files_wait, p.user_files_late, log) {
+            // Done, or refused for a reason that does not mend itself (the
+            // work dir gone, not writable by its owner): the total is kept
+            // by the admin either way.
+            UserFilesOutcome::Done => p.user_files_done = true,
+            UserFilesOutcome::Late => {
+                p.user_files_late += 1;
+                errors.push(format!(
+                    "the user's files: {} is not answering",
+                    u.dir.display()
+                ));
+            }
+        }
+    } else if !p.user_files_done && p.user_files.is_none() {
         p.user_files_done = true;
     }
-    if p.accounting_done && p.ledger_done {
+    if p.accounting_done && p.ledger_done && p.user_files_done {
         // Only the record goes: the job's directory was dropped when the
         // record was queued (a later job with this id may own it by now).
         // A record from before runs were keyed still has its directory.
@@ -828,24 +889,87 @@ pub fn deliver(
     Delivered::Queued
 }
 
-fn write_user_files(job: u32, u: &UserFiles, spool: &Spool, log: Log) {
+/// Where writing the user's files got to.
+enum UserFilesOutcome {
+    /// Written, or refused for good (said in the log).
+    Done,
+    /// The work dir did not answer within the wait.
+    Late,
+}
+
+/// Writes the job's CSV and summary into its work dir as its user, on a
+/// thread of its own, waiting at most `wait`: a work dir on a server that
+/// stopped answering must not hold up the Epilog. A thread left waiting ends
+/// with the process.
+fn write_user_files(
+    job: u32,
+    u: &UserFiles,
+    spool: &Spool,
+    wait: Duration,
+    late_before: u32,
+    log: Log,
+) -> UserFilesOutcome {
     let id = crate::ffi::identity::FsIdentity {
         uid: u.uid,
         gid: u.gid,
         groups: u.groups.clone(),
     };
-    for (name, bytes) in [
-        (format!("carbontrack-{job}.csv"), u.csv.as_bytes()),
-        (format!("carbontrack-{job}.txt"), u.txt.as_bytes()),
-    ] {
-        if let Err(e) = crate::deliver::write_user_file(Some(&id), &u.dir, &name, bytes) {
-            log(format!(
-                "carbontrack: job {job}: {e}; the footprint is kept in {}",
-                spool.job_dir(job).display()
-            ));
+    let files = [
+        (format!("carbontrack-{job}.csv"), u.csv.clone().into_bytes()),
+        (format!("carbontrack-{job}.txt"), u.txt.clone().into_bytes()),
+    ];
+    let dir = u.dir.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("carbontrack-io".into())
+        .spawn(move || {
+            let r: Vec<_> = files
+                .iter()
+                .map(|(name, bytes)| {
+                    crate::deliver::write_user_file(Some(&id), &dir, name, bytes)
+                        .map_err(|e| e.to_string())
+                })
+                .collect();
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        log(format!(
+            "carbontrack: job {job}: cannot start a thread to write the user's files: {e}"
+        ));
+        return UserFilesOutcome::Late;
+    }
+    match rx.recv_timeout(wait) {
+        Ok(results) => {
+            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                log(format!(
+                    "carbontrack: job {job}: {e}; the footprint is kept in {}",
+                    spool.job_dir(job).display()
+                ));
+            }
+            if results.iter().all(Result::is_ok) && late_before > 0 {
+                log(format!(
+                    "carbontrack: job {job}: {} answers again; the user's files are delivered",
+                    u.dir.display()
+                ));
+            }
+            UserFilesOutcome::Done
+        }
+        Err(_) => {
+            if late_before == 0 {
+                log(format!(
+                    "carbontrack: job {job}: {} is not answering (no reply in {:.0} s); the user's files stay queued for `carbontrack flush`",
+                    u.dir.display(),
+                    wait.as_secs_f64()
+                ));
+            }
+            UserFilesOutcome::Late
         }
     }
 }
+
+/// The spool file with a job's user files still to deliver, left by the
+/// extern step when the work dir did not answer.
+pub const USER_FILES_RECORD: &str = "user-files.json";
 
 /// Reads the job's field, merges the segment in, and writes it back if it
 /// changed. Returns once accounting holds the segment.

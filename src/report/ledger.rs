@@ -4,20 +4,34 @@
 //! Columns are [`JobTotal`]'s fields in order (`job_id,user,account,
 //! partition,nodes,start,end,duration_s,gpu_hours,cpu_j,dram_j,gpu_j,energy_j,
 //! energy_kwh,co2e_g,pue,intensity_g_per_kwh,status,cluster,node_list`);
-//! unmeasured figures are empty. Appends happen under an exclusive lock on the
-//! file (several nodes' epilogs may finish at once, on shared storage too), and
-//! a job already among the last rows is not appended again, so a retry after a
+//! unmeasured figures are empty. Appends happen under an exclusive lock
+//! (several nodes' epilogs may finish at once, on shared storage too), and a
+//! job already among the last rows is not appended again, so a retry after a
 //! crash between the append and the outbox update counts nothing twice. A job
 //! is its cluster, id and start: Slurm reuses ids, so a later job with an
 //! earlier one's id is another row, and reports count both.
+//!
+//! The ledger is readable by users (0644), so it is never what is locked: a
+//! user's `flock` on it would stall every Epilog. The lock is a root-only
+//! file, `<ledger dir>/.carbontrack-lock/<ledger name>.lock` (directory 0700,
+//! file 0600), which no user can open, taken with a bounded wait
+//! ([`LOCK_WAIT`]); a lock not had in that time leaves the job queued in the
+//! outbox for the next Epilog or `carbontrack flush`. The ledger's directory
+//! and every one above it must be root's and not writable by others
+//! ([`crate::safe_fs::check_dir`]), else nothing is appended and the total
+//! stays queued; the ledger itself is opened without following a link or
+//! waiting on a FIFO and must be root's own regular file.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::safe_fs::{self, SafeFsError};
 
 use super::aggregate::{Aggregator, Job, parse_time};
 use super::total::JobTotal;
@@ -27,12 +41,48 @@ use super::total::JobTotal;
 /// come from a crash in between: the job's row is then among the last ones.
 pub const TAIL_BYTES: u64 = 1 << 20;
 
+/// How long an append waits for another Epilog's lock on the ledger.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The root-only directory beside the ledger that holds its lock.
+pub const LOCK_DIR: &str = ".carbontrack-lock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("ledger {path}: {source}")]
     Csv { path: PathBuf, source: csv::Error },
+    #[error(
+        "ledger {path}: nothing appended, the total stays queued: its directory {source} (and every directory above it root's, not writable by others)"
+    )]
+    UnsafeDir { path: PathBuf, source: SafeFsError },
+    #[error("ledger {path}: nothing appended, the total stays queued: {source}")]
+    Unsafe { path: PathBuf, source: SafeFsError },
+    #[error(
+        "ledger {path}: lock {lock} held by another carbontrack process for {waited} (an Epilog or flush stuck on the ledger's filesystem?); nothing appended, the total stays queued for the next Epilog or `carbontrack flush`"
+    )]
+    Busy {
+        path: PathBuf,
+        lock: PathBuf,
+        waited: humantime::Duration,
+    },
+}
+
+/// Where the lock of the ledger at `path` lives.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger".into());
+    ledger_dir(path).join(LOCK_DIR).join(format!("{name}.lock"))
+}
+
+fn ledger_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Whether the row was appended or was there already.
@@ -84,30 +134,52 @@ fn sample() -> JobTotal {
 
 /// Appends `t` to the ledger at `path` (created 0644 with its header when
 /// missing, its directory 0755), unless the job is among the last rows.
+/// Waits up to [`LOCK_WAIT`] for another appender.
 pub fn append(path: &Path, t: &JobTotal) -> Result<Appended, LedgerError> {
+    append_waiting(path, t, LOCK_WAIT)
+}
+
+/// [`append`], waiting up to `wait` for the lock.
+pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appended, LedgerError> {
     let io = |source| LedgerError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io)?;
-    }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
-    f.lock().map_err(io)?;
-    // The lock is released when `f` is closed, on every path out.
+    let unsafe_dir = |source| match source {
+        SafeFsError::UnsafeDir { .. } => LedgerError::UnsafeDir {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => LedgerError::Unsafe {
+            path: path.to_path_buf(),
+            source,
+        },
+    };
+    let refused = |source| LedgerError::Unsafe {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = ledger_dir(path);
+    safe_fs::ensure_dir(dir, 0o755).map_err(unsafe_dir)?;
+    let lock_file = lock_path(path);
+    safe_fs::ensure_dir(&dir.join(LOCK_DIR), 0o700).map_err(refused)?;
+    let Some(_lock) = safe_fs::lock(&lock_file, wait).map_err(refused)? else {
+        return Err(LedgerError::Busy {
+            path: path.to_path_buf(),
+            lock: lock_file,
+            waited: wait.into(),
+        });
+    };
+    // The lock is released when `_lock` is closed, on every path out.
+    let mut f = safe_fs::open_own(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o644),
+    )
+    .map_err(refused)?;
     let len = f.metadata().map_err(io)?.len();
     if len > 0 && tail_has_job(&mut f, len, t).map_err(io)? {
         return Ok(Appended::AlreadyThere);
@@ -128,6 +200,20 @@ pub fn append(path: &Path, t: &JobTotal) -> Result<Appended, LedgerError> {
     f.write_all(&bytes).map_err(io)?;
     f.sync_data().map_err(io)?;
     Ok(Appended::Yes)
+}
+
+/// Opens the ledger to read: never blocking on a FIFO, a regular file only.
+fn open_to_read(path: &Path) -> Result<File, LedgerError> {
+    safe_fs::open_regular(path).map_err(|e| match e {
+        SafeFsError::Io { source, .. } => LedgerError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        source => LedgerError::Unsafe {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// Where a row's start and cluster are ([`JobTotal`]'s field order).
@@ -172,10 +258,7 @@ fn ends_with_newline(f: &mut File, len: u64) -> io::Result<bool> {
 /// Every row of the ledger. Rows that do not parse (a torn line) are
 /// skipped and counted, so one bad line does not hide the rest.
 pub fn read(path: &Path) -> Result<(Vec<JobTotal>, usize), LedgerError> {
-    let f = File::open(path).map_err(|source| LedgerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f = open_to_read(path)?;
     let mut rd = csv::ReaderBuilder::new().flexible(true).from_reader(f);
     let mut rows = Vec::new();
     let mut bad = 0;
@@ -228,10 +311,7 @@ impl Columns {
 /// row. Returns how many rows were skipped: rows shorter than the header
 /// (a torn line) or whose fields the report uses do not read.
 pub fn report_into(path: &Path, agg: &mut Aggregator<'_>) -> Result<usize, LedgerError> {
-    let f = File::open(path).map_err(|source| LedgerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f = open_to_read(path)?;
     let csv_err = |source| LedgerError::Csv {
         path: path.to_path_buf(),
         source,
@@ -353,6 +433,7 @@ mod tests {
     use crate::config::Components;
     use crate::report::total::JobMeta;
     use crate::report::total::tests::row;
+    use std::fs;
 
     fn total(job: u32, gpu: Option<f64>) -> JobTotal {
         let rows = vec![
@@ -462,6 +543,87 @@ mod tests {
         // The duplicates were there to be skipped.
         let (_, all) = aggregate::aggregate(&records, &Filter::default(), None);
         assert!(all.jobs < rows.len() as u64 && all.jobs > 20, "{all:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Nothing a user could leave at or around the ledger makes an append
+    /// follow it, wait for it or write into it: each is refused at once,
+    /// with what to fix.
+    #[test]
+    fn refuses_what_a_user_could_plant_at_once() {
+        use crate::safe_fs::tests::{mkfifo, quick, temp};
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::time::Instant;
+        let d = temp("ledger");
+        // A directory users can write: nothing appended, the fix named.
+        let lax = d.join("lax");
+        fs::create_dir(&lax).unwrap();
+        fs::set_permissions(&lax, fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = append(&lax.join("ledger.csv"), &total(1, Some(1.0)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("chown root: {0} && chmod 755 {0}", lax.display()))
+                && e.contains("mode 1777")
+                && e.contains("stays queued"),
+            "{e}"
+        );
+        assert!(!lax.join("ledger.csv").exists());
+
+        let ok = d.join("ok");
+        fs::create_dir(&ok).unwrap();
+        let p = ok.join("ledger.csv");
+        // A FIFO: refused without blocking.
+        mkfifo(&p);
+        let e = quick("append to a FIFO", || append(&p, &total(1, Some(1.0))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a FIFO") && e.contains("stays queued"), "{e}");
+        let e = quick("report from a FIFO", || read(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        fs::remove_file(&p).unwrap();
+        // A link to a file root would otherwise append to.
+        let target = d.join("shadow");
+        fs::write(&target, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        let e = append(&p, &total(1, Some(1.0))).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep\n");
+        fs::remove_file(&p).unwrap();
+        // Pre-created by a user.
+        if crate::ffi::identity::euid() == 0 {
+            fs::write(&p, "").unwrap();
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+            let e = append(&p, &total(1, Some(1.0))).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+            fs::remove_file(&p).unwrap();
+        }
+        // The lock: root-only, beside the ledger, taken with a bounded wait.
+        assert_eq!(append(&p, &total(1, Some(1.0))).unwrap(), Appended::Yes);
+        let lock = lock_path(&p);
+        assert_eq!(lock, ok.join(".carbontrack-lock/ledger.csv.lock"));
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (mode(lock.parent().unwrap()), mode(&lock), mode(&p)),
+            (0o700, 0o600, 0o644)
+        );
+        let held = safe_fs::lock(&lock, Duration::ZERO).unwrap().unwrap();
+        let t0 = Instant::now();
+        let e = append_waiting(&p, &total(2, Some(1.0)), Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert!(e.contains("held by another") && e.contains("flush"), "{e}");
+        drop(held);
+        assert_eq!(append(&p, &total(2, Some(1.0))).unwrap(), Appended::Yes);
+        assert_eq!(read(&p).unwrap().0.len(), 2);
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -369,7 +369,7 @@ fn deposit(
     let mut copied = 0;
     for p in &paths {
         let bytes = match read_node_footprint(p) {
-            Ok(_) => fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            Ok(_) => local.read_file(p).map_err(|e| e.to_string())?,
             Err(why) => {
                 let moved = local
                     .quarantine(id, p)
@@ -469,7 +469,8 @@ fn complete_locked(
     if dir.join(TOTAL_FILE).exists() {
         return Ok(Outcome::Claimed);
     }
-    let record: JobRecord = fs::read(dir.join(JOB_FILE))
+    let record: JobRecord = shared
+        .read_file(&dir.join(JOB_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();

@@ -24,7 +24,13 @@ use super::cmd;
 pub struct QueueInfo {
     pub time_limit: Option<Duration>,
     pub work_dir: Option<PathBuf>,
+    /// The job's user: name, uid and gid.
+    pub user: Option<(String, u32, u32)>,
 }
+
+/// The most of a user's summary file `status` reads (a summary is a few
+/// kilobytes).
+pub const MAX_SUMMARY: u64 = 1 << 20;
 
 /// Slurm's time format: `[D-]HH:MM:SS`, `MM:SS`, `M`, or `UNLIMITED`.
 pub fn parse_slurm_duration(s: &str) -> Option<Duration> {
@@ -48,20 +54,66 @@ pub fn parse_slurm_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(days * 86_400 + secs))
 }
 
-/// Time limit and work dir from `squeue -h -j N -o %l|%Z`.
+/// Time limit, user and work dir from `squeue -h -j N -o %l|%u|%U|%G|%Z`
+/// (the work dir last: it may hold `|`).
 pub fn queue_info(squeue: &Path, job: u32, timeout: Duration) -> Result<QueueInfo, cmd::CmdError> {
     let out = cmd::run(
         squeue,
-        ["-h", "-j", &job.to_string(), "-o", "%l|%Z"],
+        ["-h", "-j", &job.to_string(), "-o", "%l|%u|%U|%G|%Z"],
         &[],
         timeout,
     )?;
-    let line = out.stdout.lines().next().unwrap_or_default();
-    let (limit, dir) = line.split_once('|').unwrap_or((line, ""));
-    Ok(QueueInfo {
+    Ok(parse_queue_line(
+        out.stdout.lines().next().unwrap_or_default(),
+    ))
+}
+
+/// One line of [`queue_info`]'s squeue output.
+pub fn parse_queue_line(line: &str) -> QueueInfo {
+    let mut f = line.splitn(5, '|');
+    let limit = f.next().unwrap_or_default();
+    let (name, uid, gid) = (f.next(), f.next(), f.next());
+    let dir = f.next().unwrap_or_default().trim();
+    let user = match (name, uid, gid) {
+        (Some(n), Some(u), Some(g)) => u
+            .trim()
+            .parse()
+            .ok()
+            .zip(g.trim().parse().ok())
+            .map(|(u, g)| (n.trim().to_string(), u, g)),
+        _ => None,
+    };
+    QueueInfo {
         time_limit: parse_slurm_duration(limit),
-        work_dir: (!dir.trim().is_empty()).then(|| PathBuf::from(dir.trim())),
-    })
+        work_dir: (!dir.is_empty()).then(|| PathBuf::from(dir)),
+        user,
+    }
+}
+
+/// The job's live summary in its work dir, read as the job's user when the
+/// caller is root (never as root: a link there could point anywhere), as the
+/// caller otherwise; see [`crate::deliver::read_user_file`].
+pub fn from_work_dir(job: u32, q: &QueueInfo) -> Result<String, String> {
+    let dir = q
+        .work_dir
+        .as_ref()
+        .ok_or_else(|| format!("squeue gave no work dir for job {job}"))?;
+    let p = dir.join(format!("carbontrack-{job}.txt"));
+    let id = if crate::ffi::identity::euid() == 0 {
+        let (name, uid, gid) = q.user.clone().ok_or_else(|| {
+            format!(
+                "squeue gave no user for job {job}; {} is not read as root",
+                p.display()
+            )
+        })?;
+        let groups = crate::ffi::identity::user_groups(&name, gid).unwrap_or_else(|_| vec![gid]);
+        Some(crate::ffi::identity::FsIdentity { uid, gid, groups })
+    } else {
+        None
+    };
+    let bytes =
+        crate::deliver::read_user_file(id.as_ref(), &p, MAX_SUMMARY).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The live summary from the spool's live footprints of `job`, or `None`
@@ -75,7 +127,7 @@ pub fn from_spool(
     let spool = Spool::open(&config.spool).map_err(|e| e.to_string())?;
     let mut rows: Vec<Row> = Vec::new();
     for p in spool.live_footprints(job).map_err(|e| e.to_string())? {
-        let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let bytes = spool.read_file(&p).map_err(|e| e.to_string())?;
         let r = footprint::read_csv(&bytes[..]).map_err(|e| format!("{}: {e}", p.display()))?;
         rows.extend(r.into_iter().filter(|r| !r.is_total()));
     }
@@ -132,6 +184,16 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn queue_line_with_user_and_a_work_dir_holding_the_separator() {
+        let q = parse_queue_line("1:00:00|bob|1001|1002|/home/bob/a|b");
+        assert_eq!(q.time_limit, Some(Duration::from_secs(3600)));
+        assert_eq!(q.user, Some(("bob".into(), 1001, 1002)));
+        assert_eq!(q.work_dir, Some(PathBuf::from("/home/bob/a|b")));
+        let q = parse_queue_line("UNLIMITED|bob|x|1002|");
+        assert_eq!((q.time_limit, q.user, q.work_dir), (None, None, None));
     }
 
     #[test]

@@ -683,15 +683,19 @@ pub fn sampler_thread(c: &Cluster, hw: &Hardware) {
     });
     let with = steady_threads(t_pid);
     let without = steady_threads(u_pid);
-    assert_eq!(
-        with.iter().filter(|n| *n == "carbontrack").count(),
-        1,
-        "{with:?}"
-    );
-    assert!(!without.iter().any(|n| n == "carbontrack"), "{without:?}");
+    // The sampler, its watchdog, and the one thread that touches the user's
+    // filesystem: one each, and nothing else added.
+    for name in ["carbontrack", "carbontrack-w", "carbontrack-io"] {
+        assert_eq!(
+            with.iter().filter(|n| *n == name).count(),
+            1,
+            "{name}: {with:?}"
+        );
+        assert!(!without.iter().any(|n| n == name), "{without:?}");
+    }
     assert_eq!(
         with.len(),
-        without.len() + 1,
+        without.len() + 3,
         "tracked {with:?}, untracked {without:?}"
     );
 

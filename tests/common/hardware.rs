@@ -36,13 +36,20 @@ const GPU_POWER: [&str; 4] = ["100@2,250@3", "180", "300", "40@1,60@1"];
 
 impl Hardware {
     pub fn new() -> Hardware {
+        Hardware::with_wrap(200_000_000)
+    }
+
+    /// RAPL counters that wrap at `max_range_uj` (real packages: hundreds of
+    /// kJ, minutes at full power; `new`'s 200 J wraps every few seconds to
+    /// test wraparound).
+    pub fn with_wrap(max_range_uj: u64) -> Hardware {
         let dir = TempDir::new("cluster-hw").expect("temporary directory");
         let epoch = SystemTime::now();
         // One package, as on this machine's CPU topology, whose counter wraps
         // every few seconds.
         let zone = |p: &str| {
             ZoneSpec::new(p.parse().expect("profile"))
-                .max_range_uj(200_000_000)
+                .max_range_uj(max_range_uj)
                 .max_power_w(150.0)
         };
         let spec = PowercapSpec {
@@ -66,21 +73,40 @@ impl Hardware {
         std::fs::create_dir_all(&nvml_dir).unwrap();
         let nvml = nvml_dir.join("libnvidia-ml.so.1");
         std::fs::copy(fake_library(), &nvml).expect("copy the fake NVML");
-        let mut conf = format!("epoch = {}\n", secs(epoch));
-        for g in &gpus {
-            conf += &format!(
-                "[gpu]\nuuid = {}\nminor = {}\npower = {}\n",
-                g.uuid, g.minor, g.power
-            );
-        }
-        std::fs::write(nvml_dir.join("fake-nvml.conf"), conf).unwrap();
-        Hardware {
+        let hw = Hardware {
             rapl,
             nvml,
             gpus,
             epoch,
             dir,
+        };
+        hw.set_gpu_extra(None);
+        hw
+    }
+
+    /// Rewrites the fake NVML's configuration, with `extra` lines for one
+    /// GPU (by minor), e.g. `hang_at = 12.5`; each new extern step reads it.
+    pub fn set_gpu_extra(&self, extra: Option<(u32, &str)>) {
+        let mut conf = format!("epoch = {}\n", secs(self.epoch));
+        for g in &self.gpus {
+            conf += &format!(
+                "[gpu]\nuuid = {}\nminor = {}\npower = {}\n",
+                g.uuid, g.minor, g.power
+            );
+            if let Some((minor, lines)) = extra
+                && minor == g.minor
+            {
+                conf += lines;
+                conf += "\n";
+            }
         }
+        let path = self.nvml.with_file_name("fake-nvml.conf");
+        std::fs::write(path, conf).unwrap();
+    }
+
+    /// Seconds since the fake hardware's time zero (the fake NVML's epoch).
+    pub fn now_secs(&self) -> f64 {
+        secs_since(self.epoch, SystemTime::now())
     }
 
     /// The root-owned spool the plugin keeps its state in.

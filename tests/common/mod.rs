@@ -542,3 +542,70 @@ fn target_dir() -> PathBuf {
         .map(Path::to_path_buf)
         .expect("target/<profile>/deps/<test>")
 }
+
+/// A process of an unprivileged user that holds an exclusive `flock` on
+/// every file and directory under some paths that this user can open: the
+/// attack of a user stalling root's Epilog through a lock (`flock -s LEDGER
+/// sleep 1e6`), made stronger (an exclusive lock stops shared lockers too).
+/// Killed, with everything it started, when dropped.
+pub struct LockHolder {
+    child: std::process::Child,
+    /// What it locked.
+    pub locked: Vec<PathBuf>,
+}
+
+impl LockHolder {
+    /// As `user`, locks everything under `roots` it can open; returns once
+    /// all the locks are held.
+    pub fn start(user: &str, roots: &[&Path]) -> LockHolder {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        // Each path is opened on a shell fd and locked through it; the fds
+        // stay open (and locked) in the `sleep` the shell becomes.
+        const SCRIPT: &str = r#"
+while IFS= read -r -d '' f; do
+  [[ -L $f ]] && continue
+  [[ -f $f || -d $f ]] || continue
+  if exec {fd}<"$f"; then flock -x -n "$fd" && printf 'locked %s\n' "$f"; fi 2>/dev/null
+done < <(find "$@" -print0 2>/dev/null)
+echo ready
+exec sleep 300
+"#;
+        let mut child = Command::new("runuser")
+            .args(["-u", user, "--", "bash", "-c", SCRIPT, "lock-holder"])
+            .args(roots)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runuser starts");
+        let out = child.stdout.take().expect("stdout is piped");
+        let mut locked = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.expect("lock holder's output");
+            if line == "ready" {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("locked ") {
+                locked.push(PathBuf::from(p));
+            }
+        }
+        LockHolder { child, locked }
+    }
+
+    /// Whether `p` is among the locked paths.
+    pub fn holds(&self, p: &Path) -> bool {
+        self.locked.iter().any(|l| l == p)
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        // The whole process group this holder started: runuser, the shell's sleep.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -23,6 +23,9 @@
 //!                           # empty until then (default 0)
 //! samples_stop = 2.0        # optional: seconds after epoch; no new samples then
 //! fail_after = 3.5          # optional: seconds after epoch; then GPU_IS_LOST
+//! hang_at = 4.0             # optional: seconds after epoch; from then on every
+//!                           # call on this GPU blocks until hang_at + hang_for
+//! hang_for = 3600           # optional: seconds (default 3600), then it answers
 //! reload_at = 2.0           # optional: the energy counter restarts from 0 then
 //! pids = 100,200            # optional: compute processes running on it
 //! mig = MIG-a,MIG-b         # optional: MIG mode on, with these instances
@@ -63,6 +66,9 @@ pub struct Gpu {
     /// Seconds after the epoch from which the buffer gets no new samples.
     pub samples_stop: Option<f64>,
     pub fail_after: Option<f64>,
+    /// Seconds after the epoch from which every call blocks, for `hang_for`.
+    pub hang_at: Option<f64>,
+    pub hang_for: f64,
     pub reload_at: Option<f64>,
     pub pids: Vec<u32>,
     pub migs: Vec<CString>,
@@ -81,6 +87,8 @@ impl Gpu {
             samples_start: 0.0,
             samples_stop: None,
             fail_after: None,
+            hang_at: None,
+            hang_for: 3600.0,
             reload_at: None,
             pids: Vec::new(),
             migs: Vec::new(),
@@ -156,6 +164,8 @@ pub fn parse(text: &str) -> Result<Config, String> {
             ("samples_start", Some(g)) => g.samples_start = number(key, v).map_err(at)?,
             ("samples_stop", Some(g)) => g.samples_stop = Some(number(key, v).map_err(at)?),
             ("fail_after", Some(g)) => g.fail_after = Some(number(key, v).map_err(at)?),
+            ("hang_at", Some(g)) => g.hang_at = Some(number(key, v).map_err(at)?),
+            ("hang_for", Some(g)) => g.hang_for = number(key, v).map_err(at)?,
             ("reload_at", Some(g)) => g.reload_at = Some(number(key, v).map_err(at)?),
             ("pids", Some(g)) => {
                 g.pids = v

@@ -169,7 +169,32 @@ fn device(cfg: &Config, h: Handle) -> Result<Dev<'_>, Ret> {
     }
 }
 
+/// A call on a GPU whose `hang_at` has come blocks until `hang_at +
+/// hang_for`, as a driver does for a GPU that fell off the bus; the wait is
+/// outside the library's lock, so the other GPUs still answer.
+fn hang_if_due(h: Handle) {
+    let left = {
+        let st = state();
+        let Some(cfg) = &st.config else { return };
+        let gi = (h.addr() & 0xffff).wrapping_sub(1);
+        let Some((at, for_s)) = cfg
+            .gpus
+            .get(gi)
+            .and_then(|g| g.hang_at.map(|a| (a, g.hang_for)))
+        else {
+            return;
+        };
+        let t = now(cfg);
+        if t < at || t >= at + for_s {
+            return;
+        }
+        std::time::Duration::from_secs_f64(at + for_s - t)
+    };
+    std::thread::sleep(left);
+}
+
 fn on_gpu(h: Handle, f: impl FnOnce(&Config, usize, &Gpu) -> Ret) -> Ret {
+    hang_if_due(h);
     with_config(|cfg| match device(cfg, h) {
         Ok(Dev::Gpu(i, g)) => f(cfg, i, g),
         Ok(Dev::Mig(..)) => NOT_SUPPORTED,

@@ -1,0 +1,326 @@
+//! The one thread of a tracked run that touches the user's filesystem.
+//!
+//! A job's work dir is often on NFS or Lustre, and a server that stops
+//! answering blocks every call under the mount until it comes back, beyond
+//! any signal but SIGKILL. Inside slurmstepd such a call on the main thread
+//! makes the extern step unkillable (slurmd then drains the node), and on the
+//! sampler thread it stops the measurement. So everything that reads or
+//! writes there (the live summary, the epoch file, the final CSV and
+//! summary) runs on this thread, and everyone else only hands it work and
+//! waits a bounded time for the answer. A call that never returns stalls
+//! this thread alone; the footprint is then kept in the root-owned spool and
+//! delivered later (by the Epilog or `carbontrack flush`).
+//!
+//! The thread also asks `squeue` for the time limit once, since slurmctld can
+//! be as slow to answer as a filesystem.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::deliver::write_user_file;
+use crate::epochs::{EpochWatcher, Mark};
+use crate::ffi::identity::FsIdentity;
+use crate::measure::sampler::EnergyProbe;
+
+/// What the thread is asked to do, besides polling the epoch file.
+#[derive(Default)]
+struct State {
+    stop: bool,
+    /// Whether to go on polling the epoch file (until the run is over).
+    polling: bool,
+    /// Polls done so far; a caller wanting a fresh poll waits for it to grow.
+    polls: u64,
+    /// The newest live summary not yet written: `(dir, name, bytes)`.
+    summary: Option<(PathBuf, String, Vec<u8>)>,
+    /// Final files to write, in order, and where their answer goes.
+    finals: Option<Finals>,
+    /// Answer to the last `finals`: the paths written, the errors of the
+    /// others.
+    answer: Option<(Vec<PathBuf>, Vec<String>)>,
+    /// Epoch marks so far, and why the file was given up on.
+    marks: Vec<Mark>,
+    epoch_problem: Option<String>,
+    /// The first live-summary failure.
+    write_problem: Option<String>,
+    /// The time limit from squeue once looked up (`Some(None)`: unlimited or
+    /// unknown).
+    time_limit: Option<Option<Duration>>,
+}
+
+struct Finals {
+    dir: PathBuf,
+    files: Vec<(String, Vec<u8>)>,
+    /// Removed once the files are written, should that happen after the
+    /// caller stopped waiting (a record of files to deliver later).
+    late_record: Option<PathBuf>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How the thread works.
+pub struct Setup {
+    pub user: Option<FsIdentity>,
+    /// The job's epoch file, polled every `poll`.
+    pub epoch_file: Option<PathBuf>,
+    pub poll: Duration,
+    /// Look the time limit up with squeue for this job id, once.
+    pub squeue_job: Option<String>,
+    /// The job's energy so far, for epoch marks.
+    pub energy: EnergyProbe,
+}
+
+/// The outcome of handing over final files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Written: these paths.
+    Written(Vec<PathBuf>),
+    /// Refused for good (no such dir, not writable by its owner): why, one
+    /// line per file not written.
+    Failed(Vec<String>),
+    /// No answer within the wait: the filesystem is not answering.
+    Late(Duration),
+}
+
+/// The user-filesystem thread; dropping it lets it end on its own, without
+/// waiting for it.
+pub struct UserIo {
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UserIo {
+    pub fn start(setup: Setup) -> std::io::Result<UserIo> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                polling: true,
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let for_thread = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("carbontrack-io".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run(&for_thread, setup))?;
+        Ok(UserIo {
+            shared,
+            handle: Some(handle),
+        })
+    }
+
+    /// Hands over a live summary to write; never waits. A summary the thread
+    /// has not got to yet is replaced.
+    pub fn offer_summary(&self, dir: &Path, name: String, bytes: Vec<u8>) {
+        lock(&self.shared).summary = Some((dir.to_path_buf(), name, bytes));
+        self.shared.wake.notify_all();
+    }
+
+    /// The marks so far and the time limit, if looked up.
+    pub fn marks(&self) -> Vec<Mark> {
+        lock(&self.shared).marks.clone()
+    }
+
+    pub fn time_limit(&self) -> Option<Option<Duration>> {
+        lock(&self.shared).time_limit
+    }
+
+    /// Polls the epoch file once more and stops polling; waits at most
+    /// `wait`. Returns the marks, why the epoch file was refused, and why the
+    /// live summary could not be written, if so.
+    pub fn last_poll(&self, wait: Duration) -> (Vec<Mark>, Option<String>, Option<String>) {
+        let until = Instant::now() + wait;
+        let mut s = lock(&self.shared);
+        let want = s.polls + 1;
+        self.shared.wake.notify_all();
+        while s.polls < want && s.polling {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .shared
+                .wake
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        s.polling = false;
+        (
+            s.marks.clone(),
+            s.epoch_problem.clone(),
+            s.write_problem.clone(),
+        )
+    }
+
+    /// Writes `files` into `dir` as the user, in order, waiting at most
+    /// `wait`. When the answer is [`Delivery::Late`] the thread goes on
+    /// trying, and removes `late_record` (the caller's record of files still
+    /// to deliver, written before asking) once the files are written.
+    pub fn deliver(
+        &self,
+        dir: &Path,
+        files: Vec<(String, Vec<u8>)>,
+        wait: Duration,
+        late_record: Option<PathBuf>,
+    ) -> Delivery {
+        let asked = Instant::now();
+        let mut s = lock(&self.shared);
+        s.answer = None;
+        s.finals = Some(Finals {
+            dir: dir.to_path_buf(),
+            files,
+            late_record,
+        });
+        self.shared.wake.notify_all();
+        loop {
+            if let Some((written, errors)) = s.answer.take() {
+                return if errors.is_empty() {
+                    Delivery::Written(written)
+                } else {
+                    Delivery::Failed(errors)
+                };
+            }
+            let left = wait.saturating_sub(asked.elapsed());
+            if left.is_zero() {
+                return Delivery::Late(asked.elapsed());
+            }
+            s = self
+                .shared
+                .wake
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl UserIo {
+    /// Lets the thread end once it has nothing left to do; never waits.
+    pub fn close(&self) {
+        lock(&self.shared).stop = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Drop for UserIo {
+    fn drop(&mut self) {
+        self.close();
+        // Joined only when it has ended already; a thread stuck in a
+        // filesystem call is left to it (the library stays mapped: see
+        // `build.rs`, `-z nodelete`).
+        if let Some(h) = self.handle.take()
+            && h.is_finished()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, mut setup: Setup) {
+    let _ = crate::ffi::signals::block_all();
+    let mut watcher = setup
+        .epoch_file
+        .take()
+        .map(|p| EpochWatcher::new(p, setup.user.clone()));
+    let mut next_poll = Instant::now();
+    loop {
+        // What to do now, taken under the lock, done outside it.
+        let (summary, finals, poll, query) = {
+            let mut s = lock(shared);
+            loop {
+                if s.summary.is_some() || s.finals.is_some() {
+                    break;
+                }
+                let now = Instant::now();
+                if s.polling && now >= next_poll {
+                    break;
+                }
+                if s.stop {
+                    return;
+                }
+                let wait = if s.polling {
+                    next_poll - now
+                } else {
+                    Duration::from_secs(3600)
+                };
+                s = shared
+                    .wake
+                    .wait_timeout(s, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let poll = s.polling && Instant::now() >= next_poll;
+            let query = s.time_limit.is_none() && setup.squeue_job.is_some();
+            (s.summary.take(), s.finals.take(), poll, query)
+        };
+        if poll {
+            next_poll = Instant::now() + setup.poll;
+            if let Some(w) = &mut watcher {
+                let energy = &setup.energy;
+                w.poll(SystemTime::now(), || energy.total());
+            }
+            let mut s = lock(shared);
+            if let Some(w) = &watcher {
+                if w.marks().len() != s.marks.len() {
+                    s.marks.clear();
+                    s.marks.extend_from_slice(w.marks());
+                }
+                if s.epoch_problem.is_none() {
+                    s.epoch_problem = w.refused().map(str::to_string);
+                }
+            }
+            s.polls += 1;
+            drop(s);
+            shared.wake.notify_all();
+        }
+        if query && let Some(job) = setup.squeue_job.take() {
+            let limit = squeue_time_limit(&job);
+            lock(shared).time_limit = Some(limit);
+        }
+        if let Some((dir, name, bytes)) = summary
+            && let Err(e) = write_user_file(setup.user.as_ref(), &dir, &name, &bytes)
+        {
+            let mut s = lock(shared);
+            // One report per run, not one per refresh.
+            if s.write_problem.is_none() {
+                s.write_problem = Some(e.to_string());
+            }
+        }
+        if let Some(f) = finals {
+            let mut written = Vec::new();
+            let mut errors = Vec::new();
+            for (name, bytes) in &f.files {
+                match write_user_file(setup.user.as_ref(), &f.dir, name, bytes) {
+                    Ok(p) => written.push(p),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            // Delivered, or refused for a reason that will not mend: the
+            // record of what is still to deliver has done its work.
+            if let Some(record) = &f.late_record {
+                let _ = std::fs::remove_file(record);
+            }
+            lock(shared).answer = Some((written, errors));
+            shared.wake.notify_all();
+        }
+    }
+}
+
+/// The job's time limit from `squeue`, bounded to 2 s; `None` when unlimited
+/// or unknown (the summary then shows no projection to the limit).
+fn squeue_time_limit(job_id: &str) -> Option<Duration> {
+    let job = job_id.parse().ok()?;
+    let squeue = crate::report::cmd::find_program(Path::new("squeue"));
+    crate::report::status::queue_info(&squeue, job, Duration::from_secs(2))
+        .ok()?
+        .time_limit
+}
