@@ -192,7 +192,7 @@ pub fn retry_deposits(
     };
     for id in ids.into_iter().filter(|j| Some(*j) != skip) {
         let marker = local.job_dir(id).join(DEPOSIT_FILE);
-        let Ok(bytes) = fs::read(&marker) else {
+        let Ok(bytes) = local.read_file(&marker) else {
             continue;
         };
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -239,7 +239,7 @@ fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> bool {
 /// When the newest part in a job's shared directory arrived (else when the
 /// directory was claimed or first written to).
 fn last_deposit(shared: &Spool, id: u32) -> Option<SystemTime> {
-    let mtime = |p: &std::path::Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mtime = |p: &std::path::Path| fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
     let dir = shared.job_dir(id);
     shared
         .node_footprints(id)
@@ -260,8 +260,8 @@ fn dir_window(shared: &Spool, id: u32) -> Option<(SystemTime, SystemTime)> {
         .filter_map(|p| read_node_footprint(p).ok())
         .flatten()
         .collect();
-    if let Ok(f) = fs::File::open(shared.job_dir(id).join(TOTAL_FILE))
-        && let Ok(r) = footprint::read_csv(f)
+    if let Ok(b) = shared.read_file(&shared.job_dir(id).join(TOTAL_FILE))
+        && let Ok(r) = footprint::read_csv(&b[..])
     {
         rows.extend(r);
     }
