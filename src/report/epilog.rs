@@ -3,13 +3,18 @@
 //! in a job text field, via sacctmgr) and the cluster ledger.
 //!
 //! The Epilog must never fail (a non-zero exit drains the node) and never
-//! lose or double a job: the total is first written to the spool's outbox,
-//! each delivery is recorded there as it succeeds, and the record and the
-//! job's spool directory go only when both are done. What could not be
-//! delivered (slurmdbd down, sacctmgr missing, the job not yet in the
-//! database) waits for the next epilog on the node or for `flush`. Delivering
-//! again is harmless: the segment replaces itself, the ledger skips a job it
-//! has.
+//! lose or double a job: the total is first written to the spool's outbox
+//! (then the job's spool directory goes: the record holds the whole total),
+//! each delivery is recorded there as it succeeds, and the record goes only
+//! when all are done. What could not be delivered (slurmdbd down, sacctmgr
+//! missing, the job not yet in the database) waits for the next epilog on
+//! the node or for `flush`. Delivering again is harmless: the segment
+//! replaces itself, the ledger skips a job it has.
+//!
+//! Job ids are reused, so a record is a run ([`RunKey`]) and is written only
+//! into the job accounting gives that id now if that job is the run measured
+//! ([`Expect`]): sacctmgr writes the newest job with an id, whatever else is
+//! asked, so an earlier run's figures go to the ledger only, with one line.
 //!
 //! A job on several nodes is joined in the `shared=` directory first
 //! ([`super::shared`]): each node's Epilog leaves its part there, and the one
@@ -707,10 +712,9 @@ pub(super) fn to_json(p: &Pending) -> Vec<u8> {
     serde_json::to_vec_pretty(p).unwrap_or_default()
 }
 
-/// Delivers one outbox record: accounting, then the ledger, recording each
-/// success; removes the record and the job's spool directory when both are
-/// done. After an outage (`*outage`), accounting is not tried again in this
-/// run.
+/// Delivers one outbox record: accounting, then the ledger, then the user's
+/// files, recording each success; removes the record when all are done.
+/// After an outage (`*outage`), accounting is not tried again in this run.
 pub fn deliver(
     spool: &Spool,
     tools: &Tools,
