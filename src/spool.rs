@@ -14,7 +14,9 @@
 //!                                      or `carbontrack flush`
 //! <spool>/stale/<jobid>-<nanos>/      an earlier run's job directory, moved
 //!                                      aside by the prolog of a later job with
-//!                                      the same id (its Epilog never ran)
+//!                                      the same id (its Epilog never ran);
+//!                                      `-<pid>` is added by the process that
+//!                                      claims it to queue it
 //! <spool>/outbox/<jobid>-<start>.json a finished run's total not yet delivered
 //!                                      to accounting and/or the ledger
 //! <spool>/outbox/<jobid>-<start>.lock held by whoever is delivering that run

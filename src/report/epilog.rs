@@ -497,6 +497,18 @@ fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunRe
         }
     };
     for (id, dir) in stale {
+        // Claimed by a rename (an Epilog and a flush may both be here): the
+        // one whose rename succeeds queues it; a claim left by a process
+        // that died is claimed again the same way next time.
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir_claimed = dir.with_file_name(format!("{name}-{}", std::process::id()));
+        if std::fs::rename(&dir, &dir_claimed).is_err() {
+            continue;
+        }
+        let dir = dir_claimed;
         let mut rows: Vec<Row> = Vec::new();
         for p in crate::spool::node_footprints_in(&dir).unwrap_or_default() {
             match read_node_footprint(&p) {
