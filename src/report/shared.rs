@@ -554,7 +554,8 @@ fn complete_locked(
     shared
         .write_job_file(id, TOTAL_FILE, &csv)
         .map_err(|e| e.to_string())?;
-    if !missing.is_empty() {
+    // An earlier run's retirement says so in a line of its own.
+    if !missing.is_empty() && !earlier {
         log(format!(
             "carbontrack: job {id}: no part from {} after {}; delivering the parts of {} as incomplete",
             missing.join(", "),
@@ -587,6 +588,11 @@ pub fn sweep(
             return;
         }
     };
+    // Job ids with a run still queued: their directory is kept.
+    let queued: BTreeSet<u32> = match shared.outbox_jobs() {
+        Ok(runs) => runs.iter().map(|r| r.job_id).collect(),
+        Err(_) => ids.iter().copied().collect(),
+    };
     for id in ids.into_iter().filter(|j| Some(*j) != skip) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -598,10 +604,7 @@ pub fn sweep(
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age > KEEP_CLAIMED);
-            let queued = shared
-                .outbox_jobs()
-                .map_or(true, |runs| runs.iter().any(|r| r.job_id == id));
-            if old && !queued {
+            if old && !queued.contains(&id) {
                 let _ = shared.remove_job(id);
             }
             continue;
