@@ -413,6 +413,19 @@ fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     );
     assert!(!e.queued(304));
     assert_eq!(ledger_rows(&e, 304).len(), 1);
+    // The same for a run whose job accounting never got while it still has
+    // an earlier job of that id (a job cancelled in its prolog, say).
+    e.footprint_at(&e.spool(), 305, "n1", 3600.0, Some(0.0), DAY2);
+    e.db_job(305, "the earlier job 305's");
+    let o = e.epilog(305);
+    let err = stderr(&o);
+    assert!(
+        err.contains("accounting still has no job 305 on cluster test that this run could be (accounting's newest job 305 ended at 2024-05-01T01:00:00Z")
+            && err.contains("delivered to the ledger only"),
+        "{err}"
+    );
+    assert_eq!(e.field(305), "the earlier job 305's");
+    assert!(!e.queued(305));
 }
 
 #[test]

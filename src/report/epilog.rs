@@ -801,18 +801,22 @@ pub fn deliver(
                 p.accounting_done = true;
                 p.user_files_done = true;
             }
-            Err(AccountingError::NotYet(_))
+            Err(e @ (AccountingError::NotYet(_) | AccountingError::EarlierInAccounting { .. }))
                 if expect
                     .end
                     .is_some_and(|t| t + NEVER_IN_ACCOUNTING < SystemTime::now()) =>
             {
+                let on = if expect.cluster.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on cluster {}", expect.cluster)
+                };
+                let which = match e {
+                    AccountingError::NotYet(_) => String::new(),
+                    e => format!(" that this run could be ({e})"),
+                };
                 p.superseded = Some(format!(
-                    "accounting still has no job {job}{} {} days after this run ended",
-                    if expect.cluster.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" on cluster {}", expect.cluster)
-                    },
+                    "accounting still has no job {job}{on}{which} {} days after this run ended",
                     NEVER_IN_ACCOUNTING.as_secs() / 86_400
                 ));
                 p.accounting_done = true;
