@@ -627,6 +627,43 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Job ids are reused: a later job with an earlier one's id (another
+    /// start), or one of another cluster, is a row of its own; the same run
+    /// again is not, and reports count each job once.
+    #[test]
+    fn a_job_is_its_cluster_id_and_start() {
+        use crate::report::aggregate::{Aggregator, Filter};
+        let d = std::env::temp_dir().join(format!("ct-ledger-runs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let p = d.join("ledger.csv");
+        let earlier = total(7, Some(5.0));
+        let later = JobTotal {
+            start: "2024-06-01T00:00:00.000Z".into(),
+            end: "2024-06-01T01:00:00.000Z".into(),
+            ..earlier.clone()
+        };
+        let elsewhere = JobTotal {
+            cluster: "other".into(),
+            ..earlier.clone()
+        };
+        for t in [&earlier, &later, &elsewhere] {
+            assert_eq!(append(&p, t).unwrap(), Appended::Yes, "{t:?}");
+        }
+        for t in [&earlier, &later, &elsewhere] {
+            assert_eq!(append(&p, t).unwrap(), Appended::AlreadyThere, "{t:?}");
+        }
+        // A row written twice (two ledgers joined by hand) counts once.
+        let text = fs::read_to_string(&p).unwrap();
+        let again = text.lines().nth(2).unwrap().to_string();
+        fs::write(&p, format!("{text}{again}\n")).unwrap();
+        let f = Filter::default();
+        let mut agg = Aggregator::new(&f, None);
+        assert_eq!(report_into(&p, &mut agg).unwrap(), 0);
+        let (_, all) = agg.finish();
+        assert_eq!(all.jobs, 3, "{all:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn appends_once_with_header_and_reads_back() {
         let d = std::env::temp_dir().join(format!("ct-ledger-{}", std::process::id()));
