@@ -868,9 +868,19 @@ fn near(a: f64, b: f64) -> bool {
 #[test]
 fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
     let e = Env::new("reuse");
+    // Run A measured two hours ago, the later run B one hour ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a_start, b_start) = (now - 7200, now - 3600);
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
     // Run A of job 601 ends while slurmdbd is down: its total is queued.
-    e.footprint(601, "n1", 3600.0, Some(0.0));
-    e.db_job(601, "");
+    e.footprint_at(&e.spool(), 601, "n1", 3600.0, Some(0.0), a_start);
+    e.db_job_run(601, &utc(a_start - 5), &utc(a_start + 1800));
     e.set_down(true);
     assert!(e.epilog(601).status.success());
     assert!(e.queued(601));
@@ -879,7 +889,7 @@ fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
     // The state is reset and a later job gets id 601; its run (B) ends
     // before slurmdbd has heard of it, so accounting's job 601 is still A:
     // B is not written into A's field, and A is not held up by B.
-    e.footprint_at(&e.spool(), 601, "n1", 7200.0, Some(0.0), DAY2);
+    e.footprint_at(&e.spool(), 601, "n1", 7200.0, Some(0.0), b_start);
     let o = e.epilog(601);
     assert!(o.status.success());
     assert!(
@@ -894,7 +904,7 @@ fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
     assert!(near(a.energy_kwh.unwrap(), kwh_of(3600.0)), "{a:?}");
 
     // Accounting catches up: job 601 there is B now (a row of its own).
-    e.db_job_run(601, "2024-05-02T00:00:00", "2024-05-02T01:00:00");
+    e.db_job_run(601, &utc(b_start - 5), &utc(b_start + 1800));
     let o = e.carbontrack(&["flush"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let b = Segment::parse(&e.field(601)).unwrap();
@@ -903,12 +913,12 @@ fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
     let rows = ledger_rows(&e, 601);
     assert_eq!(rows.len(), 2, "{}", e.ledger());
     assert!(
-        rows[0].contains(",2024-05-01T00:00:00.000Z,"),
+        rows[0].contains(&format!(",{}.000Z,", utc(a_start))),
         "{}",
         rows[0]
     );
     assert!(
-        rows[1].contains(",2024-05-02T00:00:00.000Z,"),
+        rows[1].contains(&format!(",{}.000Z,", utc(b_start))),
         "{}",
         rows[1]
     );
@@ -916,11 +926,11 @@ fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
     // Run C of job 602 never got its Epilog here (the node went down); a
     // later job 602's prolog moves it aside, as the plugin does.
     let spool = carbontrack::spool::Spool::open(&e.spool()).unwrap();
-    e.footprint(602, "n1", 36_000.0, Some(0.0));
+    e.footprint_at(&e.spool(), 602, "n1", 36_000.0, Some(0.0), a_start);
     let moved = spool.retire_job(602).unwrap().expect("moved to stale/");
     assert!(moved.starts_with(e.spool().join("stale")));
-    e.footprint_at(&e.spool(), 602, "n1", 18_000.0, Some(0.0), DAY2);
-    e.db_job_run(602, "2024-05-02T00:00:00", "2024-05-02T01:00:00");
+    e.footprint_at(&e.spool(), 602, "n1", 18_000.0, Some(0.0), b_start);
+    e.db_job_run(602, &utc(b_start - 5), &utc(b_start + 1800));
     let o = e.epilog(602);
     assert!(o.status.success());
     assert!(
