@@ -78,6 +78,11 @@ impl Components {
 }
 
 /// Where the user's files go.
+/// Said once per job by the prolog and once per run of `carbontrack epilog`
+/// and `flush` when `accounting_field=Comment`: the field stays accepted (the
+/// contract lists it), but its figures are only as good as its users.
+pub const COMMENT_WARNING: &str = "warning: accounting_field=Comment: a job's user can write that field (sbatch --comment, sacctmgr modify job ... set Comment=), so the figures in it can be forged or overwritten by the user; use AdminComment or SystemComment, which only Slurm administrators can set";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportTarget {
     Workdir,
@@ -109,7 +114,8 @@ pub struct Config {
     /// How long a fetched live history is reused before asking again.
     pub intensity_ttl: Duration,
     pub report: ReportTarget,
-    /// The job field of Slurm accounting that receives the `carbontrack:v1` segment.
+    /// The job field of Slurm accounting that receives the `carbontrack:v1`
+    /// segment. `Comment` is accepted but warned about ([`COMMENT_WARNING`]).
     pub accounting_field: String,
     /// The cluster ledger CSV the epilog appends to; `None` when disabled.
     pub ledger: Option<PathBuf>,

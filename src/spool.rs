@@ -8,15 +8,36 @@
 //! <spool>/jobs/<jobid>/sampler.lock   who samples, when there is no extern step
 //! <spool>/jobs/<jobid>/live-<host>.csv this node's footprint so far, refreshed
 //!                                      while the job runs (`carbontrack status`)
-//! <spool>/outbox/<jobid>.json         a finished job's total not yet delivered
+//! <spool>/jobs/<jobid>/deposit.json   the Epilog ran, but this node's part
+//!                                      of a multi-node job could not reach
+//!                                      `shared=`: retried by the next Epilog
+//!                                      or `carbontrack flush`
+//! <spool>/stale/<jobid>-<nanos>/      an earlier run's job directory, moved
+//!                                      aside by the prolog of a later job with
+//!                                      the same id (its Epilog never ran);
+//!                                      `-<pid>` is added by the process that
+//!                                      claims it to queue it
+//! <spool>/outbox/<jobid>-<start>.json a finished run's total not yet delivered
 //!                                      to accounting and/or the ledger
-//! <spool>/outbox/<jobid>.lock         held by whoever is delivering that job
+//! <spool>/outbox/<jobid>-<start>.lock held by whoever is delivering that run
 //! <spool>/corrupt/<jobid>-<name>      spool files that could not be read,
 //!                                      moved aside once, with one log line
 //! ```
-//! The epilog turns a job's node footprints into one outbox record and
-//! removes the job's directory and the record only once both deliveries are
-//! done; until then any later epilog or `carbontrack flush` retries it.
+//! Slurm reuses job ids (slurmctld's state reset, a cluster rebuilt over the
+//! same spool, `MaxJobId` wrapping), so what outlives a job is named by its
+//! run, [`RunKey`]: the job id and the Unix second its measurement started
+//! (`<start>`; no Slurm release before 23.02 gives the job's start time to
+//! the prolog or Epilog, and a run's measurement starts after its Slurm start
+//! and before any later run's). An outbox record of an earlier run is never
+//! replaced by a later one's, and a later job's prolog moves an earlier run's
+//! leftovers to `stale/` rather than deleting them; the next Epilog or flush
+//! queues them as their own run. A record named `<jobid>.json` (written
+//! before runs were keyed) reads as a run of unknown start.
+//!
+//! The epilog turns a job's node footprints into one outbox record, then
+//! drops the job's directory (the record holds the whole total); the record
+//! goes once both deliveries are done; until then any later epilog or
+//! `carbontrack flush` retries it.
 //! Everything is written by root, mode 0600, atomically (temporary file and
 //! rename), and the spool itself is refused unless root owns it and nobody
 //! else can write to it or to a directory above it ([`crate::safe_fs`]): a
@@ -67,6 +88,64 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// One run of a job: what names its records once the job is over, since
+/// Slurm gives a job id to more than one job over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunKey {
+    pub job_id: u32,
+    /// Unix seconds of the run's first measurement; `None` for a record
+    /// written before runs were keyed.
+    pub start: Option<u64>,
+}
+
+impl RunKey {
+    /// The run of `job_id` whose measurement started at `start` (RFC 3339,
+    /// as footprints and totals hold it); unknown start if it does not read.
+    pub fn new(job_id: u32, start: &str) -> RunKey {
+        let start = humantime::parse_rfc3339_weak(start.trim())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        RunKey { job_id, start }
+    }
+
+    /// The file name stem: `<jobid>-<start>`, or `<jobid>`.
+    pub fn stem(&self) -> String {
+        match self.start {
+            Some(s) => format!("{}-{s}", self.job_id),
+            None => self.job_id.to_string(),
+        }
+    }
+
+    fn parse(stem: &str) -> Option<RunKey> {
+        let (id, start) = match stem.split_once('-') {
+            Some((id, s)) => (id, Some(s.parse().ok()?)),
+            None => (stem, None),
+        };
+        Some(RunKey {
+            job_id: id.parse().ok()?,
+            start,
+        })
+    }
+}
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self
+            .start
+            .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+        {
+            Some(t) => write!(
+                f,
+                "{} (measured from {})",
+                self.job_id,
+                humantime::format_rfc3339_seconds(t)
+            ),
+            None => write!(f, "{}", self.job_id),
+        }
     }
 }
 
@@ -155,23 +234,7 @@ impl Spool {
     }
 
     fn job_files(&self, job_id: u32, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
-        let d = self.job_dir(job_id);
-        let rd = match fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&d)(e)),
-        };
-        let mut v: Vec<PathBuf> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
-            })
-            .collect();
-        v.sort();
-        Ok(v)
+        files_in(&self.job_dir(job_id), pre, post)
     }
 
     /// Where the sampler keeps this node's footprint so far while the job
@@ -190,39 +253,39 @@ impl Spool {
         self.root.join("outbox")
     }
 
-    /// The undelivered total of a job.
-    pub fn outbox_path(&self, job_id: u32) -> PathBuf {
-        self.outbox_dir().join(format!("{job_id}.json"))
+    /// The undelivered total of a run.
+    pub fn outbox_path(&self, run: RunKey) -> PathBuf {
+        self.outbox_dir().join(format!("{}.json", run.stem()))
     }
 
     /// The lock file that guards delivery of one outbox record. It is a file
     /// apart from the record because the record is replaced (renamed over)
     /// as parts get delivered, which would drop a lock held on it.
-    pub fn outbox_lock_path(&self, job_id: u32) -> PathBuf {
-        self.outbox_dir().join(format!("{job_id}.lock"))
+    pub fn outbox_lock_path(&self, run: RunKey) -> PathBuf {
+        self.outbox_dir().join(format!("{}.lock", run.stem()))
     }
 
-    /// Writes a job's outbox record atomically.
-    pub fn write_outbox(&self, job_id: u32, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+    /// Writes a run's outbox record atomically.
+    pub fn write_outbox(&self, run: RunKey, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
         ensure_private_dir(&self.outbox_dir())?;
-        let p = self.outbox_path(job_id);
+        let p = self.outbox_path(run);
         write_atomic(&p, bytes)?;
         Ok(p)
     }
 
     /// Takes the delivery lock of a job's record; `None` while another
     /// process delivers it. Released when the file is dropped.
-    pub fn try_lock_outbox(&self, job_id: u32) -> Result<Option<File>, SpoolError> {
+    pub fn try_lock_outbox(&self, run: RunKey) -> Result<Option<File>, SpoolError> {
         ensure_private_dir(&self.outbox_dir())?;
-        let p = self.outbox_lock_path(job_id);
+        let p = self.outbox_lock_path(run);
         lock_file(&p, Duration::ZERO)
     }
 
     /// Removes a delivered job's record and then its lock file (call while
     /// holding the lock: a process that opens the lock after this finds no
     /// record and leaves).
-    pub fn remove_outbox(&self, job_id: u32) -> Result<(), SpoolError> {
-        for p in [self.outbox_path(job_id), self.outbox_lock_path(job_id)] {
+    pub fn remove_outbox(&self, run: RunKey) -> Result<(), SpoolError> {
+        for p in [self.outbox_path(run), self.outbox_lock_path(run)] {
             match fs::remove_file(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p)(e)),
                 _ => {}
@@ -231,23 +294,69 @@ impl Spool {
         Ok(())
     }
 
-    /// Job ids with a record in the outbox, in ascending order (oldest first
-    /// for Slurm's increasing ids).
-    pub fn outbox_jobs(&self) -> Result<Vec<u32>, SpoolError> {
+    /// Runs with a record in the outbox, in ascending order (oldest first
+    /// for Slurm's increasing ids, and a job id's runs by start).
+    pub fn outbox_jobs(&self) -> Result<Vec<RunKey>, SpoolError> {
         let d = self.outbox_dir();
         let rd = match fs::read_dir(&d) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&d)(e)),
         };
-        let mut v: Vec<u32> = rd
+        let mut v: Vec<RunKey> = rd
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let n = e.file_name();
-                n.to_str()?.strip_suffix(".json")?.parse().ok()
+                RunKey::parse(n.to_str()?.strip_suffix(".json")?)
             })
             .collect();
         v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Where a later job's prolog moves an earlier run's directory.
+    pub fn stale_dir(&self) -> PathBuf {
+        self.root.join("stale")
+    }
+
+    /// Clears the way for a new job `job_id` on this node: an earlier run's
+    /// directory is removed when it holds no footprint, and moved to
+    /// `stale/` when it does (that run's Epilog never ran here), so that the
+    /// next Epilog or flush delivers it as its own run. `Some(path)` when
+    /// it was moved.
+    pub fn retire_job(&self, job_id: u32) -> Result<Option<PathBuf>, SpoolError> {
+        if self.node_footprints(job_id)?.is_empty() {
+            self.remove_job(job_id)?;
+            return Ok(None);
+        }
+        let d = self.stale_dir();
+        ensure_private_dir(&d)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos());
+        let to = d.join(format!("{job_id}-{nanos}"));
+        let from = self.job_dir(job_id);
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        Ok(Some(to))
+    }
+
+    /// The earlier runs' directories in `stale/`, each with its job id.
+    pub fn stale_jobs(&self) -> Result<Vec<(u32, PathBuf)>, SpoolError> {
+        let d = self.stale_dir();
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&d)(e)),
+        };
+        let mut v: Vec<(u32, PathBuf)> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let n = e.file_name();
+                let id = n.to_str()?.split_once('-')?.0.parse().ok()?;
+                Some((id, e.path()))
+            })
+            .collect();
+        v.sort();
         Ok(v)
     }
 
@@ -318,6 +427,30 @@ impl Spool {
     }
 }
 
+/// Every node footprint in a job directory (a stale one, say), sorted.
+pub fn node_footprints_in(d: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    files_in(d, "node-", ".csv")
+}
+
+fn files_in(d: &Path, pre: &str, post: &str) -> Result<Vec<PathBuf>, SpoolError> {
+    let rd = match fs::read_dir(d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(d)(e)),
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// Takes an exclusive `flock` on the lock file `p` (created 0600 in the
 /// root-only spool, never through a link), waiting up to `wait`; `None`
 /// when another holder keeps it. The lock lives as long as the returned file.
@@ -356,9 +489,22 @@ fn ensure_private_dir(d: &Path) -> Result<(), SpoolError> {
 }
 
 /// Writes a whole file (0600) so readers see the old or the new content,
-/// never half, and a link at the name is replaced, never followed.
+/// never half, and a link at the name is replaced, never followed. The
+/// temporary name is unique per host, process and call (`.<name>.tmp-<host>-
+/// <pid>-<n>`): in `shared=` several nodes write the same job's files, and
+/// their pids may well coincide.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}-{n}",
+        sanitize(&crate::run::hostname()),
+        std::process::id()
+    ));
     Ok(safe_fs::write_atomic(path, &tmp, bytes, 0o600)?)
 }
 
@@ -407,16 +553,33 @@ mod tests {
         let root = temp("outbox");
         let s = Spool::open(&root).unwrap();
         assert!(s.outbox_jobs().unwrap().is_empty());
-        s.write_outbox(12, b"{}").unwrap();
-        s.write_outbox(9, b"{}").unwrap();
-        assert_eq!(s.outbox_jobs().unwrap(), [9, 12]);
-        let held = s.try_lock_outbox(9).unwrap();
+        let run = |job_id, start| RunKey { job_id, start };
+        s.write_outbox(run(12, Some(100)), b"{}").unwrap();
+        s.write_outbox(run(9, Some(100)), b"{}").unwrap();
+        // A later job with id 9: its own record, beside the earlier one's.
+        s.write_outbox(run(9, Some(5000)), b"{}").unwrap();
+        // Written before runs were keyed.
+        fs::write(s.outbox_dir().join("7.json"), b"{}").unwrap();
+        assert_eq!(
+            s.outbox_jobs().unwrap(),
+            [
+                run(7, None),
+                run(9, Some(100)),
+                run(9, Some(5000)),
+                run(12, Some(100))
+            ]
+        );
+        let held = s.try_lock_outbox(run(9, Some(100))).unwrap();
         assert!(held.is_some());
-        assert!(s.try_lock_outbox(9).unwrap().is_none());
-        s.remove_outbox(9).unwrap();
+        assert!(s.try_lock_outbox(run(9, Some(100))).unwrap().is_none());
+        assert!(s.try_lock_outbox(run(9, Some(5000))).unwrap().is_some());
+        s.remove_outbox(run(9, Some(100))).unwrap();
         drop(held);
-        assert_eq!(s.outbox_jobs().unwrap(), [12]);
-        assert!(!s.outbox_lock_path(9).exists());
+        assert_eq!(
+            s.outbox_jobs().unwrap(),
+            [run(7, None), run(9, Some(5000)), run(12, Some(100))]
+        );
+        assert!(!s.outbox_lock_path(run(9, Some(100))).exists());
 
         s.write_node_footprint(4, "n1", b"garbage").unwrap();
         let p = s.node_footprint_path(4, "n1");
@@ -425,6 +588,65 @@ mod tests {
         assert!(!p.exists() && to.exists());
         assert!(s.node_footprints(4).unwrap().is_empty());
         assert_eq!(s.live_path(4, "n/1"), s.job_dir(4).join("live-n_1.csv"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn run_keys_name_a_run_by_its_start() {
+        let k = RunKey::new(42, "2024-05-01T00:00:00.000Z");
+        assert_eq!(k.start, Some(1_714_521_600));
+        assert_eq!(k.stem(), "42-1714521600");
+        assert_eq!(RunKey::parse(&k.stem()), Some(k));
+        assert_eq!(k.to_string(), "42 (measured from 2024-05-01T00:00:00Z)");
+        let unknown = RunKey::new(42, "");
+        assert_eq!(
+            (unknown.stem(), unknown.to_string()),
+            ("42".into(), "42".into())
+        );
+        assert_eq!(RunKey::parse("42-x"), None);
+    }
+
+    #[test]
+    fn a_later_job_moves_an_undelivered_run_aside() {
+        let root = temp("retire");
+        let s = Spool::open(&root).unwrap();
+        // Nothing to keep: the earlier run's hand-off just goes.
+        s.write_handoff(&JobInfo {
+            job_id: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.retire_job(8).unwrap(), None);
+        assert!(!s.job_dir(8).exists());
+        assert_eq!(s.retire_job(8).unwrap(), None);
+        // An undelivered footprint: kept, whole, in stale/.
+        s.write_node_footprint(8, "n1", b"a,b\n").unwrap();
+        let to = s.retire_job(8).unwrap().unwrap();
+        assert!(!s.job_dir(8).exists());
+        assert_eq!(fs::read(to.join("node-n1.csv")).unwrap(), b"a,b\n");
+        assert_eq!(s.stale_jobs().unwrap(), [(8, to.clone())]);
+        assert_eq!(node_footprints_in(&to).unwrap(), [to.join("node-n1.csv")]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn temporary_names_are_per_host_process_and_call() {
+        let root = temp("tmpnames");
+        fs::create_dir_all(&root).unwrap();
+        let p = root.join("job.json");
+        // Another writer's temporary file (same pid, another host, or a
+        // crashed writer) is neither reused nor in the way.
+        let other = root.join(format!(".job.json.tmp-otherhost-{}-0", std::process::id()));
+        fs::write(&other, b"theirs").unwrap();
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read(&other).unwrap(), b"theirs");
+        let names: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
         fs::remove_dir_all(&root).unwrap();
     }
 

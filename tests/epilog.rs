@@ -20,12 +20,23 @@ struct Env {
     dir: PathBuf,
 }
 
+/// 2024-05-01T00:00:00Z, when the fixtures' footprints start by default
+/// (and the stand-in sacct's jobs, unless told otherwise).
+const DAY1: u64 = 1_714_521_600;
+/// A day later: a later job that got an earlier one's id.
+const DAY2: u64 = DAY1 + 86_400;
+
 const SACCT: &str = r#"#!/bin/bash
 db=$(dirname "$0")/db
 echo "sacct $*" >>"$db/calls"
 [[ -e $db/down ]] && { echo "sacct: error: Problem talking to the database: Connection refused" >&2; exit 1; }
-while (($#)); do [[ $1 == -j ]] && job=$2; shift; done
-[[ -f $db/job.$job ]] && { printf '%s|' "$(cat "$db/end.$job" 2>/dev/null || echo 2024-05-01T01:00:00)"; cat "$db/job.$job"; echo; }
+d='|'
+while (($#)); do case $1 in -j) job=$2;; --delimiter=*) d=${1#--delimiter=};; esac; shift; done
+[[ -f $db/job.$job ]] && {
+	printf '%s%s' "$(cat "$db/end.$job" 2>/dev/null || echo 2024-05-01T01:00:00)" "$d"
+	printf '%s%s' "$(cat "$db/start.$job" 2>/dev/null || echo 2024-05-01T00:00:00)" "$d"
+	cat "$db/job.$job"; printf '%s\n' "$d"
+}
 exit 0
 "#;
 
@@ -67,6 +78,15 @@ impl Env {
     /// Job known to "slurmdbd" with this field text.
     fn db_job(&self, job: u32, text: &str) {
         fs::write(self.dir.join(format!("bin/db/job.{job}")), text).unwrap();
+    }
+
+    /// Accounting's job `job` is now the one that ran from `start` to `end`
+    /// (UTC, as sacct prints them), with an empty field: a later job that got
+    /// the id of an earlier one.
+    fn db_job_run(&self, job: u32, start: &str, end: &str) {
+        self.db_job(job, "");
+        fs::write(self.dir.join(format!("bin/db/start.{job}")), start).unwrap();
+        fs::write(self.dir.join(format!("bin/db/end.{job}")), end).unwrap();
     }
 
     fn field(&self, job: u32) -> String {
@@ -128,8 +148,21 @@ impl Env {
         cpu: f64,
         gpu: Option<f64>,
     ) -> Vec<footprint::Row> {
+        self.footprint_at(spool, job, node, cpu, gpu, DAY1)
+    }
+
+    /// A node footprint measured from `start` (Unix seconds) for 30 minutes.
+    fn footprint_at(
+        &self,
+        spool: &Path,
+        job: u32,
+        node: &str,
+        cpu: f64,
+        gpu: Option<f64>,
+        start: u64,
+    ) -> Vec<footprint::Row> {
         let spool = carbontrack::spool::Spool::open(spool).unwrap();
-        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_714_521_600);
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(start);
         let mut devices = vec![DeviceEnergy {
             component: Component::Cpu,
             device: "package-0".into(),
@@ -164,6 +197,18 @@ impl Env {
         footprint::write_csv(&mut csv, &rows).unwrap();
         spool.write_node_footprint(job, node, &csv).unwrap();
         rows
+    }
+
+    /// Whether a run of `job` waits in the spool's outbox.
+    fn queued(&self, job: u32) -> bool {
+        fs::read_dir(self.spool().join("outbox"))
+            .map(|rd| {
+                rd.filter_map(Result::ok).any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".json") && n.split(['-', '.']).next() == Some(&job.to_string())
+                })
+            })
+            .unwrap_or(false)
     }
 
     fn ledger(&self) -> String {
@@ -271,7 +316,7 @@ fn outage_queues_then_flush_delivers_exactly_once() {
         stderr(&o)
     );
     assert_eq!(e.field(201), "keep me");
-    assert!(e.spool().join("outbox/201.json").exists());
+    assert!(e.queued(201));
     // The ledger does not depend on slurmdbd: written once already.
     assert_eq!(e.ledger().lines().count(), 2);
 
@@ -304,21 +349,30 @@ fn outage_queues_then_flush_delivers_exactly_once() {
 #[test]
 fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     let e = Env::new("notyet");
-    e.footprint(301, "n1", 3600.0, Some(0.0));
+    // A job that just ended (measured for the 30 minutes before now).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    e.footprint_at(&e.spool(), 301, "n1", 3600.0, Some(0.0), now - 1800);
     let o = e.epilog(301);
     assert!(
         stderr(&o).contains("not in accounting yet"),
         "{}",
         stderr(&o)
     );
-    e.db_job(301, "");
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
+    e.db_job_run(301, &utc(now - 1805), &utc(now));
     e.footprint(302, "n1", 3600.0, Some(0.0));
     e.db_job(302, "");
     let o = e.epilog(302);
     assert!(o.status.success());
     assert!(Segment::parse(&e.field(301)).is_some(), "{}", stderr(&o));
     assert!(Segment::parse(&e.field(302)).is_some());
-    assert!(!e.spool().join("outbox/301.json").exists());
+    assert!(!e.queued(301));
 
     // In the database but without its end (slurmctld's completion record,
     // which carries its own copy of the field, is still on its way): not
@@ -337,6 +391,41 @@ fn job_not_yet_in_accounting_waits_for_the_next_epilog() {
     let o = e.carbontrack(&["flush"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(Segment::parse(&e.field(303)).is_some());
+
+    // A run accounting has no job for a week after it ended (its cluster
+    // renamed, its database replaced, and no later job took the id) is not
+    // waited for forever: the ledger only, one line.
+    e.footprint(304, "n1", 3600.0, Some(0.0));
+    let o = e.epilog(304);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("job 304 (measured from"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains(
+            "accounting still has no job 304 on cluster test 7 days after this run ended"
+        ) && said[0].contains("delivered to the ledger only"),
+        "{}",
+        said[0]
+    );
+    assert!(!e.queued(304));
+    assert_eq!(ledger_rows(&e, 304).len(), 1);
+    // The same for a run whose job accounting never got while it still has
+    // an earlier job of that id (a job cancelled in its prolog, say).
+    e.footprint_at(&e.spool(), 305, "n1", 3600.0, Some(0.0), DAY2);
+    e.db_job(305, "the earlier job 305's");
+    let o = e.epilog(305);
+    let err = stderr(&o);
+    assert!(
+        err.contains("accounting still has no job 305 on cluster test that this run could be (accounting's newest job 305 ended at 2024-05-01T01:00:00Z")
+            && err.contains("delivered to the ledger only"),
+        "{err}"
+    );
+    assert_eq!(e.field(305), "the earlier job 305's");
+    assert!(!e.queued(305));
 }
 
 #[test]
@@ -395,7 +484,7 @@ fn corrupt_or_truncated_footprints_are_skipped_with_one_line() {
         "{}",
         stderr(&o)
     );
-    assert!(!e.spool().join("outbox/403.json").exists());
+    assert!(!e.queued(403));
 }
 
 #[test]
@@ -438,7 +527,7 @@ fn epilog_exits_zero_whatever_happens() {
         "{}",
         stderr(&o)
     );
-    assert!(e.spool().join("outbox/6.json").exists());
+    assert!(e.queued(6));
 }
 
 #[test]
@@ -763,6 +852,353 @@ fn without_shared_a_multi_node_job_says_what_it_lacks() {
     assert_eq!(Segment::parse(&e.field(403)).unwrap().nodes, 1);
 }
 
+fn kwh_of(joules: f64) -> f64 {
+    joules * 1.5 / 3.6e6
+}
+
+/// Equal to the six significant figures the segment keeps.
+fn near(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs()
+}
+
+/// Job ids come back (slurmctld's state reset, a cluster rebuilt over the
+/// same spool and ledger): an earlier run's queued total and its leftovers
+/// never go into the later job's field, are never deleted by it, and never
+/// hold it up; the ledger keeps both runs, each once.
+#[test]
+fn a_reused_job_id_keeps_each_runs_figures_on_its_own_job() {
+    let e = Env::new("reuse");
+    // Run A measured two hours ago, the later run B one hour ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a_start, b_start) = (now - 7200, now - 3600);
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
+    // Run A of job 601 ends while slurmdbd is down: its total is queued.
+    e.footprint_at(&e.spool(), 601, "n1", 3600.0, Some(0.0), a_start);
+    e.db_job_run(601, &utc(a_start - 5), &utc(a_start + 1800));
+    e.set_down(true);
+    assert!(e.epilog(601).status.success());
+    assert!(e.queued(601));
+    e.set_down(false);
+
+    // The state is reset and a later job gets id 601; its run (B) ends
+    // before slurmdbd has heard of it, so accounting's job 601 is still A:
+    // B is not written into A's field, and A is not held up by B.
+    e.footprint_at(&e.spool(), 601, "n1", 7200.0, Some(0.0), b_start);
+    let o = e.epilog(601);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("this run is not in accounting yet"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.field(601), "");
+    let o = e.carbontrack(&["flush"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("delivered 1 job(s), 1 still queued"));
+    let a = Segment::parse(&e.field(601)).unwrap();
+    assert!(near(a.energy_kwh.unwrap(), kwh_of(3600.0)), "{a:?}");
+
+    // Accounting catches up: job 601 there is B now (a row of its own).
+    e.db_job_run(601, &utc(b_start - 5), &utc(b_start + 1800));
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b = Segment::parse(&e.field(601)).unwrap();
+    assert!(near(b.energy_kwh.unwrap(), kwh_of(7200.0)), "{b:?}");
+    assert!(!e.queued(601));
+    let rows = ledger_rows(&e, 601);
+    assert_eq!(rows.len(), 2, "{}", e.ledger());
+    assert!(
+        rows[0].contains(&format!(",{}.000Z,", utc(a_start))),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains(&format!(",{}.000Z,", utc(b_start))),
+        "{}",
+        rows[1]
+    );
+
+    // Run C of job 602 never got its Epilog here (the node went down); a
+    // later job 602's prolog moves it aside, as the plugin does.
+    let spool = carbontrack::spool::Spool::open(&e.spool()).unwrap();
+    e.footprint_at(&e.spool(), 602, "n1", 36_000.0, Some(0.0), a_start);
+    let moved = spool.retire_job(602).unwrap().expect("moved to stale/");
+    assert!(moved.starts_with(e.spool().join("stale")));
+    e.footprint_at(&e.spool(), 602, "n1", 18_000.0, Some(0.0), b_start);
+    e.db_job_run(602, &utc(b_start - 5), &utc(b_start + 1800));
+    let o = e.epilog(602);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("an earlier run of this id, whose Epilog never ran on this node"),
+        "{}",
+        stderr(&o)
+    );
+    let d = Segment::parse(&e.field(602)).unwrap();
+    assert!(near(d.energy_kwh.unwrap(), kwh_of(18_000.0)), "{d:?}");
+    // C: accounting's job 602 started after C's measurement: the ledger
+    // only, one line, and D's field untouched.
+    let writes = e.calls("sacctmgr");
+    let o = e.carbontrack(&["flush"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("not written to AdminComment"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", stderr(&o));
+    assert!(said[0].contains("ledger only"), "{}", said[0]);
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(e.field(602), d_text(&e, 602));
+    let rows = ledger_rows(&e, 602);
+    assert_eq!(rows.len(), 2, "{}", e.ledger());
+    assert!(
+        fs::read_dir(e.spool().join("stale"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // Retried again, nothing more is written anywhere.
+    let ledger = e.ledger();
+    assert!(e.carbontrack(&["flush"], None).status.success());
+    assert!(e.epilog(602).status.success());
+    assert_eq!(e.ledger(), ledger);
+    assert_eq!(e.calls("sacctmgr"), writes);
+
+    // Reports count each run of an id once: 601 twice, 602 twice.
+    let out = e.carbontrack(&["report", "--source", "ledger", "--format", "json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total"]["jobs"], 4, "{v}");
+    let all = kwh_of(3600.0 + 7200.0 + 36_000.0 + 18_000.0);
+    assert!(
+        close(v["total"]["energy_kwh"].as_f64().unwrap(), all),
+        "{v}"
+    );
+}
+
+/// The field as D's delivery left it (one segment, D's).
+fn d_text(e: &Env, job: u32) -> String {
+    let f = e.field(job);
+    assert_eq!(f.matches("carbontrack:v1").count(), 1, "{f}");
+    f
+}
+
+/// A multi-node job whose id an earlier multi-node job had: the earlier
+/// one's claim (its total delivered) or its parts still waiting for a node
+/// never swallow the later job's parts or lend it their work dir.
+#[test]
+fn a_reused_job_id_on_several_nodes_starts_afresh_in_shared() {
+    let e = multi_node_env("reuse-shared", &[701, 702]);
+    // Times as they go: run A measured two hours ago (its parts arrive
+    // now), run B measured from a minute on.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a_start, b_start) = (now - 7200, now + 60);
+    let utc = |secs: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()[..19].to_string()
+    };
+    for job in [701, 702] {
+        e.db_job_run(job, &utc(a_start - 5), &utc(a_start + 1800));
+    }
+    // Run A of 701 on both nodes: delivered and claimed.
+    for (node, j) in [("n1", 1000.0), ("n2", 2000.0)] {
+        let spool = e.dir.join(format!("spool-{node}"));
+        e.footprint_at(&spool, 701, node, j, Some(0.0), a_start);
+    }
+    for node in ["n1", "n2"] {
+        assert!(node_epilog(&e, 701, node, &[]).status.success());
+    }
+    assert!(e.dir.join("shared/jobs/701/total.csv").exists());
+    assert!(e.dir.join("work/carbontrack-701.csv").exists());
+    // Run A of 702: only n1's part came (n2 failed).
+    e.footprint_at(
+        &e.dir.join("spool-n1"),
+        702,
+        "n1",
+        5000.0,
+        Some(0.0),
+        a_start,
+    );
+    assert!(node_epilog(&e, 702, "n1", &[]).status.success());
+    assert_eq!(e.field(702), "");
+
+    // Later jobs get ids 701 and 702, a day on, with another work dir.
+    let me = carbontrack::ffi::identity::euid();
+    fs::create_dir_all(e.dir.join("work2")).unwrap();
+    for node in ["n1", "n2"] {
+        let spool = carbontrack::spool::Spool::open(&e.dir.join(format!("spool-{node}"))).unwrap();
+        for job in [701, 702] {
+            spool
+                .write_handoff(&carbontrack::job::JobInfo {
+                    job_id: job,
+                    uid: me,
+                    gid: 0,
+                    groups: vec![0],
+                    user: "alice".into(),
+                    node: node.into(),
+                    work_dir: Some(e.dir.join("work2")),
+                    ..Default::default()
+                })
+                .unwrap();
+            e.footprint_at(
+                &e.dir.join(format!("spool-{node}")),
+                job,
+                node,
+                40_000.0,
+                Some(0.0),
+                b_start,
+            );
+        }
+    }
+    for job in [701, 702] {
+        e.db_job_run(job, &utc(b_start - 5), &utc(b_start + 1800));
+        let o = node_epilog(&e, job, "n1", &[]);
+        assert!(
+            stderr(&o).contains("held an earlier job with this id"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("waiting for n2"), "{}", stderr(&o));
+        let o = node_epilog(&e, job, "n2", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let seg = Segment::parse(&e.field(job)).unwrap();
+        assert!(
+            near(seg.energy_kwh.unwrap(), kwh_of(80_000.0)),
+            "job {job}: {seg:?}"
+        );
+        assert_eq!(seg.nodes, 2);
+        let csv = fs::read(e.dir.join(format!("work2/carbontrack-{job}.csv"))).unwrap();
+        let total = footprint::read_csv(&csv[..]).unwrap().pop().unwrap();
+        assert!(close(total.energy_j.unwrap(), 80_000.0), "{total:?}");
+        assert_eq!(total.status, "ok");
+    }
+    // A's user file of 701 is A's still.
+    let csv = fs::read(e.dir.join("work/carbontrack-701.csv")).unwrap();
+    let total = footprint::read_csv(&csv[..]).unwrap().pop().unwrap();
+    assert!(close(total.energy_j.unwrap(), 3000.0), "{total:?}");
+    assert!(!e.dir.join("work/carbontrack-702.csv").exists());
+    // The ledger: each run once; A of 702 incomplete, for the ledger only,
+    // which the next flush delivers (an Epilog leaves its own job id's
+    // other runs to the next one).
+    let writes = e.calls("sacctmgr");
+    let spool = e.dir.join("spool-n1");
+    let o = e.carbontrack(&["flush", "--spool", spool.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not written to AdminComment: a later job with the same id ran")
+            && stderr(&o).contains("0.00208333 kWh delivered to the ledger only"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(ledger_rows(&e, 701).len(), 2, "{}", e.ledger());
+    let rows = ledger_rows(&e, 702);
+    assert_eq!(rows.len(), 2, "{}", e.ledger());
+    let a = rows
+        .iter()
+        .find(|r| r.contains(&format!(",{}.000Z,", utc(a_start))))
+        .unwrap();
+    assert!(a.contains("incomplete: node n2 part missing"), "{a}");
+}
+
+/// Without an extern step, each node samples only while a step runs there,
+/// so one job's parts can cover different times: still one job.
+#[test]
+fn parts_of_one_job_sampled_at_different_times_make_one_total() {
+    let e = multi_node_env("disjoint", &[711]);
+    e.db_job(711, "");
+    e.footprint_at(&e.dir.join("spool-n1"), 711, "n1", 1000.0, Some(0.0), DAY1);
+    e.footprint_at(
+        &e.dir.join("spool-n2"),
+        711,
+        "n2",
+        2000.0,
+        Some(0.0),
+        DAY1 + 3600,
+    );
+    for node in ["n1", "n2"] {
+        let o = node_epilog(&e, 711, node, &[]);
+        assert!(!stderr(&o).contains("earlier job"), "{}", stderr(&o));
+    }
+    let seg = Segment::parse(&e.field(711)).unwrap();
+    assert_eq!(seg.nodes, 2);
+    assert!(near(seg.energy_kwh.unwrap(), kwh_of(3000.0)), "{seg:?}");
+    assert_eq!(ledger_rows(&e, 711).len(), 1);
+}
+
+/// A node whose part cannot reach shared= once (here: the directory made
+/// writable by others, which carbontrack refuses; or a file where the job's
+/// directory goes) keeps it, and the next flush on that node delivers it.
+#[test]
+fn a_part_that_could_not_reach_shared_is_deposited_by_the_next_flush() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = multi_node_env("deposit-retry", &[801, 802]);
+    let shared = e.dir.join("shared");
+    carbontrack::spool::Spool::open(&shared).unwrap();
+    for job in [801, 802] {
+        e.db_job(job, "");
+        e.footprint_in(&e.dir.join("spool-n1"), job, "n1", 1000.0, Some(0.0));
+        e.footprint_in(&e.dir.join("spool-n2"), job, "n2", 2000.0, Some(0.0));
+    }
+    let flush_n2 = || {
+        let spool = e.dir.join("spool-n2");
+        e.carbontrack(&["flush", "--spool", spool.to_str().unwrap()], None)
+    };
+
+    // 801: shared= is refused while n2's Epilog runs.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = node_epilog(&e, 801, "n2", &[]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("not safe"), "{}", stderr(&o));
+    assert!(e.dir.join("spool-n2/jobs/801/deposit.json").exists());
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o700)).unwrap();
+    let o = node_epilog(&e, 801, "n1", &[]);
+    assert!(stderr(&o).contains("waiting for n2"), "{}", stderr(&o));
+    let o = flush_n2();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seg = Segment::parse(&e.field(801)).unwrap();
+    assert_eq!(seg.nodes, 2);
+    assert!(near(seg.energy_kwh.unwrap(), kwh_of(3000.0)), "{seg:?}");
+    assert!(!e.dir.join("spool-n2/jobs/801").exists());
+
+    // 802: a file stands where n1's Epilog puts the job's directory.
+    fs::create_dir_all(shared.join("jobs")).unwrap();
+    fs::write(shared.join("jobs/802"), "in the way").unwrap();
+    let o = node_epilog(&e, 802, "n1", &[]);
+    assert!(
+        stderr(&o).contains("cannot leave this node's part") && stderr(&o).contains("tries again"),
+        "{}",
+        stderr(&o)
+    );
+    fs::remove_file(shared.join("jobs/802")).unwrap();
+    assert!(node_epilog(&e, 802, "n2", &[]).status.success());
+    assert_eq!(e.field(802), "", "n1's part is not there yet");
+    let spool = e.dir.join("spool-n1");
+    let o = e.carbontrack(&["flush", "--spool", spool.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seg = Segment::parse(&e.field(802)).unwrap();
+    assert_eq!(seg.nodes, 2);
+    assert_eq!(ledger_rows(&e, 802).len(), 1);
+    // Once there, nothing is deposited or delivered again.
+    let writes = e.calls("sacctmgr");
+    assert!(flush_n2().status.success());
+    assert!(
+        e.carbontrack(&["flush", "--spool", spool.to_str().unwrap()], None)
+            .status
+            .success()
+    );
+    assert_eq!(e.calls("sacctmgr"), writes);
+    assert_eq!(ledger_rows(&e, 801).len(), 1);
+}
+
 /// Why the tests that act as another user cannot run here, if they cannot
 /// (a failure under CI=true, as the cluster tests).
 fn cannot_act_as_users() -> Option<String> {
@@ -901,12 +1337,12 @@ fn a_held_ledger_lock_costs_the_bounded_wait_and_the_total_stays_queued() {
     // Accounting has it already; the ledger not yet.
     assert!(e.field(611).contains("carbontrack:v1"));
     assert!(ledger_rows(&e, 611).is_empty());
-    assert!(e.spool().join("outbox/611.json").exists());
+    assert!(e.queued(611));
     drop(held);
     let o = e.carbontrack(&["flush"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(ledger_rows(&e, 611).len(), 1);
-    assert!(!e.spool().join("outbox/611.json").exists());
+    assert!(!e.queued(611));
     println!("epilog with the ledger's lock held elsewhere: {took:?}");
 }
 
@@ -933,7 +1369,7 @@ fn a_ledger_directory_users_can_write_is_refused_until_fixed() {
         lines[0]
     );
     assert!(!ledger.exists());
-    assert!(e.spool().join("outbox/621.json").exists());
+    assert!(e.queued(621));
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     let o = e.carbontrack(&["flush"], None);
     assert!(o.status.success(), "{}", stderr(&o));

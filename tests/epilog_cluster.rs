@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use carbontrack::carbon::intensity::Resolved;
 use carbontrack::footprint::{self, NodeFootprint};
@@ -59,9 +59,16 @@ impl T {
     }
 
     /// The footprint the next job's Epilog finds (as the extern step would
-    /// leave it): cpu and gpu joules on this node.
+    /// leave it): cpu and gpu joules on this node, measured from about when
+    /// the job submitted next starts (the Epilog checks that accounting's
+    /// job is the run measured) for 30 s.
     fn stage(&self, cpu: f64, gpu: f64) {
-        let t0 = UNIX_EPOCH + Duration::from_secs(1_714_521_600);
+        self.stage_for(cpu, gpu, Duration::from_secs(30));
+    }
+
+    /// [`T::stage`] measured for `span`; returns when the measurement ends.
+    fn stage_for(&self, cpu: f64, gpu: f64, span: Duration) -> SystemTime {
+        let t0 = SystemTime::now() + Duration::from_secs(1);
         let dev = |component, device: &str, j: f64| DeviceEnergy {
             component,
             device: device.into(),
@@ -73,7 +80,7 @@ impl T {
             job_id: "0".into(),
             node: self.node.clone(),
             start: t0,
-            end: t0 + Duration::from_secs(3600),
+            end: t0 + span,
             devices: vec![
                 dev(Component::Cpu, "package-0", cpu),
                 dev(Component::Gpu, "GPU-a", gpu),
@@ -87,6 +94,7 @@ impl T {
         let mut csv = Vec::new();
         footprint::write_csv(&mut csv, &footprint::node_rows(&fp, 1.5, &intensity)).unwrap();
         fs::write(self.stage.join("footprint.csv"), csv).unwrap();
+        t0 + span
     }
 
     fn stage_bytes(&self, b: &[u8]) {
@@ -105,6 +113,42 @@ impl T {
                     "--chdir",
                     &work,
                     "--output=/dev/null",
+                    "--wrap",
+                    wrap,
+                ],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        common::parsable_job_id(&String::from_utf8_lossy(&o.stdout))
+            .unwrap_or_else(|| panic!("sbatch: {}", T::out(&o)))
+    }
+
+    /// Whether a run of job `id` waits in the outbox.
+    fn queued(&self, id: u32) -> bool {
+        fs::read_dir(self.spool.join("outbox")).is_ok_and(|rd| {
+            rd.filter_map(Result::ok).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.ends_with(".json") && n.split(['-', '.']).next() == Some(&id.to_string())
+            })
+        })
+    }
+
+    /// Submits `wrap` as the user with this `--comment`; waits for its end.
+    fn submit_commented(&self, comment: &str, wrap: &str) -> u32 {
+        let work = self.c.work_dir().display().to_string();
+        let comment = format!("--comment={comment}");
+        let o = self
+            .c
+            .as_user(
+                "sbatch",
+                &[
+                    "--parsable",
+                    "--wait",
+                    "--chdir",
+                    &work,
+                    "--output=/dev/null",
+                    &comment,
                     "--wrap",
                     wrap,
                 ],
@@ -242,7 +286,9 @@ fn epilog_against_real_slurmdbd() {
         .filter(|l| !l.starts_with("#Epilog=") && !l.starts_with("Epilog="))
         .map(|l| format!("{l}\n"))
         .collect::<String>()
-        + &format!("Epilog={}\n", epilog.display());
+        + &format!("Epilog={}\n", epilog.display())
+        // Users' --comment kept in accounting, for the forged-comment check.
+        + "AccountingStoreFlags=job_comment\n";
     fs::write(t.c.slurm_conf(), conf).unwrap();
     let o = t.c.as_root("scontrol", &["reconfigure"]);
     assert!(o.status.success(), "{}", T::out(&o));
@@ -316,8 +362,7 @@ fn epilog_against_real_slurmdbd() {
     });
     t.stage(7200.0, 3600.0);
     let id = t.submit("true");
-    let outbox = t.spool.join(format!("outbox/{id}.json"));
-    t.wait_for("the queued total", || outbox.exists());
+    t.wait_for("the queued total", || t.queued(id));
     t.wait_gone(id);
     assert_eq!(t.drained(), "", "the Epilog drained the node");
     assert!(
@@ -344,7 +389,7 @@ fn epilog_against_real_slurmdbd() {
         flushes += 1;
         t.carbontrack(&["flush"]).status.success()
     });
-    assert!(!outbox.exists());
+    assert!(!t.queued(id));
     let field = t.field(id);
     assert_eq!(field.matches("carbontrack:v1").count(), 1, "{field}");
     assert!(close(
@@ -596,6 +641,149 @@ fn epilog_against_real_slurmdbd() {
         assert!(close(groups, want), "{who}: {v}");
         println!("report {who}: {}", v["total"]);
     }
+
+    // 6. A user's --comment with a newline and a made-up record after it
+    // (another job, another user, a carbontrack:v1 segment): with the
+    // segment in Comment, as a site may configure, the report still sees
+    // only the jobs sacct has, and says that Comment can be forged.
+    let forged = "x\n99|root|root|debug|2026-01-01T00:00:00|3600|cpu=1,gres/gpu=8|2026-01-01T00:00:00|carbontrack:v1 energy_kwh=99 co2e_g=99 cpu_j=1 dram_j=1 gpu_j=1 pue=1 intensity=1 nodes=1";
+    let forger = t.submit_commented(forged, "true");
+    t.wait_state(forger, "COMPLETED");
+    let stored = t.root(
+        "sacct",
+        &["-n", "-X", "-P", "-j", &forger.to_string(), "-o", "Comment"],
+    );
+    assert!(
+        stored.contains("energy_kwh=99"),
+        "sacct lost the comment: {stored}"
+    );
+    for (who, out) in [
+        (
+            "root",
+            t.carbontrack(&[
+                "report",
+                "--accounting-field",
+                "Comment",
+                "--by",
+                "user",
+                "--format",
+                "json",
+            ]),
+        ),
+        (
+            "user",
+            t.c.as_user(
+                t.bin.to_str().unwrap(),
+                &[
+                    "report",
+                    "--accounting-field",
+                    "Comment",
+                    "--format",
+                    "json",
+                ],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+        ),
+    ] {
+        assert!(out.status.success(), "{who}: {}", T::out(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["total"]["jobs"], 0,
+            "{who}: the forged record counted: {v}"
+        );
+        assert_eq!(v["total"]["energy_kwh"], 0.0, "{who}: {v}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("accounting_field=Comment"), "{who}: {err}");
+        println!(
+            "report over Comment ({who}), forged comment present: {}",
+            v["total"]
+        );
+    }
+    let out = t.carbontrack(&["report", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total"]["jobs"], delivered_j.len(), "{v}");
+
+    // 7. Job ids reused: job X's total is queued while slurmdbd is down;
+    // slurmctld's state is then reset and a later job gets id X again.
+    // The later job's figures land on it; the earlier run is not written
+    // into the later job's field (sacctmgr would write the newest job X),
+    // goes to the ledger, and accounting's earlier job X keeps its field.
+    let pid = t.dbd_pid().expect("slurmdbd pid");
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+    t.wait_for("slurmdbd to stop", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let a_end = t.stage_for(1000.0, 0.0, Duration::from_secs(2));
+    let x = t.submit("true");
+    t.wait_for("the queued total", || t.queued(x));
+    t.wait_gone(x);
+    let o = Command::new("slurmdbd")
+        .env("SLURM_CONF", t.c.slurm_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(o.success());
+    t.wait_state(x, "COMPLETED");
+    t.c.reset_controller(x).expect("slurmctld restarts afresh");
+    // However quick the reset, the later job starts after the earlier run's
+    // measurement ended, by more than the clock skew allowed for.
+    while SystemTime::now() < a_end + carbontrack::report::epilog::CLOCK_SKEW {
+        sleep(Duration::from_millis(200));
+    }
+    t.stage(2000.0, 0.0);
+    let again = t.submit("true");
+    assert_eq!(again, x, "the reset controller gives id {x} again");
+    t.wait_gone(x);
+    t.wait_for(&format!("segment of the later job {x}"), || {
+        t.field(x).contains("carbontrack:v1")
+    });
+    let later = Segment::parse(&t.field(x)).unwrap();
+    assert!(close(later.energy_kwh.unwrap(), kwh(2000.0)), "{later:?}");
+    assert!(t.queued(x), "the earlier run waits for the next flush");
+    let o = t.carbontrack(&["flush"]);
+    let said = T::out(&o);
+    assert!(
+        said.contains(&format!("job {x} (measured from")) && said.contains("ledger only"),
+        "{said}"
+    );
+    assert!(!t.queued(x));
+    let runs = t.root(
+        "sacct",
+        &[
+            "-n",
+            "-X",
+            "-D",
+            "-P",
+            "-j",
+            &x.to_string(),
+            "-o",
+            "Start,AdminComment",
+        ],
+    );
+    // Start|AdminComment of the earlier job X, then of the later one.
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(!runs[0].contains("carbontrack:v1"), "{runs:?}");
+    let later_field = runs[1].split_once('|').map_or("", |(_, f)| f);
+    assert!(
+        close(
+            Segment::parse(later_field).unwrap().energy_kwh.unwrap(),
+            kwh(2000.0)
+        ),
+        "{runs:?}"
+    );
+    let ledger = fs::read_to_string(&t.ledger).unwrap();
+    let rows: Vec<&str> = ledger
+        .lines()
+        .filter(|l| l.starts_with(&format!("{x},")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{ledger}");
+    println!("job id {x} reused: accounting {runs:?}; ledger {rows:?}");
+
     let table = t.carbontrack(&["report", "--by", "account"]);
     println!("{}", String::from_utf8_lossy(&table.stdout));
     for l in t

@@ -404,9 +404,21 @@ fn frozen_work_dir(t: &T) {
     );
     // Measured in full while the dir did not answer: the record the Epilog
     // keeps for delivery holds every row, ok and true.
-    let record = t.spool().join(format!("outbox/{}.json", id.0));
+    // The outbox names a record by its run: `<jobid>-<start>.json`.
+    let record = || {
+        fs::read_dir(t.spool().join("outbox"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.ends_with(".json") && n.starts_with(&format!("{}-", id.0))
+                })
+            })
+    };
     let pending: Pending = wait_for("the queued user files", Duration::from_secs(30), || {
-        serde_json::from_slice(&fs::read(&record).ok()?).ok()
+        serde_json::from_slice(&fs::read(record()?).ok()?).ok()
     });
     assert!(pending.accounting_done, "{pending:?}");
     let files = pending.user_files.clone().expect("the user's files queued");
@@ -447,7 +459,7 @@ fn frozen_work_dir(t: &T) {
         )),
         "{said}"
     );
-    assert!(!record.exists(), "the record is gone once delivered");
+    assert!(record().is_none(), "the record is gone once delivered");
     let uid = fs::metadata(&src).unwrap().uid();
     for f in [&csv, &txt] {
         let m = fs::symlink_metadata(f).unwrap();

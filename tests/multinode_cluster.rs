@@ -343,8 +343,10 @@ fn main() -> ExitCode {
     setup(&t);
     let mut failed = Vec::new();
     type Check = fn(&T);
-    let checks: [(&str, Check); 2] = [
+    let checks: [(&str, Check); 3] = [
         ("two_nodes_one_total", two_nodes_one_total),
+        ("a_reused_job_id_starts_afresh_in_shared", reused_job_id),
+        // Last: ct2 stays down.
         ("a_killed_node_leaves_its_part_missing", killed_node),
     ];
     for (name, check) in checks {
@@ -494,6 +496,62 @@ fn two_nodes_one_total(t: &T) {
             .sum::<f64>(),
         total.energy_j.unwrap()
     );
+}
+
+/// slurmctld's state is reset and a later two-node job gets the id of one
+/// whose total is claimed in shared=: the later job's parts are not taken
+/// for late parts of the earlier one; it gets its own total, in its own
+/// accounting record, ledger row and user files.
+fn reused_job_id(t: &T) {
+    let first = t.submit("srun -N2 sleep 3");
+    t.wait_gone(first);
+    t.wait_for(&format!("the ledger row of job {first}"), || {
+        !t.ledger_rows(first).is_empty()
+    });
+    let claimed = t.shared.join(format!("jobs/{first}/total.csv"));
+    assert!(claimed.exists());
+    let earlier_field = t.field(first);
+    let earlier = Segment::parse(&earlier_field).unwrap();
+    t.c.reset_controller(first)
+        .expect("slurmctld restarts afresh");
+    // The later job is measured from after the earlier one's parts arrived
+    // by more than the clock skew allowed for, however quick the reset.
+    let arrived = fs::metadata(&claimed).unwrap().modified().unwrap();
+    while SystemTime::now() < arrived + carbontrack::report::epilog::CLOCK_SKEW {
+        sleep(Duration::from_millis(200));
+    }
+    let started = SystemTime::now();
+    let again = t.submit("srun -N2 sleep 6");
+    assert_eq!(again, first, "the reset controller gives id {first} again");
+    t.wait_gone(again);
+    t.wait_for(&format!("the later job {again}'s ledger row"), || {
+        t.ledger_rows(again).len() == 2
+    });
+    let rows = t.user_csv(again);
+    assert_rows_match_truth(&t.hw, &rows, &["ct1", "ct2"]);
+    assert!(
+        rows.iter().all(|r| time(&r.start) >= started),
+        "the user's CSV is the later job's: {rows:#?}"
+    );
+    let field = t.field(again);
+    assert_eq!(field.matches("carbontrack:v1").count(), 1, "{field}");
+    let seg = Segment::parse(&field).unwrap();
+    assert_eq!(seg.nodes, 2, "{field}");
+    let total = rows.last().unwrap();
+    let kwh = total.energy_kwh.unwrap();
+    assert!(close(seg.energy_kwh.unwrap(), kwh, kwh * 1e-5), "{field}");
+    assert_ne!(seg, earlier, "the earlier job's figures: {earlier_field}");
+    let logs = t.epilog_logs();
+    assert!(
+        logs.contains(&format!(
+            "carbontrack: job {again}: {} held an earlier job with this id",
+            t.shared.join(format!("jobs/{again}")).display()
+        )),
+        "{logs}"
+    );
+    assert!(!logs.contains("arrived after the job's total"), "{logs}");
+    t.assert_no_carbontrack_drain(&[]);
+    println!("  job {again} again: {field} (earlier: {earlier_field})");
 }
 
 /// ct2 dies mid-job (its slurmd and every process of the node): the job

@@ -286,6 +286,9 @@ impl Plugin {
                 mode_name(config)
             ),
         );
+        if tracked && config.accounting_field == "Comment" {
+            host.log(Level::Info, crate::config::COMMENT_WARNING);
+        }
         if tracked && let Err(e) = tracking::write_handoff(host, config, choice) {
             host.log(
                 Level::Error,

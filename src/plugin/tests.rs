@@ -331,7 +331,9 @@ fn prolog_clears_what_an_earlier_job_of_the_same_id_left() {
             .unwrap();
     };
 
-    // Tracked: a fresh hand-off and no earlier footprint to merge.
+    // Tracked: a fresh hand-off and no earlier footprint to merge; the
+    // earlier run's undelivered footprint is kept aside for the Epilog,
+    // with one line.
     stale(&spool);
     let mut host = FakeHost::new(Context::JobScript);
     host.given.insert("carbon-track", Some("yes".into()));
@@ -339,6 +341,18 @@ fn prolog_clears_what_an_earlier_job_of_the_same_id_left() {
     assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
     assert_eq!(spool.read_handoff(42).unwrap().unwrap().uid, 65534);
     assert!(spool.node_footprints(42).unwrap().is_empty());
+    let kept = spool.stale_jobs().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read(kept[0].1.join("node-node1.csv")).unwrap(),
+        b"job_id\n42\n"
+    );
+    let said: Vec<String> = host
+        .lines(Level::Info)
+        .into_iter()
+        .filter(|l| l.contains("earlier job with this id"))
+        .collect();
+    assert_eq!(said.len(), 1, "{:?}", host.log);
 
     // Not tracked: nothing left that would make its steps sample it.
     stale(&spool);
@@ -347,6 +361,25 @@ fn prolog_clears_what_an_earlier_job_of_the_same_id_left() {
     assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
     assert_eq!(spool.read_handoff(42).unwrap(), None);
     assert!(spool.node_footprints(42).unwrap().is_empty());
+    assert_eq!(spool.stale_jobs().unwrap().len(), 2);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn accounting_field_comment_is_accepted_with_a_warning_in_the_prolog() {
+    let (root, spool_arg) = scratch_spool("comment");
+    let mut host = FakeHost::new(Context::JobScript);
+    host.given.insert("carbon-track", Some("yes".into()));
+    Plugin::new().job_prolog(&host, &args(&[&spool_arg, "accounting_field=Comment"]));
+    assert!(host.lines(Level::Error).is_empty(), "{:?}", host.log);
+    let warned: Vec<String> = host
+        .lines(Level::Info)
+        .into_iter()
+        .filter(|l| l.contains("accounting_field=Comment") && l.contains("forged"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", host.log);
+    let spool = crate::spool::Spool::open(&root).unwrap();
+    assert!(spool.read_handoff(42).unwrap().is_some(), "still tracked");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

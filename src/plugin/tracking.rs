@@ -65,8 +65,9 @@ pub(super) fn write_handoff(
         epochs: choice.epochs,
     };
     let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
-    // An earlier job's footprint under this id would be merged in as a segment.
-    spool.remove_job(job_id).map_err(|e| e.to_string())?;
+    // An earlier job's footprint under this id would be merged in as a
+    // segment: it is moved aside, to be delivered as its own run.
+    retire_earlier_job(host, &spool, job_id)?;
     spool.write_handoff(&info).map_err(|e| e.to_string())
 }
 
@@ -83,7 +84,23 @@ pub(super) fn forget_earlier_job(host: &dyn Host, cfg: &Config) -> Result<(), St
         return Ok(());
     }
     let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
-    spool.remove_job(job_id).map_err(|e| e.to_string())
+    retire_earlier_job(host, &spool, job_id)
+}
+
+/// Clears this node's spool for job `job_id`: what an earlier job with the
+/// same id left is dropped, or, when it holds a footprint its Epilog never
+/// delivered, moved to `stale/` for the next Epilog or flush (one log line).
+fn retire_earlier_job(host: &dyn Host, spool: &Spool, job_id: u32) -> Result<(), String> {
+    if let Some(to) = spool.retire_job(job_id).map_err(|e| e.to_string())? {
+        host.log(
+            Level::Info,
+            &format!(
+                "job {job_id}: an earlier job with this id left an undelivered footprint here; moved to {} for the next Epilog",
+                to.display()
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// In every step but the extern one, before its tasks start: tell the job

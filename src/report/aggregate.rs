@@ -16,6 +16,8 @@ use super::total::JobTotal;
 /// One tracked job, whichever source it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
+    /// What tells this job from every other: its cluster, id and start (ids
+    /// are reused); `<cluster>:<id>@<start>` or `<id>@<start>`.
     pub job_id: String,
     pub user: String,
     pub account: String,
@@ -335,9 +337,9 @@ pub fn ledger_records(rows: &[JobTotal]) -> Vec<JobRecord> {
     rows.iter()
         .map(|t| JobRecord {
             job_id: if t.cluster.is_empty() {
-                t.job_id.to_string()
+                format!("{}@{}", t.job_id, t.start)
             } else {
-                format!("{}:{}", t.cluster, t.job_id)
+                format!("{}:{}@{}", t.cluster, t.job_id, t.start)
             },
             user: t.user.clone(),
             account: t.account.clone(),
@@ -364,39 +366,23 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(&full).ok()
 }
 
-/// The sacct columns read, in order; the job field comes last because it may
-/// hold the `|` separator.
-pub const SACCT_COLUMNS: &str = "JobID,User,Account,Partition,End,ElapsedRaw,AllocTRES";
+/// The sacct columns read, in order, before the job field.
+pub const SACCT_COLUMNS: &str = "JobID,User,Account,Partition,End,ElapsedRaw,AllocTRES,Start";
 
-/// Records from `sacct -n -P -o SACCT_COLUMNS,<field>` output: jobs whose
-/// field holds a segment. A field spanning lines is joined back.
-pub fn parse_sacct(text: &str) -> Vec<JobRecord> {
+/// Records from `sacct -n -p --delimiter=<delim> -o SACCT_COLUMNS,<field>`
+/// output ([`super::sacct`]): jobs whose field holds a segment, and how many
+/// records did not read. No field's text, a user's `--comment` say, can
+/// make a record of its own.
+pub fn parse_sacct(text: &str, delim: &str) -> (Vec<JobRecord>, usize) {
     let n = SACCT_COLUMNS.split(',').count();
-    let mut lines: Vec<String> = Vec::new();
-    for l in text.lines() {
-        let starts_record = l.split('|').count() > n
-            && l.split('|')
-                .next()
-                .is_some_and(|id| id.starts_with(|c: char| c.is_ascii_digit()));
-        match lines.last_mut() {
-            Some(prev) if !starts_record => {
-                prev.push('\n');
-                prev.push_str(l);
-            }
-            _ => lines.push(l.to_string()),
-        }
-    }
-    lines
+    let (records, bad) = super::sacct::records(text, delim, n + 1);
+    let jobs = records
         .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.splitn(n + 1, '|').collect();
-            if f.len() <= n {
-                return None;
-            }
+        .filter_map(|f| {
             let seg = Segment::parse(f[n])?;
             let elapsed: f64 = f[5].parse().unwrap_or(0.0);
             Some(JobRecord {
-                job_id: f[0].to_string(),
+                job_id: format!("{}@{}", f[0], f[7]),
                 user: f[1].to_string(),
                 account: f[2].to_string(),
                 partition: f[3].to_string(),
@@ -406,7 +392,8 @@ pub fn parse_sacct(text: &str) -> Vec<JobRecord> {
                 co2e_g: seg.co2e_g,
             })
         })
-        .collect()
+        .collect();
+    (jobs, bad)
 }
 
 /// The GPU count in an AllocTRES string (`…,gres/gpu=2,…`).
@@ -418,19 +405,24 @@ pub fn gpus(tres: &str) -> f64 {
 }
 
 /// Asks sacct for the jobs the filter may admit (the user's own or, for
-/// those Slurm lets see them, everyone's), with times in UTC.
+/// those Slurm lets see them, everyone's), with times in UTC: every job with
+/// a reused id too (`-D`). Returns them and how many records did not read.
 pub fn sacct_records(
     sacct: &Path,
     field: &str,
     filter: &Filter,
     timeout: Duration,
-) -> Result<Vec<JobRecord>, cmd::CmdError> {
+) -> Result<(Vec<JobRecord>, usize), cmd::CmdError> {
     let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string()[..19].to_string();
+    let delim = super::sacct::delimiter();
+    let [p, d] = super::sacct::args(&delim);
     let mut args: Vec<String> = vec![
         "-a".into(),
         "-X".into(),
+        "-D".into(),
         "-n".into(),
-        "-P".into(),
+        p,
+        d,
         "-o".into(),
         format!("{SACCT_COLUMNS},{field}"),
         "-S".into(),
@@ -457,7 +449,7 @@ pub fn sacct_records(
         &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
         timeout,
     )?;
-    Ok(parse_sacct(&out.stdout))
+    Ok(parse_sacct(&out.stdout, &delim))
 }
 
 #[cfg(test)]
@@ -544,18 +536,51 @@ mod tests {
     #[test]
     fn parses_sacct_output() {
         let seg = "carbontrack:v1 energy_kwh=0.500000 co2e_g=50.000 cpu_j=1.000 dram_j=unknown gpu_j=2.000 pue=1.5 intensity=100.000 nodes=1";
-        let text = format!(
-            "10|alice|ml|gpu|2024-05-01T10:00:00|3600|billing=2,cpu=2,gres/gpu=2,mem=1G,node=1|note | a {seg}\n\
-             11|bob|ml|gpu|2024-05-01T11:00:00|60|cpu=1,mem=1G,node=1|\n\
-             12|bob|ml|cpu|Unknown|60|cpu=1|line one\nline two {seg}\n"
-        );
-        let r = parse_sacct(&text);
-        assert_eq!(r.len(), 2, "{r:?}");
-        assert_eq!(r[0].job_id, "10");
+        let d = "\u{1f}ct0123\u{1f}";
+        let rec = |f: &[&str]| format!("{}{d}\n", f.join(d));
+        let text = [
+            rec(&[
+                "10",
+                "alice",
+                "ml",
+                "gpu",
+                "2024-05-01T10:00:00",
+                "3600",
+                "billing=2,cpu=2,gres/gpu=2,mem=1G,node=1",
+                "2024-05-01T09:00:00",
+                &format!("note | a {seg}"),
+            ]),
+            rec(&[
+                "11",
+                "bob",
+                "ml",
+                "gpu",
+                "2024-05-01T11:00:00",
+                "60",
+                "cpu=1,mem=1G,node=1",
+                "2024-05-01T10:59:00",
+                "",
+            ]),
+            rec(&[
+                "12",
+                "bob",
+                "ml",
+                "cpu",
+                "Unknown",
+                "60",
+                "cpu=1",
+                "Unknown",
+                &format!("line one\nline two {seg}"),
+            ]),
+        ]
+        .concat();
+        let (r, bad) = parse_sacct(&text, d);
+        assert_eq!((r.len(), bad), (2, 0), "{r:?}");
+        assert_eq!(r[0].job_id, "10@2024-05-01T09:00:00");
         assert_eq!(r[0].gpu_hours, 2.0);
         assert_eq!((r[0].energy_kwh, r[0].co2e_g), (Some(0.5), Some(50.0)));
         assert_eq!(r[0].end, parse_time("2024-05-01T10:00:00Z"));
-        assert_eq!((r[1].job_id.as_str(), r[1].end), ("12", None));
+        assert_eq!((r[1].job_id.as_str(), r[1].end), ("12@Unknown", None));
         assert_eq!(gpus("cpu=1,gres/gpu:a100=1,gres/gpu=3"), 3.0);
     }
 

@@ -254,6 +254,9 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
         since: a.since,
         until: a.until,
     };
+    if a.source == Source::Sacct && config.accounting_field == "Comment" {
+        eprintln!("carbontrack report: {}", crate::config::COMMENT_WARNING);
+    }
     let report = match a.source {
         Source::Sacct => aggregate::sacct_records(
             &a.config.sacct,
@@ -261,7 +264,15 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
             &filter,
             a.config.command_timeout.max(Duration::from_secs(60)),
         )
-        .map(|r| aggregate::aggregate(&r, &filter, a.by))
+        .map(|(r, bad)| {
+            if bad > 0 {
+                eprintln!(
+                    "carbontrack report: skipped {bad} sacct record(s) that did not read as {} fields",
+                    aggregate::SACCT_COLUMNS.split(',').count() + 1
+                );
+            }
+            aggregate::aggregate(&r, &filter, a.by)
+        })
         .map_err(|e| e.to_string()),
         Source::Ledger => match &config.ledger {
             None => Err(

@@ -3,13 +3,18 @@
 //! in a job text field, via sacctmgr) and the cluster ledger.
 //!
 //! The Epilog must never fail (a non-zero exit drains the node) and never
-//! lose or double a job: the total is first written to the spool's outbox,
-//! each delivery is recorded there as it succeeds, and the record and the
-//! job's spool directory go only when both are done. What could not be
-//! delivered (slurmdbd down, sacctmgr missing, the job not yet in the
-//! database) waits for the next epilog on the node or for `flush`. Delivering
-//! again is harmless: the segment replaces itself, the ledger skips a job it
-//! has.
+//! lose or double a job: the total is first written to the spool's outbox
+//! (then the job's spool directory goes: the record holds the whole total),
+//! each delivery is recorded there as it succeeds, and the record goes only
+//! when all are done. What could not be delivered (slurmdbd down, sacctmgr
+//! missing, the job not yet in the database) waits for the next epilog on
+//! the node or for `flush`. Delivering again is harmless: the segment
+//! replaces itself, the ledger skips a job it has.
+//!
+//! Job ids are reused, so a record is a run ([`RunKey`]) and is written only
+//! into the job accounting gives that id now if that job is the run measured
+//! ([`Expect`]): sacctmgr writes the newest job with an id, whatever else is
+//! asked, so an earlier run's figures go to the ledger only, with one line.
 //!
 //! A job on several nodes is joined in the `shared=` directory first
 //! ([`super::shared`]): each node's Epilog leaves its part there, and the one
@@ -25,12 +30,13 @@ use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved};
 use crate::carbon::live::{LiveSettings, resolve_live};
 use crate::config::Config;
 use crate::footprint::{self, Row};
-use crate::spool::Spool;
+use crate::spool::{RunKey, Spool};
 use crate::units::Joules;
 
 use super::accounting::{self, Segment};
 use super::cmd::{self, CmdError};
 use super::ledger::{self, Appended};
+use super::sacct;
 use super::total::{JobMeta, JobTotal};
 
 /// How long each sacct/sacctmgr call may take.
@@ -52,6 +58,20 @@ pub const DEFAULT_USER_FILES_WAIT: Duration = Duration::from_secs(3);
 /// incomplete). Node Epilogs of one job start within seconds of each other;
 /// a part later than this comes from a node that failed.
 pub const DEFAULT_PART_WAIT: Duration = Duration::from_secs(600);
+
+/// How far the clocks of a node and of slurmctld may differ. A run is
+/// measured from after its job's start in accounting (the prolog runs once
+/// slurmctld has started the job) to after its end; an earlier job with the
+/// same id was measured to its end before the later job started (its Epilog
+/// ran first). So a record measured to more than this before accounting's
+/// start of the job is an earlier job's.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// How long after a run's end accounting may still lack its job before the
+/// run is taken for one that accounting will never have (its cluster was
+/// renamed or its database replaced, and no later job took the id): its
+/// figures then go to the ledger only.
+pub const NEVER_IN_ACCOUNTING: Duration = Duration::from_secs(7 * 86_400);
 
 /// The Slurm commands and their limits; overridable so tests and odd sites
 /// can name them.
@@ -114,6 +134,11 @@ pub struct Pending {
     /// delivered a second time.
     #[serde(default)]
     pub keep_job_dir: bool,
+    /// Why this run's figures are not written into accounting: its job id
+    /// belongs to a later job there (ids are reused), and `sacctmgr` only
+    /// writes the newest job with an id. The ledger still takes them.
+    #[serde(default)]
+    pub superseded: Option<String>,
 }
 
 /// The footprint and summary to write into the job's work dir, as its user.
@@ -149,6 +174,20 @@ pub enum AccountingError {
     NotEnded(u32),
     #[error("sacctmgr changed nothing for job {job}: {output}")]
     NotModified { job: u32, output: String },
+    #[error(
+        "accounting's job {job} started at {accounting}, after this run's measurement ended ({run}): the id now belongs to a later job"
+    )]
+    Superseded {
+        job: u32,
+        accounting: String,
+        run: String,
+    },
+    #[error(
+        "accounting's newest job {job} ended at {end}, before this run's measurement began ({run}): this run is not in accounting yet"
+    )]
+    EarlierInAccounting { job: u32, end: String, run: String },
+    #[error("sacct's answer for job {job} does not read: {output}")]
+    Unreadable { job: u32, output: String },
 }
 
 impl AccountingError {
@@ -163,7 +202,7 @@ impl AccountingError {
 pub type Log<'a> = &'a mut dyn FnMut(String);
 
 /// What the Epilog knows of the job from its environment.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpilogJob {
     pub job_id: u32,
     pub meta: JobMeta,
@@ -273,8 +312,8 @@ pub fn epilog(
     if multi && config.shared.is_some() {
         // Whatever happens to the shared directory, the part stays in this
         // node's spool until it is safely there.
-        if let Some(shared) = &shared {
-            super::shared::epilog(
+        match &shared {
+            Some(shared) => super::shared::epilog(
                 config,
                 tools,
                 &spool,
@@ -283,12 +322,30 @@ pub fn epilog(
                 &mut outage,
                 &mut report,
                 log,
-            );
+            ),
+            None => super::shared::keep_for_retry(&spool, job, log),
         }
     } else {
         local_epilog(config, tools, &spool, job, &mut outage, &mut report, log);
     }
+    if config.accounting_field == "Comment" {
+        log(format!("carbontrack: {}", crate::config::COMMENT_WARNING));
+    }
     let deadline = Instant::now() + retry_budget;
+    adopt_stale(config, &spool, &job.meta.cluster, &mut report, log);
+    if let Some(shared) = &shared {
+        super::shared::retry_deposits(
+            config,
+            tools,
+            &spool,
+            shared,
+            Some(job.job_id),
+            Some(deadline),
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     retry_outbox(
         &spool,
         tools,
@@ -324,16 +381,23 @@ fn local_epilog(
     log: Log,
 ) {
     match collect(config, spool, job, report, log) {
-        Ok(Some(pending)) => match spool.write_outbox(job.job_id, &to_json(&pending)) {
-            Ok(_) => {
-                let d = deliver(spool, tools, job.job_id, outage, log);
-                tally(report, job.job_id, d);
+        Ok(Some(pending)) => {
+            match spool.write_outbox(pending.total.run_key(), &to_json(&pending)) {
+                Ok(_) => {
+                    // The record holds the whole total: the job's directory can
+                    // go now, before a later job with the same id needs it.
+                    if let Err(e) = spool.remove_job(job.job_id) {
+                        log(format!("carbontrack: job {}: queued, but {e}", job.job_id));
+                    }
+                    let d = deliver(spool, tools, pending.total.run_key(), outage, log);
+                    tally(report, job.job_id, d);
+                }
+                Err(e) => log(format!(
+                    "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
+                    job.job_id
+                )),
             }
-            Err(e) => log(format!(
-                "carbontrack: job {}: cannot queue the total, kept the footprints: {e}",
-                job.job_id
-            )),
-        },
+        }
         Ok(None) => {}
         Err(e) => log(format!("carbontrack: job {}: {e}", job.job_id)),
     }
@@ -348,13 +412,33 @@ pub fn flush(
     let spool = Spool::open(&config.spool)?;
     let mut report = RunReport::default();
     let mut outage = false;
+    if config.accounting_field == "Comment" {
+        log(format!("carbontrack: {}", crate::config::COMMENT_WARNING));
+    }
+    adopt_stale(config, &spool, "", &mut report, log);
+    let shared = match &config.shared {
+        Some(dir) => Some(Spool::open(dir)?),
+        None => None,
+    };
+    if let Some(shared) = &shared {
+        super::shared::retry_deposits(
+            config,
+            tools,
+            &spool,
+            shared,
+            None,
+            None,
+            &mut outage,
+            &mut report,
+            log,
+        );
+    }
     retry_outbox(&spool, tools, None, None, &mut outage, &mut report, log);
-    if let Some(dir) = &config.shared {
-        let shared = Spool::open(dir)?;
+    if let Some(shared) = &shared {
         super::shared::sweep(
             config,
             tools,
-            &shared,
+            shared,
             None,
             None,
             &mut outage,
@@ -389,13 +473,94 @@ pub(super) fn retry_outbox(
             return;
         }
     };
-    for job in jobs.into_iter().filter(|j| Some(*j) != skip) {
+    // The Epilog's own job was just tried; an earlier run of the same id
+    // waits for the next Epilog or flush.
+    for run in jobs.into_iter().filter(|r| Some(r.job_id) != skip) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            report.queued.push(job);
+            report.queued.push(run.job_id);
             continue;
         }
-        let d = deliver(spool, tools, job, outage, log);
-        tally(report, job, d);
+        let d = deliver(spool, tools, run, outage, log);
+        tally(report, run.job_id, d);
+    }
+}
+
+/// Queues the runs a later job's prolog moved to `stale/` (their Epilog
+/// never ran on this node), each as its own run; `cluster` is this Epilog's
+/// cluster name (empty from `flush`).
+fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunReport, log: Log) {
+    let stale = match spool.stale_jobs() {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("carbontrack: {e}"));
+            return;
+        }
+    };
+    for (id, dir) in stale {
+        // Claimed by a rename (an Epilog and a flush may both be here): the
+        // one whose rename succeeds queues it; a claim left by a process
+        // that died is claimed again the same way next time.
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir_claimed = dir.with_file_name(format!("{name}-{}", std::process::id()));
+        if std::fs::rename(&dir, &dir_claimed).is_err() {
+            continue;
+        }
+        let dir = dir_claimed;
+        let mut rows: Vec<Row> = Vec::new();
+        for p in crate::spool::node_footprints_in(&dir).unwrap_or_default() {
+            match read_node_footprint(&p) {
+                Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
+                Err(why) => {
+                    let moved = spool
+                        .quarantine(id, &p)
+                        .map(|to| format!("moved to {}", to.display()))
+                        .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                    log(format!(
+                        "carbontrack: job {id}: skipped unreadable footprint {}: {why}; {moved}",
+                        p.display()
+                    ));
+                    report.corrupt.push(p);
+                }
+            }
+        }
+        let mut meta = JobMeta {
+            cluster: cluster.to_string(),
+            ..JobMeta::default()
+        };
+        if let Some(h) = spool
+            .read_file(&dir.join("handoff"))
+            .ok()
+            .and_then(|t| crate::job::JobInfo::from_text(&String::from_utf8_lossy(&t)).ok())
+        {
+            fill_meta(&mut meta, &h);
+        }
+        let queued = match JobTotal::from_rows(id, &rows, config.components, &meta) {
+            Some(total) => {
+                let run = total.run_key();
+                let pending = pending_of(config, total);
+                match spool.write_outbox(run, &to_json(&pending)) {
+                    Ok(_) => {
+                        log(format!(
+                            "carbontrack: job {run}: an earlier run of this id, whose Epilog never ran on this node, queued on its own"
+                        ));
+                        true
+                    }
+                    Err(e) => {
+                        log(format!(
+                            "carbontrack: job {id}: cannot queue an earlier run: {e}"
+                        ));
+                        false
+                    }
+                }
+            }
+            None => true,
+        };
+        if queued && let Err(e) = std::fs::remove_dir_all(&dir) {
+            log(format!("carbontrack: job {id}: {}: {e}", dir.display()));
+        }
     }
 }
 
@@ -503,6 +668,7 @@ pub(super) fn pending_of(config: &Config, total: JobTotal) -> Pending {
         user_files_done: true,
         user_files_late: 0,
         keep_job_dir: false,
+        superseded: None,
     }
 }
 
@@ -558,12 +724,18 @@ pub(super) fn to_json(p: &Pending) -> Vec<u8> {
     serde_json::to_vec_pretty(p).unwrap_or_default()
 }
 
-/// Delivers one outbox record: accounting, then the ledger, recording each
-/// success; removes the record and the job's spool directory when both are
-/// done. After an outage (`*outage`), accounting is not tried again in this
-/// run.
-pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: Log) -> Delivered {
-    let _lock = match spool.try_lock_outbox(job) {
+/// Delivers one outbox record: accounting, then the ledger, then the user's
+/// files, recording each success; removes the record when all are done.
+/// After an outage (`*outage`), accounting is not tried again in this run.
+pub fn deliver(
+    spool: &Spool,
+    tools: &Tools,
+    run: RunKey,
+    outage: &mut bool,
+    log: Log,
+) -> Delivered {
+    let job = run.job_id;
+    let _lock = match spool.try_lock_outbox(run) {
         Ok(Some(l)) => l,
         Ok(None) => return Delivered::Busy,
         Err(e) => {
@@ -571,12 +743,12 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
             return Delivered::Queued;
         }
     };
-    let path = spool.outbox_path(job);
+    let path = spool.outbox_path(run);
     let text = match spool.read_file(&path) {
         Ok(t) => t,
         // Delivered by another process between listing and locking.
         Err(e) if e.is_not_found() => {
-            let _ = spool.remove_outbox(job);
+            let _ = spool.remove_outbox(run);
             return Delivered::Busy;
         }
         Err(e) => {
@@ -595,7 +767,7 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
                 "carbontrack: job {job}: skipped unreadable outbox record {}: {e}; {moved}",
                 path.display()
             ));
-            let _ = spool.remove_outbox(job);
+            let _ = spool.remove_outbox(run);
             return Delivered::Queued;
         }
     };
@@ -611,11 +783,44 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
         return Delivered::Queued;
     }
     let before = p.clone();
+    let expect = Expect {
+        cluster: &p.total.cluster,
+        start: humantime::parse_rfc3339_weak(&p.total.start).ok(),
+        end: humantime::parse_rfc3339_weak(&p.total.end).ok(),
+    };
     p.attempts += 1;
     let mut errors = Vec::new();
     if !p.accounting_done && !*outage {
-        match set_segment(tools, job, &p.field, &p.segment) {
+        match set_segment(tools, job, &expect, &p.field, &p.segment) {
             Ok(()) => p.accounting_done = true,
+            Err(e @ AccountingError::Superseded { .. }) => {
+                // sacctmgr writes the newest job with an id: this run's
+                // figures would land in another job. The ledger takes them
+                // (said once, when delivered).
+                p.superseded = Some(e.to_string());
+                p.accounting_done = true;
+                p.user_files_done = true;
+            }
+            Err(e @ (AccountingError::NotYet(_) | AccountingError::EarlierInAccounting { .. }))
+                if expect
+                    .end
+                    .is_some_and(|t| t + NEVER_IN_ACCOUNTING < SystemTime::now()) =>
+            {
+                let on = if expect.cluster.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on cluster {}", expect.cluster)
+                };
+                let which = match e {
+                    AccountingError::NotYet(_) => String::new(),
+                    e => format!(" that this run could be ({e})"),
+                };
+                p.superseded = Some(format!(
+                    "accounting still has no job {job}{on}{which} {} days after this run ended",
+                    NEVER_IN_ACCOUNTING.as_secs() / 86_400
+                ));
+                p.accounting_done = true;
+            }
             Err(e) => {
                 *outage |= e.is_outage();
                 errors.push(format!("accounting: {e}"));
@@ -655,33 +860,45 @@ pub fn deliver(spool: &Spool, tools: &Tools, job: u32, outage: &mut bool, log: L
         p.user_files_done = true;
     }
     if p.accounting_done && p.ledger_done && p.user_files_done {
-        let cleanup = if p.keep_job_dir {
-            spool.remove_outbox(job)
-        } else {
-            spool
-                .remove_job(job)
-                .and_then(|()| spool.remove_outbox(job))
-        };
-        if let Err(e) = cleanup {
+        // Only the record goes: the job's directory was dropped when the
+        // record was queued (a later job with this id may own it by now).
+        // A record from before runs were keyed still has its directory.
+        if run.start.is_none()
+            && !p.keep_job_dir
+            && let Err(e) = spool.remove_job(job)
+        {
+            log(format!("carbontrack: job {job}: delivered, but {e}"));
+        }
+        if let Err(e) = spool.remove_outbox(run) {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
         }
         let kwh = p
             .total
             .energy_kwh
             .map_or("unknown".into(), footprint::fmt_kwh);
-        log(format!(
-            "carbontrack: job {job}: delivered {kwh} kWh to {}{}",
-            p.field,
-            p.ledger
-                .as_ref()
-                .map(|l| format!(" and {}", l.display()))
-                .unwrap_or_default()
-        ));
+        match (&p.superseded, &p.ledger) {
+            (Some(why), Some(l)) => log(format!(
+                "carbontrack: job {run}: not written to {}: {why}; {kwh} kWh delivered to the ledger only ({})",
+                p.field,
+                l.display()
+            )),
+            (Some(why), None) => log(format!(
+                "carbontrack: job {run}: not written to {}: {why}; no ledger is configured, so its {kwh} kWh are dropped",
+                p.field
+            )),
+            (None, l) => log(format!(
+                "carbontrack: job {job}: delivered {kwh} kWh to {}{}",
+                p.field,
+                l.as_ref()
+                    .map(|l| format!(" and {}", l.display()))
+                    .unwrap_or_default()
+            )),
+        }
         return Delivered::Done;
     }
     p.last_error = errors.join("; ");
     if p != before
-        && let Err(e) = spool.write_outbox(job, &to_json(&p))
+        && let Err(e) = spool.write_outbox(run, &to_json(&p))
     {
         log(format!("carbontrack: job {job}: {e}"));
     }
@@ -784,13 +1001,20 @@ pub const USER_FILES_RECORD: &str = "user-files.json";
 pub fn set_segment(
     tools: &Tools,
     job: u32,
+    expect: &Expect,
     field: &str,
     segment: &str,
 ) -> Result<(), AccountingError> {
     let deadline = Instant::now() + tools.end_wait;
     let current = loop {
-        match read_field(tools, job, field)? {
-            Some(JobField { ended: true, text }) => break text,
+        let f = read_field(tools, job, expect.cluster, field)?;
+        if let Some(f) = &f {
+            expect.check(job, f)?;
+        }
+        match f {
+            Some(JobField {
+                ended: true, text, ..
+            }) => break text,
             Some(_) | None if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
@@ -802,20 +1026,18 @@ pub fn set_segment(
     if merged == current {
         return Ok(());
     }
-    let out = cmd::run(
-        &tools.sacctmgr,
-        [
-            "-i".to_string(),
-            "modify".into(),
-            "job".into(),
-            "where".into(),
-            format!("jobid={job}"),
-            "set".into(),
-            format!("{field}={merged}"),
-        ],
-        &[],
-        tools.timeout,
-    )?;
+    let mut args = vec![
+        "-i".to_string(),
+        "modify".into(),
+        "job".into(),
+        "where".into(),
+        format!("jobid={job}"),
+    ];
+    if !expect.cluster.is_empty() {
+        args.push(format!("cluster={}", expect.cluster));
+    }
+    args.extend(["set".into(), format!("{field}={merged}")]);
+    let out = cmd::run(&tools.sacctmgr, args, &[], tools.timeout)?;
     let said = format!("{}{}", out.stdout, out.stderr);
     if said.contains("Nothing modified") || said.contains("Nothing to modify") {
         return Err(AccountingError::NotModified {
@@ -826,48 +1048,98 @@ pub fn set_segment(
     Ok(())
 }
 
+/// Which job a record's segment belongs to: accounting's job with the id
+/// must be on this cluster and be the run the record measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expect<'a> {
+    /// The job's cluster (empty: the local one).
+    pub cluster: &'a str,
+    /// When the run's measurement started and ended (`None`: unknown, not
+    /// checked).
+    pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
+}
+
+impl Expect<'_> {
+    /// Whether accounting's newest job with this id is the measured run.
+    fn check(&self, job: u32, f: &JobField) -> Result<(), AccountingError> {
+        let show = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        if let (Some(run_end), Some(start)) = (self.end, f.start)
+            && run_end + CLOCK_SKEW < start
+        {
+            return Err(AccountingError::Superseded {
+                job,
+                accounting: show(start),
+                run: show(run_end),
+            });
+        }
+        if let (Some(run), Some(end)) = (self.start, f.end)
+            && end + CLOCK_SKEW < run
+        {
+            return Err(AccountingError::EarlierInAccounting {
+                job,
+                end: show(end),
+                run: show(run),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A job's field as accounting holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobField {
     /// Whether accounting has the job's end time.
     pub ended: bool,
+    /// The job's start and end in accounting, when known.
+    pub start: Option<SystemTime>,
+    pub end: Option<SystemTime>,
     pub text: String,
 }
 
-/// The job's field as accounting holds it; `None` when sacct knows no such
-/// job. `-X`: the allocation's record only, not its steps; `-P`: no width
-/// limit; the field comes last since it may hold the `|` separator or
-/// newlines.
+/// The job's field as accounting holds it (the newest job with this id, as
+/// sacct gives for `-j`); `None` when sacct knows no such job. `-X`: the
+/// allocation's record only, not its steps; times in UTC; records read with
+/// a delimiter no field can hold ([`sacct`]).
 pub fn read_field(
     tools: &Tools,
     job: u32,
+    cluster: &str,
     field: &str,
 ) -> Result<Option<JobField>, AccountingError> {
+    let delim = sacct::delimiter();
+    let mut args: Vec<String> = vec!["-n".into(), "-X".into()];
+    args.extend(sacct::args(&delim));
+    if !cluster.is_empty() {
+        args.extend(["-M".into(), cluster.to_string()]);
+    }
+    args.extend([
+        "-j".into(),
+        job.to_string(),
+        "-o".into(),
+        format!("End,Start,{field}"),
+    ]);
     let out = cmd::run(
         &tools.sacct,
-        [
-            "-n".to_string(),
-            "-P".into(),
-            "-X".into(),
-            "-j".into(),
-            job.to_string(),
-            "-o".into(),
-            format!("End,{field}"),
-        ],
-        &[],
+        &args,
+        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
         tools.timeout,
     )?;
-    let Some(line) = out
-        .stdout
-        .strip_suffix('\n')
-        .or(Some(&out.stdout))
-        .filter(|l| !l.is_empty())
-    else {
+    if out.stdout.trim().is_empty() {
         return Ok(None);
+    }
+    let (records, _) = sacct::records(&out.stdout, &delim, 3);
+    let Some(f) = records.into_iter().next_back() else {
+        return Err(AccountingError::Unreadable {
+            job,
+            output: cmd::one_line(&out.stdout),
+        });
     };
-    let (end, text) = line.split_once('|').unwrap_or((line, ""));
+    let known = |t: &str| !matches!(t.trim(), "" | "Unknown" | "None");
     Ok(Some(JobField {
-        ended: !matches!(end.trim(), "" | "Unknown" | "None"),
-        text: text.to_string(),
+        ended: known(f[0]),
+        end: super::aggregate::parse_time(f[0]),
+        start: super::aggregate::parse_time(f[1]),
+        text: f[2].to_string(),
     }))
 }

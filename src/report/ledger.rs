@@ -7,7 +7,9 @@
 //! unmeasured figures are empty. Appends happen under an exclusive lock
 //! (several nodes' epilogs may finish at once, on shared storage too), and a
 //! job already among the last rows is not appended again, so a retry after a
-//! crash between the append and the outbox update counts nothing twice.
+//! crash between the append and the outbox update counts nothing twice. A job
+//! is its cluster, id and start: Slurm reuses ids, so a later job with an
+//! earlier one's id is another row, and reports count both.
 //!
 //! The ledger is readable by users (0644), so it is never what is locked: a
 //! user's `flock` on it would stall every Epilog. The lock is a root-only
@@ -20,7 +22,8 @@
 //! stays queued; the ledger itself is opened without following a link or
 //! waiting on a FIFO and must be root's own regular file.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -178,7 +181,7 @@ pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appen
     )
     .map_err(refused)?;
     let len = f.metadata().map_err(io)?.len();
-    if len > 0 && tail_has_job(&mut f, len, t.job_id).map_err(io)? {
+    if len > 0 && tail_has_job(&mut f, len, t).map_err(io)? {
         return Ok(Appended::AlreadyThere);
     }
     let mut w = csv::WriterBuilder::new()
@@ -213,18 +216,36 @@ fn open_to_read(path: &Path) -> Result<File, LedgerError> {
     })
 }
 
-fn tail_has_job(f: &mut File, len: u64, job_id: u32) -> io::Result<bool> {
+/// Where a row's start and cluster are ([`JobTotal`]'s field order).
+const START_COLUMN: usize = 5;
+const CLUSTER_COLUMN: usize = 18;
+
+fn tail_has_job(f: &mut File, len: u64, t: &JobTotal) -> io::Result<bool> {
     let from = len.saturating_sub(TAIL_BYTES);
     f.seek(SeekFrom::Start(from))?;
     let mut buf = Vec::new();
     f.take(TAIL_BYTES).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let prefix = format!("{job_id},");
+    let prefix = format!("{},", t.job_id);
     let mut lines = text.split('\n');
     if from > 0 {
         lines.next(); // starts mid-line
     }
-    Ok(lines.any(|l| l.starts_with(&prefix)))
+    Ok(lines.any(|l| l.starts_with(&prefix) && same_run(l, t)))
+}
+
+/// Whether a ledger line (of `t`'s job id) is `t`'s run: the same start and
+/// cluster.
+fn same_run(line: &str, t: &JobTotal) -> bool {
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(line.as_bytes());
+    let Some(Ok(rec)) = rd.records().next() else {
+        return false;
+    };
+    rec.get(START_COLUMN) == Some(t.start.as_str())
+        && rec.get(CLUSTER_COLUMN) == Some(t.cluster.as_str())
 }
 
 fn ends_with_newline(f: &mut File, len: u64) -> io::Result<bool> {
@@ -254,6 +275,7 @@ pub fn read(path: &Path) -> Result<(Vec<JobTotal>, usize), LedgerError> {
 struct Columns {
     count: usize,
     job_id: usize,
+    start: usize,
     user: usize,
     account: usize,
     partition: usize,
@@ -270,6 +292,7 @@ impl Columns {
         Some(Columns {
             count: header.len(),
             job_id: at("job_id")?,
+            start: at("start")?,
             user: at("user")?,
             account: at("account")?,
             partition: at("partition")?,
@@ -301,15 +324,18 @@ pub fn report_into(path: &Path, agg: &mut Aggregator<'_>) -> Result<usize, Ledge
     let cols = Columns::find(&header);
     let needs_end = agg.needs_end();
     let mut rec = csv::ByteRecord::new();
-    // A job is its cluster (by index in `clusters`) and its id.
-    let mut seen: HashSet<u64, BuildHasherDefault<MixHasher>> = HashSet::default();
+    // A job is its cluster (by index in `clusters`), its id and its start:
+    // the first run of each id is in `seen`, any later run of it (ids are
+    // reused; rare) in `reruns`.
+    let mut seen: HashMap<u64, u64, BuildHasherDefault<MixHasher>> = HashMap::default();
+    let mut reruns: HashSet<(u64, u64)> = HashSet::new();
     let mut clusters: Vec<Vec<u8>> = Vec::new();
     let mut bad = 0;
     while rd.read_byte_record(&mut rec).map_err(csv_err)? {
-        let read = cols
-            .as_ref()
-            .and_then(|c| read_job(&rec, c, needs_end).map(|(job, id)| (job, id, &rec[c.cluster])));
-        let Some((job, id, cluster)) = read else {
+        let read = cols.as_ref().and_then(|c| {
+            read_job(&rec, c, needs_end).map(|(job, id)| (job, id, &rec[c.cluster], &rec[c.start]))
+        });
+        let Some((job, id, cluster, start)) = read else {
             bad += 1;
             continue;
         };
@@ -321,10 +347,25 @@ pub fn report_into(path: &Path, agg: &mut Aggregator<'_>) -> Result<usize, Ledge
                     clusters.len() - 1
                 }
             };
-            seen.insert((k as u64) << 32 | u64::from(id))
+            let key = (k as u64) << 32 | u64::from(id);
+            let run = fnv(start);
+            match seen.entry(key) {
+                Entry::Vacant(v) => {
+                    v.insert(run);
+                    true
+                }
+                Entry::Occupied(o) => *o.get() != run && reruns.insert((key, run)),
+            }
         });
     }
     Ok(bad)
+}
+
+/// FNV-1a of a short field (a row's start).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The report's fields of one row and its job id; `None` if they do not read
@@ -583,6 +624,43 @@ mod tests {
         drop(held);
         assert_eq!(append(&p, &total(2, Some(1.0))).unwrap(), Appended::Yes);
         assert_eq!(read(&p).unwrap().0.len(), 2);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Job ids are reused: a later job with an earlier one's id (another
+    /// start), or one of another cluster, is a row of its own; the same run
+    /// again is not, and reports count each job once.
+    #[test]
+    fn a_job_is_its_cluster_id_and_start() {
+        use crate::report::aggregate::{Aggregator, Filter};
+        let d = std::env::temp_dir().join(format!("ct-ledger-runs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let p = d.join("ledger.csv");
+        let earlier = total(7, Some(5.0));
+        let later = JobTotal {
+            start: "2024-06-01T00:00:00.000Z".into(),
+            end: "2024-06-01T01:00:00.000Z".into(),
+            ..earlier.clone()
+        };
+        let elsewhere = JobTotal {
+            cluster: "other".into(),
+            ..earlier.clone()
+        };
+        for t in [&earlier, &later, &elsewhere] {
+            assert_eq!(append(&p, t).unwrap(), Appended::Yes, "{t:?}");
+        }
+        for t in [&earlier, &later, &elsewhere] {
+            assert_eq!(append(&p, t).unwrap(), Appended::AlreadyThere, "{t:?}");
+        }
+        // A row written twice (two ledgers joined by hand) counts once.
+        let text = fs::read_to_string(&p).unwrap();
+        let again = text.lines().nth(2).unwrap().to_string();
+        fs::write(&p, format!("{text}{again}\n")).unwrap();
+        let f = Filter::default();
+        let mut agg = Aggregator::new(&f, None);
+        assert_eq!(report_into(&p, &mut agg).unwrap(), 0);
+        let (_, all) = agg.finish();
+        assert_eq!(all.jobs, 3, "{all:?}");
         fs::remove_dir_all(&d).unwrap();
     }
 

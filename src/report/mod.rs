@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod epilog;
 pub mod ledger;
 pub mod plugstack;
+pub mod sacct;
 pub mod shared;
 pub mod status;
 pub mod total;

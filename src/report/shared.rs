@@ -10,8 +10,20 @@
 //! <shared>/jobs/<jobid>/job.json         the job's node list and accounting names
 //! <shared>/jobs/<jobid>/.lock            held while parts are counted
 //! <shared>/jobs/<jobid>/total.csv        the joined footprint, written once
-//! <shared>/outbox/<jobid>.json|.lock     the total until delivered
+//! <shared>/outbox/<jobid>-<start>.json|.lock  the total until delivered
 //! ```
+//! Job ids are reused (see [`crate::spool`]): a job's directory holds one
+//! run. A part measured from after the parts already there arrived, and
+//! whose measured time does not overlap theirs (or the total's), belongs to a
+//! later run with the same id (the parts of one job all arrive after it
+//! ended, whatever each node sampled): the earlier
+//! run is then queued on its own, for the ledger only, if it was still
+//! waiting for parts, its directory is dropped, and the later run starts
+//! afresh, so an earlier run's claim, parts or work dir never reach it.
+//!
+//! A node whose part cannot be copied here (permissions, a full disk, the
+//! filesystem not mounted) leaves `deposit.json` in its own spool's job
+//! directory; the next Epilog or `carbontrack flush` on that node copies it.
 //! Each Epilog copies its part in, then, holding the job's lock, counts the
 //! parts. The one that finds all of them joins them, queues the total and
 //! writes `total.csv`; the others leave. `total.csv` existing means "claimed":
@@ -45,7 +57,7 @@ use crate::footprint::{self, Row};
 use crate::spool::Spool;
 
 use super::epilog::{
-    EpilogJob, Log, RunReport, Tools, UserFiles, apply_intensity, deliver, fill_meta,
+    CLOCK_SKEW, EpilogJob, Log, RunReport, Tools, UserFiles, apply_intensity, deliver, fill_meta,
     live_intensity, pending_of, read_node_footprint, retry_outbox, tally, to_json,
 };
 use super::total::{JobMeta, JobTotal};
@@ -53,6 +65,10 @@ use super::total::{JobMeta, JobTotal};
 /// The name of the joined footprint, the mark of a claimed job.
 pub const TOTAL_FILE: &str = "total.csv";
 const JOB_FILE: &str = "job.json";
+
+/// In a node's own spool job directory: the Epilog's view of the job, left
+/// when the part could not reach the shared directory, for a retry.
+pub const DEPOSIT_FILE: &str = "deposit.json";
 
 /// How long an Epilog waits for another node holding its job's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -75,8 +91,11 @@ struct JobRecord {
 /// What counting a job's parts came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The total is queued; `missing` names the nodes without a part.
-    Queued { missing: Vec<String> },
+    /// The total of `run` is queued; `missing` names the nodes without a part.
+    Queued {
+        missing: Vec<String>,
+        run: crate::spool::RunKey,
+    },
     /// Parts are missing and not yet overdue.
     Waiting { missing: Vec<String> },
     /// Queued before (by this node or another).
@@ -101,14 +120,15 @@ pub fn epilog(
     log: Log,
 ) {
     let id = job.job_id;
-    let deposited = match deposit(local, shared, job, report, log) {
+    let deposited = match deposit(config, local, shared, job, report, log) {
         Ok(d) => d,
         Err(e) => {
             log(format!(
-                "carbontrack: job {id}: cannot leave this node's part in {}: {e}; it stays in {}",
+                "carbontrack: job {id}: cannot leave this node's part in {}: {e}; it stays in {} and the next Epilog or `carbontrack flush` here tries again",
                 shared.root().display(),
                 local.job_dir(id).display()
             ));
+            keep_for_retry(local, job, log);
             return;
         }
     };
@@ -117,8 +137,8 @@ pub fn epilog(
     }
     let now = SystemTime::now();
     match complete(config, shared, id, tools.part_wait, now, LOCK_WAIT, log) {
-        Ok(Outcome::Queued { .. }) => {
-            let d = deliver(shared, tools, id, outage, log);
+        Ok(Outcome::Queued { run, .. }) => {
+            let d = deliver(shared, tools, run, outage, log);
             tally(report, id, d);
         }
         Ok(Outcome::Waiting { missing }) => log(format!(
@@ -134,10 +154,189 @@ pub fn epilog(
     }
 }
 
+/// Leaves the Epilog's view of a multi-node job in this node's spool, so
+/// that the next Epilog or flush deposits its part (when it has one).
+pub fn keep_for_retry(local: &Spool, job: &EpilogJob, log: Log) {
+    let id = job.job_id;
+    if local.node_footprints(id).map_or(true, |p| p.is_empty()) {
+        return;
+    }
+    let text = serde_json::to_vec_pretty(job).unwrap_or_default();
+    if let Err(e) = local.write_job_file(id, DEPOSIT_FILE, &text) {
+        log(format!(
+            "carbontrack: job {id}: cannot note the part for a retry: {e}; `carbontrack epilog --job-id {id}` on this node delivers it"
+        ));
+    }
+}
+
+/// Deposits the parts earlier Epilogs on this node could not leave in the
+/// shared directory, and completes their jobs when they were the last.
+#[allow(clippy::too_many_arguments)]
+pub fn retry_deposits(
+    config: &Config,
+    tools: &Tools,
+    local: &Spool,
+    shared: &Spool,
+    skip: Option<u32>,
+    deadline: Option<Instant>,
+    outage: &mut bool,
+    report: &mut RunReport,
+    log: Log,
+) {
+    let ids = match local.job_ids() {
+        Ok(ids) => ids,
+        Err(e) => {
+            log(format!("carbontrack: {e}"));
+            return;
+        }
+    };
+    for id in ids.into_iter().filter(|j| Some(*j) != skip) {
+        let marker = local.job_dir(id).join(DEPOSIT_FILE);
+        let Ok(bytes) = local.read_file(&marker) else {
+            continue;
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            report.queued.push(id);
+            continue;
+        }
+        let job: EpilogJob = match serde_json::from_slice(&bytes) {
+            Ok(j) => j,
+            Err(e) => {
+                let moved = local
+                    .quarantine(id, &marker)
+                    .map(|to| format!("moved to {}", to.display()))
+                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                log(format!(
+                    "carbontrack: job {id}: unreadable {}: {e}; {moved}",
+                    marker.display()
+                ));
+                continue;
+            }
+        };
+        log(format!(
+            "carbontrack: job {id}: leaving the part of {} in {} again",
+            job.node,
+            shared.root().display()
+        ));
+        epilog(config, tools, local, shared, &job, outage, report, log);
+    }
+}
+
+/// The measured time of these footprints' rows: earliest start, latest end.
+fn window(rows: &[Row]) -> Option<(SystemTime, SystemTime)> {
+    let t = |s: &str| humantime::parse_rfc3339_weak(s).ok();
+    let start = rows.iter().filter_map(|r| t(&r.start)).min()?;
+    let end = rows.iter().filter_map(|r| t(&r.end)).max()?;
+    Some((start, end))
+}
+
+/// Whether two runs' measured times overlap (up to clock skew): the parts
+/// of one run do, while runs with one id follow each other.
+fn overlap(a: (SystemTime, SystemTime), b: (SystemTime, SystemTime)) -> bool {
+    a.0 <= b.1 + CLOCK_SKEW && b.0 <= a.1 + CLOCK_SKEW
+}
+
+/// When the newest part in a job's shared directory arrived (else when the
+/// directory was claimed or first written to).
+fn last_deposit(shared: &Spool, id: u32) -> Option<SystemTime> {
+    let mtime = |p: &std::path::Path| fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+    let dir = shared.job_dir(id);
+    shared
+        .node_footprints(id)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| mtime(p))
+        .max()
+        .or_else(|| mtime(&dir.join(TOTAL_FILE)))
+        .or_else(|| mtime(&dir.join(JOB_FILE)))
+}
+
+/// The measured time of what a job's shared directory holds.
+fn dir_window(shared: &Spool, id: u32) -> Option<(SystemTime, SystemTime)> {
+    let mut rows: Vec<Row> = shared
+        .node_footprints(id)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| read_node_footprint(p).ok())
+        .flatten()
+        .collect();
+    if let Ok(b) = shared.read_file(&shared.job_dir(id).join(TOTAL_FILE))
+        && let Ok(r) = footprint::read_csv(&b[..])
+    {
+        rows.extend(r);
+    }
+    window(&rows)
+}
+
+/// Makes way for a part measured over `part`: when the job's shared
+/// directory holds an earlier run of the same id, that run is queued on its
+/// own if it was still waiting for parts (ledger only: accounting's job with
+/// this id is the later one now), and its directory is dropped.
+fn retire_earlier_run(
+    config: &Config,
+    shared: &Spool,
+    id: u32,
+    part: (SystemTime, SystemTime),
+    log: Log,
+) -> Result<(), String> {
+    let dir = shared.job_dir(id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let Some(lock) = shared.lock_job(id, LOCK_WAIT).map_err(|e| e.to_string())? else {
+        // Another node is counting: a node of this same run, in practice.
+        return Ok(());
+    };
+    let claimed = dir.join(TOTAL_FILE).exists();
+    let there = dir_window(shared, id);
+    // An earlier job's parts arrived (at its end) before this part's
+    // measurement began, and do not overlap it; the parts of one job arrive
+    // after it ended, even those of nodes that sampled at different times
+    // (srun steps without an extern step).
+    let deposited_before = last_deposit(shared, id).is_some_and(|t| t + CLOCK_SKEW < part.0);
+    let earlier = deposited_before && there.is_none_or(|w| !overlap(w, part));
+    if !earlier {
+        return Ok(());
+    }
+    let when = there
+        .map(|(a, b)| {
+            format!(
+                " (measured {} to {})",
+                humantime::format_rfc3339_seconds(a),
+                humantime::format_rfc3339_seconds(b)
+            )
+        })
+        .unwrap_or_default();
+    let what = if claimed {
+        "its total was queued before".to_string()
+    } else {
+        match complete_locked(
+            config,
+            shared,
+            id,
+            Duration::ZERO,
+            SystemTime::now(),
+            true,
+            log,
+        )? {
+            Outcome::Queued { run, .. } => format!("queued its parts as run {run}, ledger only"),
+            _ => "nothing of it to deliver".to_string(),
+        }
+    };
+    drop(lock);
+    shared.remove_job(id).map_err(|e| e.to_string())?;
+    log(format!(
+        "carbontrack: job {id}: {} held an earlier job with this id{when}; {what}; this job starts afresh",
+        dir.display()
+    ));
+    Ok(())
+}
+
 /// Copies this node's part (and what the total needs to know of the job)
 /// into the shared directory, then drops the node's copy. `false` when the
 /// job was not measured here.
 fn deposit(
+    config: &Config,
     local: &Spool,
     shared: &Spool,
     job: &EpilogJob,
@@ -157,6 +356,14 @@ fn deposit(
             let _ = local.remove_job(id);
         }
         return Ok(false);
+    }
+    let mine: Vec<Row> = paths
+        .iter()
+        .filter_map(|p| read_node_footprint(p).ok())
+        .flatten()
+        .collect();
+    if let Some(w) = window(&mine) {
+        retire_earlier_run(config, shared, id, w, log)?;
     }
     let claimed = shared.job_dir(id).join(TOTAL_FILE).exists();
     let mut copied = 0;
@@ -242,6 +449,23 @@ pub fn complete(
     let Some(_lock) = shared.lock_job(id, lock_wait).map_err(|e| e.to_string())? else {
         return Ok(Outcome::Busy);
     };
+    complete_locked(config, shared, id, part_wait, now, false, log)
+}
+
+/// [`complete`] under the job's lock. `earlier`: the run is over because a
+/// later job with its id has come, so whatever is missing is not waited for,
+/// its total is for the ledger only and its user files (named like the later
+/// job's) are not written.
+fn complete_locked(
+    config: &Config,
+    shared: &Spool,
+    id: u32,
+    part_wait: Duration,
+    now: SystemTime,
+    earlier: bool,
+    log: Log,
+) -> Result<Outcome, String> {
+    let dir = shared.job_dir(id);
     if dir.join(TOTAL_FILE).exists() {
         return Ok(Outcome::Claimed);
     }
@@ -270,7 +494,7 @@ pub fn complete(
     }
     let present: BTreeSet<String> = rows.iter().map(|r| r.node.clone()).collect();
     let missing = missing_nodes(&record.nodes, &present);
-    let overdue = is_overdue(first, part_wait, now);
+    let overdue = earlier || is_overdue(first, part_wait, now);
     // Without a node list (an older or damaged record), only time tells.
     if (!missing.is_empty() || record.nodes.is_empty()) && !overdue {
         return Ok(Outcome::Waiting { missing });
@@ -299,9 +523,15 @@ pub fn complete(
     let mut csv = Vec::new();
     footprint::write_csv(&mut csv, &all).map_err(|e| e.to_string())?;
     let handoff = shared.read_handoff(id).ok().flatten();
+    let run = total.run_key();
     let mut pending = pending_of(config, total);
     pending.keep_job_dir = true;
-    if config.report == ReportTarget::Workdir
+    if earlier {
+        pending.superseded = Some(
+            "a later job with the same id ran on the job's nodes before all parts came".into(),
+        );
+        pending.accounting_done = true;
+    } else if config.report == ReportTarget::Workdir
         && let Some(h) = &handoff
         && let Some(work) = &h.work_dir
     {
@@ -316,7 +546,7 @@ pub fn complete(
         pending.user_files_done = false;
     }
     shared
-        .write_outbox(id, &to_json(&pending))
+        .write_outbox(run, &to_json(&pending))
         .map_err(|e| e.to_string())?;
     // The claim comes after the queued record: if this process dies between
     // the two, the next one queues the same job under the same name again,
@@ -324,7 +554,8 @@ pub fn complete(
     shared
         .write_job_file(id, TOTAL_FILE, &csv)
         .map_err(|e| e.to_string())?;
-    if !missing.is_empty() {
+    // An earlier run's retirement says so in a line of its own.
+    if !missing.is_empty() && !earlier {
         log(format!(
             "carbontrack: job {id}: no part from {} after {}; delivering the parts of {} as incomplete",
             missing.join(", "),
@@ -332,7 +563,7 @@ pub fn complete(
             present.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
-    Ok(Outcome::Queued { missing })
+    Ok(Outcome::Queued { missing, run })
 }
 
 /// `flush` and every Epilog (after its own job, within its budget): jobs
@@ -357,6 +588,11 @@ pub fn sweep(
             return;
         }
     };
+    // Job ids with a run still queued: their directory is kept.
+    let queued: BTreeSet<u32> = match shared.outbox_jobs() {
+        Ok(runs) => runs.iter().map(|r| r.job_id).collect(),
+        Err(_) => ids.iter().copied().collect(),
+    };
     for id in ids.into_iter().filter(|j| Some(*j) != skip) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -368,7 +604,7 @@ pub fn sweep(
                 .ok()
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age > KEEP_CLAIMED);
-            if old && !shared.outbox_path(id).exists() {
+            if old && !queued.contains(&id) {
                 let _ = shared.remove_job(id);
             }
             continue;
@@ -389,8 +625,8 @@ pub fn sweep(
             SWEEP_LOCK_WAIT,
             log,
         ) {
-            Ok(Outcome::Queued { .. }) => {
-                let d = deliver(shared, tools, id, outage, log);
+            Ok(Outcome::Queued { run, .. }) => {
+                let d = deliver(shared, tools, run, outage, log);
                 tally(report, id, d);
             }
             Ok(Outcome::Waiting { .. }) => report.queued.push(id),

@@ -55,6 +55,12 @@ pub struct JobTotal {
 }
 
 impl JobTotal {
+    /// The run this total measured: its job id and the start of its
+    /// measurement, which names its records (job ids are reused).
+    pub fn run_key(&self) -> crate::spool::RunKey {
+        crate::spool::RunKey::new(self.job_id, &self.start)
+    }
+
     /// The total over the device rows of every node of a job (total rows are
     /// recomputed, not trusted). `None` without any device row.
     ///

@@ -381,6 +381,9 @@ pub fn reused_job_id(c: &Cluster, hw: &Hardware) {
     assert!(!user_file(c, None, id, "csv").exists());
     assert!(!hw.spool().join("jobs").join(id.to_string()).exists());
     assert_no_plugin_error(&log);
+    // The earlier job's undelivered footprint is not deleted by the later
+    // job: it waits in stale/ for the next Epilog, as its own run.
+    assert_earlier_run_kept(hw, id, &log);
 
     // Tracked: the earlier footprint is not merged into this job's.
     let (id, log) =
@@ -390,6 +393,28 @@ pub fn reused_job_id(c: &Cluster, hw: &Hardware) {
     assert!(time(&total.start) >= submitted, "{rows:#?}");
     assert_matches_truth(hw, &rows);
     assert_quiet_log(&log, id);
+    assert_earlier_run_kept(hw, id, &log);
+}
+
+/// The fixture's earlier run of job `id` sits whole in the spool's stale/,
+/// and slurmd's log said so once.
+fn assert_earlier_run_kept(hw: &Hardware, id: u32, log: &str) {
+    let spool = Spool::open(&hw.spool()).unwrap();
+    let kept: Vec<_> = spool
+        .stale_jobs()
+        .unwrap()
+        .into_iter()
+        .filter(|(j, _)| *j == id)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let rows =
+        std::fs::read_to_string(kept[0].1.join(format!("node-{}.csv", node_name()))).unwrap();
+    assert!(rows.contains("an earlier job"), "{rows}");
+    let said = log
+        .lines()
+        .filter(|l| l.contains(&format!("job {id}: an earlier job with this id left")))
+        .count();
+    assert_eq!(said, 1, "{log}");
 }
 
 /// Two srun steps one after the other and one beside them.

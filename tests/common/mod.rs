@@ -215,6 +215,67 @@ impl Cluster {
         Ok(())
     }
 
+    /// Resets slurmctld's state as an admin starting it afresh would (job
+    /// ids start again at `first_job_id`), keeping slurmd, slurmdbd and the
+    /// accounting database: the later jobs get the ids of earlier ones that
+    /// accounting still holds.
+    pub fn reset_controller(&self, first_job_id: u32) -> Result<(), String> {
+        let pid_file = self.dir.join("run/slurmctld.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        let pid = pid.trim();
+        let alive = || Path::new(&format!("/proc/{pid}")).exists();
+        Command::new("kill")
+            .arg(pid)
+            .status()
+            .map_err(|e| format!("kill {pid}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive() {
+            if Instant::now() > deadline {
+                return Err(format!("slurmctld (pid {pid}) did not stop"));
+            }
+            sleep(Duration::from_millis(100));
+        }
+        let state = self.dir.join("state/ctld");
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let conf = std::fs::read_to_string(self.slurm_conf()).map_err(|e| e.to_string())?;
+        let conf: String = conf
+            .lines()
+            .filter(|l| !l.starts_with("FirstJobId="))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + &format!("FirstJobId={first_job_id}\n");
+        std::fs::write(self.slurm_conf(), conf).map_err(|e| e.to_string())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log/slurmctld.out"))
+            .map_err(|e| e.to_string())?;
+        let started = Command::new("slurmctld")
+            .env("SLURM_CONF", self.slurm_conf())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .status()
+            .map_err(|e| format!("slurmctld: {e}"))?;
+        if !started.success() {
+            return Err(format!("slurmctld exited {started}"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = self.as_root("sinfo", &["-h", "-o", "%T"]);
+            let states = String::from_utf8_lossy(&up.stdout).to_string();
+            if up.status.success() && states.lines().any(|s| s.trim() == "idle") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no idle node after the reset: {states}"));
+            }
+            sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Restarts the cluster as [`Cluster::start`] left it.
     pub fn restore(&self) -> Result<(), String> {
         self.restart(self.accounting, true)
