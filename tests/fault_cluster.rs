@@ -5,7 +5,9 @@
 //!   `hang_at`, as a driver waiting on a GPU that fell off the bus);
 //! - a work dir that stops answering mid-job and stays so until after the
 //!   job (a `bindfs` FUSE mount whose daemon is stopped with SIGSTOP, as a
-//!   dead NFS server is seen from a client).
+//!   dead NFS server is seen from a client);
+//! - the job's extern slurmstepd killed with SIGKILL mid-job, as the OOM
+//!   killer does: what its last live copy held is delivered, marked.
 //!
 //! Each time: the job leaves the queue within 60 s of its end, slurmd never
 //! gives up on the extern step (`NOT ENDING WITH SIGNALS`, a drain at a real
@@ -307,6 +309,8 @@ fn faults_never_stall_a_job_or_a_node_and_measured_figures_stay_true() {
     stuck_gpu(&t);
     println!("  a work dir that stops answering mid-job");
     frozen_work_dir(&t);
+    println!("  the extern slurmstepd killed mid-job (as the OOM killer does)");
+    killed_stepd(&t);
 
     // Whatever came back late into the plugin's code after the steps
     // ended, slurmstepd never crashed.
@@ -472,4 +476,66 @@ fn frozen_work_dir(t: &T) {
     assert!(!out(&o).contains(&format!("job {}", id.0)), "{}", out(&o));
     assert_eq!(fs::metadata(&csv).unwrap().modified().unwrap(), before);
     drop(mount);
+}
+
+/// The extern slurmstepd, which samples, is killed once its live copy is in
+/// the spool: the Epilog delivers that copy, every measured row marked
+/// `incomplete: sampler ended at …`, to accounting and to the user.
+fn killed_stepd(t: &T) {
+    let mark = t.c.log_mark();
+    let (id, running) = t.start(&t.c.work_dir(), "--gres=gpu:1");
+    let live = t.spool().join(format!("jobs/{}", id.0));
+    wait_for("the live copy", Duration::from_secs(30), || {
+        fs::read_dir(&live)
+            .ok()?
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("live-"))
+            .then_some(())
+    });
+    // Past one more refresh (2 s), so the copy holds a few seconds.
+    sleep(Duration::from_secs(3));
+    let pattern = format!("slurmstepd: \\[{}.extern\\]", id.0);
+    let o = Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "no extern stepd to kill: {}", out(&o));
+    let killed = SystemTime::now();
+    let ended = t.c.wait_ended(id);
+    let gone = running.elapsed();
+    println!(
+        "    job {} ended {} and left the queue {:.1} s after it started",
+        id.0,
+        ended.state,
+        gone.as_secs_f64()
+    );
+    assert!(gone < Duration::from_secs(JOB_SECS) + LEAVE_WITHIN);
+    assert_eq!(ended.state, "COMPLETED", "the job itself is unaffected");
+    assert_eq!(t.drained(), "", "a drained node");
+    let seg = t.segment(id.0);
+    assert!(seg.cpu_j.is_some() && seg.gpu_j.is_some(), "{seg:?}");
+    let log = t.c.log_since(mark);
+    let epilog = t.epilog_log();
+    assert!(
+        epilog.contains(&format!("job {}: the sampler on ", id.0))
+            && epilog.contains("its last live copy is delivered, marked incomplete"),
+        "{epilog}\n{log}"
+    );
+    let csv = t.c.work_dir().join(format!("carbontrack-{}.csv", id.0));
+    let rows = wait_for("the user's CSV", Duration::from_secs(30), || {
+        read_csv(fs::File::open(&csv).ok()?).ok()
+    });
+    for r in rows.iter().filter(|r| !r.is_total()) {
+        assert!(
+            r.status.starts_with("incomplete: sampler ended at 20"),
+            "{r:?}"
+        );
+        assert!(r.status.len() <= 100, "{r:?}");
+        assert!(
+            time(&r.end) <= killed,
+            "the copy ends before the kill: {r:?}"
+        );
+        assert_true(&t.hw, r);
+    }
+    assert!(rows.last().unwrap().status.starts_with("incomplete"));
 }

@@ -287,6 +287,7 @@ pub fn epilog(
         ));
     }
     let multi = job.nodes.len() > 1;
+    promote_live_copies(config, &spool, job, multi, log);
     let shared = match (&config.shared, multi) {
         (Some(dir), _) => match Spool::open(dir) {
             Ok(s) => Some(s),
@@ -638,6 +639,92 @@ fn collect(
         }
     }
     Ok(pending)
+}
+
+/// A sampler that never wrote the node's footprint (its slurmstepd was
+/// killed, by the OOM killer say) left the live copy of its last refresh:
+/// that becomes the node's footprint, every measured row marked
+/// `incomplete: sampler ended at <its last sample>`, never `ok` and never
+/// nothing. On a one-node job the user's files are queued with it, as the
+/// extern step would have written them.
+fn promote_live_copies(config: &Config, spool: &Spool, job: &EpilogJob, multi: bool, log: Log) {
+    let id = job.job_id;
+    if !spool.node_footprints(id).is_ok_and(|p| p.is_empty()) {
+        return;
+    }
+    for live in spool.live_footprints(id).unwrap_or_default() {
+        let rows = match read_node_footprint(&live) {
+            Ok(r) => r,
+            Err(why) => {
+                log(format!(
+                    "carbontrack: job {id}: skipped unreadable live copy {}: {why}",
+                    live.display()
+                ));
+                continue;
+            }
+        };
+        let Some(node) = rows.first().map(|r| r.node.clone()) else {
+            continue;
+        };
+        let mut rows = ended_early(rows);
+        if let Some(total) = footprint::total_of(&rows) {
+            rows.retain(|r| !r.is_total());
+            rows.push(total);
+        }
+        let mut csv = Vec::new();
+        if footprint::write_csv(&mut csv, &rows).is_err() {
+            continue;
+        }
+        let end = rows.last().map(|r| r.end.clone()).unwrap_or_default();
+        if let Err(e) = spool.write_node_footprint(id, &node, &csv) {
+            log(format!(
+                "carbontrack: job {id}: cannot keep the live copy as the footprint: {e}"
+            ));
+            continue;
+        }
+        let _ = std::fs::remove_file(&live);
+        log(format!(
+            "carbontrack: job {id}: the sampler on {node} ended at {end} without writing its footprint (slurmstepd killed?); its last live copy is delivered, marked incomplete"
+        ));
+        let handoff = spool.read_handoff(id).ok().flatten();
+        if let (false, crate::config::ReportTarget::Workdir, Some(h)) =
+            (multi, config.report, handoff)
+            && let Some(dir) = h.work_dir.clone()
+        {
+            let files = UserFiles {
+                uid: h.uid,
+                gid: h.gid,
+                groups: h.groups.clone(),
+                dir,
+                csv: String::from_utf8_lossy(&csv).into_owned(),
+                txt: crate::carbon::summary::render_final_from_rows(
+                    &id.to_string(),
+                    config.pue,
+                    &rows,
+                ),
+            };
+            if let Ok(b) = serde_json::to_vec(&files) {
+                let _ = spool.write_job_file(id, USER_FILES_RECORD, &b);
+            }
+        }
+    }
+}
+
+/// Rows of a sampler that stopped before the job did: measured ones say so.
+fn ended_early(mut rows: Vec<Row>) -> Vec<Row> {
+    for r in &mut rows {
+        if r.energy_j.is_some() && !r.is_total() {
+            r.status = format!("incomplete: sampler ended at {}", short_time(&r.end));
+        }
+    }
+    rows
+}
+
+/// `2026-12-01T08:44:37.173Z` as `2026-12-01T08:44:37Z`: a status stays short.
+fn short_time(rfc3339: &str) -> String {
+    humantime::parse_rfc3339(rfc3339)
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|_| rfc3339.to_string())
 }
 
 /// Fills what the Epilog's environment did not say from the hand-off.
