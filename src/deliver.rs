@@ -75,6 +75,29 @@ pub fn read_user_file(
     }
 }
 
+impl DeliverError {
+    /// Whether trying again cannot help: the directory is gone or not the
+    /// user's to write, or a link is in the way. A full disk, an exceeded
+    /// quota, an I/O error or a stale NFS handle may mend: those are worth
+    /// another try later.
+    pub fn is_permanent(&self) -> bool {
+        let source = match self {
+            DeliverError::Identity { .. } => return true,
+            DeliverError::Write { source, .. } => source,
+            DeliverError::Read { .. } => return true,
+        };
+        use io::ErrorKind as K;
+        matches!(
+            source.kind(),
+            K::NotFound
+                | K::NotADirectory
+                | K::PermissionDenied
+                | K::ReadOnlyFilesystem
+                | K::InvalidFilename
+        ) || source.raw_os_error() == Some(libc::ELOOP)
+    }
+}
+
 /// Writes `dir/name` as the user `id` (`None`: as the caller), atomically.
 /// Returns the path written.
 pub fn write_user_file(

@@ -8,10 +8,10 @@
 //! footprint rows, the CSV and the human summary.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve};
+use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve, resolve_read};
 use crate::carbon::predict::EpochMark;
 use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
 use crate::config::{Components, Config};
@@ -25,7 +25,7 @@ use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
 use crate::units::Joules;
-use crate::userio::{Delivery, Setup, UserIo};
+use crate::userio::{Delivery, HourlyRead, Setup, UserIo};
 
 /// Where a run's results go.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,8 +117,9 @@ impl Plan {
 struct Live {
     plan: Arc<Plan>,
     /// Filled in once the sampler (whose energy the I/O thread needs for
-    /// epoch marks) has started.
-    io: Arc<OnceLock<Arc<UserIo>>>,
+    /// epoch marks) has started. Weak: the I/O thread holds the sampler's
+    /// state, which holds this observer, and the tracker owns the thread.
+    io: Arc<OnceLock<Weak<UserIo>>>,
 }
 
 impl Observer for Live {
@@ -127,7 +128,9 @@ impl Observer for Live {
         if plan.live_csv.is_none() && !matches!(plan.output, Output::WorkDir(_)) {
             return;
         }
-        let (rows, intensity) = rows_of(plan, snap);
+        let io = self.io.get().and_then(Weak::upgrade);
+        let hourly = io.as_ref().and_then(|io| io.hourly());
+        let (rows, intensity) = rows_of(plan, snap, hourly.as_ref());
         if let Some(path) = &plan.live_csv {
             let mut csv = Vec::new();
             if write_csv(&mut csv, &rows).is_ok() {
@@ -135,7 +138,9 @@ impl Observer for Live {
                 let _ = crate::spool::write_atomic(path, &csv);
             }
         }
-        let (Output::WorkDir(dir), Some(io)) = (&plan.output, self.io.get()) else {
+        let (Output::WorkDir(dir), Some(io)) =
+            (&plan.output, self.io.get().and_then(Weak::upgrade))
+        else {
             return;
         };
         let time_limit = io.time_limit().unwrap_or(plan.time_limit);
@@ -201,18 +206,52 @@ impl Tracker {
         let cfg = &plan.config;
         let mut log = Vec::new();
         let mut meters: Vec<Box<dyn Meter>> = Vec::new();
-        if cfg.components.cpu || cfg.components.dram {
-            let cpu_dram = Components {
-                gpu: false,
-                ..cfg.components
-            };
-            let opened = rapl::open(&cfg.powercap, cpu_dram, &plan.shares, cfg.interval);
-            log.extend(opened.warnings);
-            meters.push(Box::new(opened.meter));
+        // Opening asks the devices (sysfs, the NVML driver, every GPU): on
+        // threads of their own, side by side, so that a device that does not
+        // answer costs the caller (slurmstepd's main thread) a bounded wait
+        // and the other meters nothing.
+        let deadline = Instant::now() + OPEN_WAIT;
+        let cpu_dram = Components {
+            gpu: false,
+            ..cfg.components
+        };
+        let rapl = (cfg.components.cpu || cfg.components.dram).then(|| {
+            let (root, shares, interval) =
+                (cfg.powercap.clone(), plan.shares.clone(), cfg.interval);
+            opening("RAPL", move || {
+                rapl::open(&root, cpu_dram, &shares, interval)
+            })
+        });
+        let nvml = cfg.components.gpu.then(|| {
+            let (lib, hints) = (cfg.nvml.clone(), plan.gpus.clone());
+            opening("NVML", move || {
+                NvmlMeter::for_job(&lib, &hints, Instant::now())
+            })
+        });
+        if let Some(rx) = rapl {
+            match opened(rx, deadline, "RAPL") {
+                Ok(o) => {
+                    log.extend(o.warnings);
+                    meters.push(Box::new(o.meter));
+                }
+                Err(why) => {
+                    log.push(why);
+                    let short = "RAPL did not answer at the start";
+                    meters.push(Box::new(rapl::unavailable(cpu_dram, short)));
+                }
+            }
         }
-        if cfg.components.gpu {
-            let (meter, notes) = NvmlMeter::for_job(&cfg.nvml, &plan.gpus, Instant::now());
-            log.extend(notes);
+        if let Some(rx) = nvml {
+            let meter = match opened(rx, deadline, "NVML") {
+                Ok((meter, notes)) => {
+                    log.extend(notes);
+                    meter
+                }
+                Err(why) => {
+                    log.push(why);
+                    NvmlMeter::unavailable("NVML did not answer at the start")
+                }
+            };
             // One meter a GPU: a GPU that stops answering is given up on alone.
             meters.extend(
                 meter
@@ -230,14 +269,19 @@ impl Tracker {
         };
         // The observer needs the I/O thread, which needs the sampler's
         // energy: the observer's slot is filled once both exist.
-        let io_slot: Arc<OnceLock<Arc<UserIo>>> = Arc::default();
+        let io_slot: Arc<OnceLock<Weak<UserIo>>> = Arc::default();
         let live = Live {
             plan: Arc::clone(&plan),
             io: Arc::clone(&io_slot),
         };
         let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
+        let hourly_file = match &plan.config.intensity {
+            IntensitySpec::File(p) => Some(p.clone()),
+            _ => None,
+        };
         let needs_io = plan.epoch_file.is_some()
             || plan.time_limit_from_squeue
+            || hourly_file.is_some()
             || !matches!(plan.output, Output::None);
         let io = if needs_io {
             let io = UserIo::start(Setup {
@@ -247,9 +291,11 @@ impl Tracker {
                 squeue_job: (plan.time_limit.is_none() && plan.time_limit_from_squeue)
                     .then(|| plan.job_id.clone()),
                 energy: sampler.probe(),
+                hourly_file,
+                reload_every: plan.refresh,
             })
             .map(Arc::new)?;
-            let _ = io_slot.set(Arc::clone(&io));
+            let _ = io_slot.set(Arc::downgrade(&io));
             Some(io)
         } else {
             None
@@ -264,7 +310,8 @@ impl Tracker {
 
     /// Rows of the footprint so far (for a live copy in the spool).
     pub fn rows_so_far(&self) -> Vec<Row> {
-        rows_of(&self.plan, &self.sampler.snapshot()).0
+        let hourly = self.io.as_ref().and_then(|io| io.hourly());
+        rows_of(&self.plan, &self.sampler.snapshot(), hourly.as_ref()).0
     }
 
     /// Stops sampling and writes the results where the plan says. Every wait
@@ -290,6 +337,7 @@ impl Tracker {
         if let Some(p) = &snapshot.problem {
             problems.push(format!("sampling stopped early: {p}"));
         }
+        problems.extend(snapshot.given_up.iter().cloned());
         let plan = &self.plan;
         let (marks, epoch_problem, write_problem) = match &self.io {
             Some(io) => io.last_poll(EPOCH_WAIT),
@@ -298,7 +346,8 @@ impl Tracker {
         problems.extend(epoch_problem.map(|e| format!("epoch marks ignored: {e}")));
         let live_summary_problem = write_problem.map(|e| format!("live summary not written: {e}"));
 
-        let (mut rows, intensity) = rows_of(plan, &snapshot);
+        let hourly = self.io.as_ref().and_then(|io| io.hourly());
+        let (mut rows, intensity) = rows_of(plan, &snapshot, hourly.as_ref());
         mark_cut_short(&mut rows, &snapshot, asked, plan.config.interval);
         let mut csv = Vec::new();
         if let Err(e) = write_csv(&mut csv, &rows) {
@@ -353,7 +402,7 @@ impl Tracker {
                     // is still worth a line.
                     done.problems.extend(done.live_summary_problem.clone());
                 }
-                Delivery::Failed(errors) => done.problems.extend(errors),
+                Delivery::Failed(errors) | Delivery::Retry(errors) => done.problems.extend(errors),
                 Delivery::Late(waited) => {
                     done.late = true;
                     done.problems.push(format!(
@@ -366,6 +415,48 @@ impl Tracker {
         }
         done
     }
+}
+
+/// How long opening the meters may take at the start, all together.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `open` on a thread of its own; its answer comes on the channel.
+fn opening<T: Send + 'static>(
+    what: &'static str,
+    open: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::sync::mpsc::Receiver<T>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("carbontrack-open".into())
+        // The default 8 MiB: loading NVML (nvml-wrapper builds its table of
+        // several hundred entry points on the stack) overflows a small one.
+        // Short-lived, and only the pages touched count.
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let _ = crate::ffi::signals::block_all();
+            let _ = tx.send(open());
+        })
+        .map(|_| rx)
+        .map_err(|e| format!("{what}: cannot start a thread to open it: {e}; not measured"))
+}
+
+/// The opened meter, or why not: waits until `deadline` at most. A thread
+/// that does not answer is left to its call (the library stays mapped: see
+/// `build.rs`).
+fn opened<T>(
+    rx: Result<std::sync::mpsc::Receiver<T>, String>,
+    deadline: Instant,
+    what: &str,
+) -> Result<T, String> {
+    let rx = rx?;
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| {
+            format!(
+                "{what} did not answer within {} s at the start (a device that stopped \
+                 answering?); not measured",
+                OPEN_WAIT.as_secs()
+            )
+        })
 }
 
 /// How long the last look at the epoch file may take at the end.
@@ -402,6 +493,7 @@ impl Finished {
                 timeline: Default::default(),
                 timeline_bucket: Duration::ZERO,
                 problem: None,
+                given_up: Vec::new(),
                 sampler_cpu: None,
             },
             rows: Vec::new(),
@@ -456,21 +548,29 @@ fn energy_spans(snap: &Snapshot) -> Vec<EnergySpan> {
         .collect()
 }
 
-fn rows_of(plan: &Plan, snap: &Snapshot) -> (Vec<Row>, Resolved) {
+/// The rows of a snapshot. An hourly intensity file is never read here: it
+/// is the table the user-filesystem thread last read (`hourly`), or, with
+/// none yet, the fallback.
+fn rows_of(plan: &Plan, snap: &Snapshot, hourly: Option<&HourlyRead>) -> (Vec<Row>, Resolved) {
     let cfg = &plan.config;
-    // Only an hourly file weighs the timeline; building its spans for any
-    // other source would cost a 7-day job 0.4 MB at every refresh.
-    let spans = match cfg.intensity {
-        IntensitySpec::File(_) => energy_spans(snap),
-        _ => Vec::new(),
-    };
+    let window = (snap.start, snap.end);
     // The live source is the epilog's; here its fallback stands in.
-    let intensity = resolve(
-        &cfg.intensity,
-        &cfg.intensity_fallback(),
-        (snap.start, snap.end),
-        &spans,
-    );
+    let intensity = match &cfg.intensity {
+        // Only an hourly file weighs the timeline; building its spans for
+        // any other source would cost a 7-day job 0.4 MB at every refresh.
+        IntensitySpec::File(path) => {
+            let not_yet = Err("not read yet".to_string());
+            let table = hourly.map_or(not_yet.as_ref(), |t| t.as_ref().as_ref());
+            resolve_read(
+                path,
+                table,
+                &cfg.intensity_fallback(),
+                window,
+                &energy_spans(snap),
+            )
+        }
+        spec => resolve(spec, &cfg.intensity_fallback(), window, &[]),
+    };
     let fp = NodeFootprint {
         job_id: plan.job_id.clone(),
         node: plan.node.clone(),
@@ -543,6 +643,7 @@ mod tests {
             timeline: Default::default(),
             timeline_bucket: Duration::from_secs(60),
             problem: problem.map(str::to_string),
+            given_up: Vec::new(),
             sampler_cpu: None,
         };
         let row = |status: &str| Row {

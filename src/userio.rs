@@ -19,10 +19,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::carbon::intensity::{HourTable, read_hourly_file};
 use crate::deliver::write_user_file;
 use crate::epochs::{EpochWatcher, Mark};
 use crate::ffi::identity::FsIdentity;
 use crate::measure::sampler::EnergyProbe;
+
+/// An hourly intensity file as last read, or why it could not be.
+pub type HourlyRead = Arc<Result<HourTable, String>>;
 
 /// What the thread is asked to do, besides polling the epoch file.
 #[derive(Default)]
@@ -32,13 +36,14 @@ struct State {
     polling: bool,
     /// Polls done so far; a caller wanting a fresh poll waits for it to grow.
     polls: u64,
+    /// Poll at the next turn, not at the next interval.
+    poll_now: bool,
     /// The newest live summary not yet written: `(dir, name, bytes)`.
     summary: Option<(PathBuf, String, Vec<u8>)>,
     /// Final files to write, in order, and where their answer goes.
     finals: Option<Finals>,
-    /// Answer to the last `finals`: the paths written, the errors of the
-    /// others.
-    answer: Option<(Vec<PathBuf>, Vec<String>)>,
+    /// Answer to the last `finals`.
+    answer: Option<Answer>,
     /// Epoch marks so far, and why the file was given up on.
     marks: Vec<Mark>,
     epoch_problem: Option<String>,
@@ -47,7 +52,15 @@ struct State {
     /// The time limit from squeue once looked up (`Some(None)`: unlimited or
     /// unknown).
     time_limit: Option<Option<Duration>>,
+    /// The hourly intensity file as last read.
+    hourly: Option<HourlyRead>,
+    /// Read the hourly file again at the next turn (the end of the run).
+    reload_now: bool,
 }
+
+/// What writing the final files came to: the paths written, and for each
+/// file not written why, and whether that is for good.
+type Answer = (Vec<PathBuf>, Vec<(String, bool)>);
 
 struct Finals {
     dir: PathBuf,
@@ -76,6 +89,11 @@ pub struct Setup {
     pub squeue_job: Option<String>,
     /// The job's energy so far, for epoch marks.
     pub energy: EnergyProbe,
+    /// An hourly intensity file (`intensity=file:`), read at the start and
+    /// every `reload_every` (a site refreshes it), never by anyone else in
+    /// a tracked run: it may sit on a shared mount that stops answering.
+    pub hourly_file: Option<PathBuf>,
+    pub reload_every: Duration,
 }
 
 /// The outcome of handing over final files.
@@ -86,6 +104,9 @@ pub enum Delivery {
     /// Refused for good (no such dir, not writable by its owner): why, one
     /// line per file not written.
     Failed(Vec<String>),
+    /// Refused for now (a full disk, an exceeded quota, an I/O error): why;
+    /// worth another try later.
+    Retry(Vec<String>),
     /// No answer within the wait: the filesystem is not answering.
     Late(Duration),
 }
@@ -120,8 +141,15 @@ impl UserIo {
     /// Hands over a live summary to write; never waits. A summary the thread
     /// has not got to yet is replaced.
     pub fn offer_summary(&self, dir: &Path, name: String, bytes: Vec<u8>) {
-        lock(&self.shared).summary = Some((dir.to_path_buf(), name, bytes));
-        self.shared.wake.notify_all();
+        let mut s = lock(&self.shared);
+        // After the last poll the final files are on their way: a live
+        // summary (from a sampler thread that came back late) must not
+        // replace them.
+        if s.polling {
+            s.summary = Some((dir.to_path_buf(), name, bytes));
+            drop(s);
+            self.shared.wake.notify_all();
+        }
     }
 
     /// The marks so far and the time limit, if looked up.
@@ -133,6 +161,11 @@ impl UserIo {
         lock(&self.shared).time_limit
     }
 
+    /// The hourly intensity file as last read, if it was.
+    pub fn hourly(&self) -> Option<HourlyRead> {
+        lock(&self.shared).hourly.clone()
+    }
+
     /// Polls the epoch file once more and stops polling; waits at most
     /// `wait`. Returns the marks, why the epoch file was refused, and why the
     /// live summary could not be written, if so.
@@ -140,6 +173,8 @@ impl UserIo {
         let until = Instant::now() + wait;
         let mut s = lock(&self.shared);
         let want = s.polls + 1;
+        s.reload_now = true;
+        s.poll_now = true;
         self.shared.wake.notify_all();
         while s.polls < want && s.polling {
             let left = until.saturating_duration_since(Instant::now());
@@ -183,10 +218,13 @@ impl UserIo {
         self.shared.wake.notify_all();
         loop {
             if let Some((written, errors)) = s.answer.take() {
+                let lines = errors.iter().map(|(e, _)| e.clone()).collect();
                 return if errors.is_empty() {
                     Delivery::Written(written)
+                } else if errors.iter().all(|(_, permanent)| *permanent) {
+                    Delivery::Failed(lines)
                 } else {
-                    Delivery::Failed(errors)
+                    Delivery::Retry(lines)
                 };
             }
             let left = wait.saturating_sub(asked.elapsed());
@@ -232,16 +270,17 @@ fn run(shared: &Shared, mut setup: Setup) {
         .take()
         .map(|p| EpochWatcher::new(p, setup.user.clone()));
     let mut next_poll = Instant::now();
+    let mut next_reload = Instant::now();
     loop {
         // What to do now, taken under the lock, done outside it.
-        let (summary, finals, poll, query) = {
+        let (summary, finals, poll, reload, query) = {
             let mut s = lock(shared);
             loop {
                 if s.summary.is_some() || s.finals.is_some() {
                     break;
                 }
                 let now = Instant::now();
-                if s.polling && now >= next_poll {
+                if s.polling && (now >= next_poll || s.poll_now) {
                     break;
                 }
                 if s.stop {
@@ -258,12 +297,28 @@ fn run(shared: &Shared, mut setup: Setup) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            let poll = s.polling && Instant::now() >= next_poll;
+            let poll = s.polling && (Instant::now() >= next_poll || s.poll_now);
+            s.poll_now = false;
+            let reload = setup.hourly_file.is_some()
+                && (s.reload_now || (poll && Instant::now() >= next_reload));
+            s.reload_now = false;
             let query = s.time_limit.is_none() && setup.squeue_job.is_some();
-            (s.summary.take(), s.finals.take(), poll, query)
+            (s.summary.take(), s.finals.take(), poll, reload, query)
         };
+        if reload && let Some(path) = &setup.hourly_file {
+            next_reload = Instant::now() + setup.reload_every;
+            let read = read_hourly_file(path).map_err(|e| e.to_string());
+            lock(shared).hourly = Some(Arc::new(read));
+        }
         if poll {
-            next_poll = Instant::now() + setup.poll;
+            // Without an epoch file to watch, the timer only serves the
+            // hourly file: no wake-up every interval for nothing.
+            next_poll = Instant::now()
+                + if watcher.is_some() {
+                    setup.poll
+                } else {
+                    setup.reload_every
+                };
             if let Some(w) = &mut watcher {
                 let energy = &setup.energy;
                 w.poll(SystemTime::now(), || energy.total());
@@ -301,12 +356,14 @@ fn run(shared: &Shared, mut setup: Setup) {
             for (name, bytes) in &f.files {
                 match write_user_file(setup.user.as_ref(), &f.dir, name, bytes) {
                     Ok(p) => written.push(p),
-                    Err(e) => errors.push(e.to_string()),
+                    Err(e) => errors.push((e.to_string(), e.is_permanent())),
                 }
             }
             // Delivered, or refused for a reason that will not mend: the
             // record of what is still to deliver has done its work.
-            if let Some(record) = &f.late_record {
+            if errors.iter().all(|(_, permanent)| *permanent)
+                && let Some(record) = &f.late_record
+            {
                 let _ = std::fs::remove_file(record);
             }
             lock(shared).answer = Some((written, errors));

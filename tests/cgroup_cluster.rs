@@ -104,7 +104,11 @@ fn allowed_cpus(output: &str) -> String {
 
 fn wait_ended(c: &Cluster, id: JobId) {
     let deadline = Instant::now() + WAIT;
-    while c.job_state(id.0) == "RUNNING" || c.job_state(id.0) == "PENDING" {
+    // Until the extern step, which writes the user's files, is done too.
+    while matches!(
+        c.job_state(id.0).as_str(),
+        "RUNNING" | "PENDING" | "CONFIGURING" | "COMPLETING"
+    ) {
         assert!(Instant::now() < deadline, "job {} did not end", id.0);
         sleep(Duration::from_millis(200));
     }

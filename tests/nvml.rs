@@ -632,3 +632,99 @@ fn a_gpu_whose_calls_hang_is_given_up_on_alone() {
         sleep(Duration::from_millis(20));
     }
 }
+
+/// A GPU whose calls hang from the very start (already off the bus when the
+/// job begins): starting the run costs a bounded wait, the GPUs are
+/// `unavailable` with a short reason, and the run ends promptly.
+#[test]
+fn a_gpu_that_hangs_from_the_start_costs_a_bounded_wait() {
+    use carbontrack::config::Config;
+    use carbontrack::tracker::{Plan, Tracker};
+    let epoch = unix_now();
+    let config = format!(
+        "epoch = {epoch}\n{}",
+        gpu(
+            0,
+            "power = 200\nenergy = counter\nhang_at = 0\nhang_for = 20"
+        ),
+    );
+    let lib = fake_nvml("hang-at-start", &config);
+    let cfg = Config {
+        interval: Duration::from_millis(100),
+        nvml: lib.to_path_buf(),
+        powercap: std::env::temp_dir().join("ct-no-powercap-here"),
+        ..Config::default()
+    };
+    let asked = Instant::now();
+    let (tracker, log) = Tracker::start(Plan::new("9", "node1", cfg)).unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(8), "start took {took:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("NVML did not answer within 5 s at the start")),
+        "{log:?}"
+    );
+    sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let done = tracker.finish();
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "finish took {:?}",
+        asked.elapsed()
+    );
+    let gpu = entry(&done.snapshot.devices, NVML_DEVICE);
+    assert_eq!(
+        gpu.status,
+        Status::Unavailable("NVML did not answer at the start".into())
+    );
+    assert!(done.snapshot.samples >= 2, "the rest was sampled");
+}
+
+/// A counter GPU that does not answer for a while and then does is read
+/// again, and its counter bridges the pause: measured in full, `ok`.
+#[test]
+fn a_counter_gpu_that_answers_again_is_measured_in_full() {
+    use carbontrack::measure::sampler::{Sampler, SamplerOptions};
+    let epoch = unix_now();
+    let p: Profile = "150".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}",
+        gpu(
+            0,
+            "power = 150\nenergy = counter\nhang_at = 1.5\nhang_for = 1.5"
+        ),
+        gpu(1, "power = 150\nenergy = counter"),
+    );
+    let lib = fake_nvml("hang-and-back", &config);
+    let before = unix_now() - epoch;
+    let (meter, _) = NvmlMeter::for_job(&lib, &GpuHints::default(), Instant::now());
+    let opened = (before + unix_now() - epoch) / 2.0;
+    let meters: Vec<Box<dyn Meter>> = meter
+        .split()
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn Meter>)
+        .collect();
+    let opts = SamplerOptions {
+        interval: Duration::from_millis(100),
+        stall_after: Duration::from_millis(300),
+        thread_name: "ct-nvml-back".into(),
+        ..SamplerOptions::default()
+    };
+    let s = Sampler::start(meters, opts, None).unwrap();
+    sleep(Duration::from_secs_f64(
+        (4.5 - (unix_now() - epoch)).max(0.0),
+    ));
+    let stop_at = unix_now() - epoch;
+    let fin = s.stop().unwrap();
+    let whole = p.energy_between(opened, stop_at);
+    for n in [0, 1] {
+        assert_within(&fin.devices, n, whole, 0.03, "hang and back");
+    }
+    assert!(
+        fin.given_up
+            .iter()
+            .any(|g| g.starts_with("GPU 0 stopped answering at ")),
+        "{:?}",
+        fin.given_up
+    );
+}

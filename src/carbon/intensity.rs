@@ -186,18 +186,13 @@ pub fn resolve(
     }
     let fb = constant_or_world(fallback);
     match spec {
-        IntensitySpec::File(path) => match read_hourly_file(path) {
-            Ok(table) => weigh(
-                &table,
-                &hour_weights(window, energy_by_time),
-                &fb,
-                format!("file {} hourly", path.display()),
-            ),
-            Err(e) => Resolved {
-                note: Some(format!("{e}; used {}", fb.source)),
-                ..fb
-            },
-        },
+        IntensitySpec::File(path) => resolve_read(
+            path,
+            read_hourly_file(path).map_err(|e| e.to_string()).as_ref(),
+            fallback,
+            window,
+            energy_by_time,
+        ),
         IntensitySpec::ElectricityMaps(zone) => Resolved {
             note: Some(format!(
                 "ElectricityMaps {zone} is queried by the epilog only; so far {}",
@@ -206,6 +201,32 @@ pub fn resolve(
             ..fb
         },
         _ => fb,
+    }
+}
+
+/// An hourly file's figure from the table read from it (or why it could not
+/// be read), without reading it again: a tracked run reads its file once,
+/// off slurmstepd's main thread, where a file on a mount that stopped
+/// answering would hang the step.
+pub fn resolve_read(
+    path: &Path,
+    table: Result<&HourTable, &String>,
+    fallback: &IntensitySpec,
+    window: (SystemTime, SystemTime),
+    energy_by_time: &[EnergySpan],
+) -> Resolved {
+    let fb = constant_or_world(fallback);
+    match table {
+        Ok(table) => weigh(
+            table,
+            &hour_weights(window, energy_by_time),
+            &fb,
+            format!("file {} hourly", path.display()),
+        ),
+        Err(e) => Resolved {
+            note: Some(format!("{e}; used {}", fb.source)),
+            ..fb
+        },
     }
 }
 

@@ -131,6 +131,12 @@ pub trait Meter: Send {
         out.clear();
         out.extend(rows.iter().map(|r| r.energy));
     }
+    /// Whether a pause in its reads loses nothing: true for energy counters
+    /// read at both ends of the pause, false for power readings integrated
+    /// over time.
+    fn bridges_gaps(&self) -> bool {
+        false
+    }
     /// Names the meter in a status: `RAPL`, `GPU 1`.
     fn label(&self) -> String {
         "meter".to_string()

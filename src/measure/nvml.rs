@@ -369,6 +369,9 @@ fn wall_time(at: Instant) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// A call that took longer than this is stamped with when it returned.
+const LATE_CALL: Duration = Duration::from_secs(1);
+
 /// Errors after which asking again is pointless.
 fn is_fatal(e: &NvmlError) -> bool {
     matches!(
@@ -466,7 +469,16 @@ impl GpuMeter {
         if self.stopped.is_some() {
             return;
         }
-        match catch_unwind(AssertUnwindSafe(|| self.read(nvml, now))) {
+        let read = catch_unwind(AssertUnwindSafe(|| self.read(nvml, now)));
+        // A call that came back late (a driver that stalled) read the GPU
+        // when it returned, not when it was made.
+        let returned = Instant::now();
+        let now = if returned.saturating_duration_since(now) > LATE_CALL {
+            returned
+        } else {
+            now
+        };
+        match read {
             Ok(Ok(r)) => self.fold(r, now),
             // The buffer failing is no reason to stop reading the GPU.
             Ok(Err(e)) if matches!(self.mode, Mode::Samples { .. }) && !is_fatal(&e) => {
@@ -794,6 +806,12 @@ impl Meter for NvmlMeter {
                 .iter()
                 .map(|g| g.measured.then(|| Joules(g.energy_j) * g.share)),
         );
+    }
+
+    fn bridges_gaps(&self) -> bool {
+        self.gpus
+            .iter()
+            .all(|g| matches!(g.mode, Mode::Counter { .. }))
     }
 
     fn label(&self) -> String {

@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_POWER: Watts = Watts(1000.0);
 /// is taken for a glitch (a counter reset, a torn read) instead of a wrap. A
 /// real wrap implies the zone's real power; a counter stepping back a little
 /// implies almost a whole range in one interval, thousands of watts.
+/// A read that took longer than this is stamped with when it returned.
+const LATE_READ: Duration = Duration::from_secs(1);
+
 const WRAP_PLAUSIBILITY: f64 = 4.0;
 
 /// Consecutive backward reads after which the counter is taken to have been
@@ -111,6 +114,26 @@ impl std::fmt::Display for ReadFailure {
 /// Packages with share 0 are not the job's and are not opened. Whatever is
 /// requested but cannot be read becomes an `unavailable` row with the reason
 /// and the fix, never a zero.
+/// A meter that reports, forever, that CPU and DRAM could not be measured.
+pub fn unavailable(components: Components, reason: &str) -> RaplMeter {
+    let mut unavailable = Vec::new();
+    if components.cpu {
+        unavailable.push(DeviceEnergy::unavailable(Component::Cpu, "package", reason));
+    }
+    if components.dram {
+        unavailable.push(DeviceEnergy::unavailable(
+            Component::Dram,
+            "package",
+            reason,
+        ));
+    }
+    RaplMeter {
+        zones: Vec::new(),
+        unavailable,
+        note: None,
+    }
+}
+
 pub fn open(
     powercap_root: &Path,
     components: Components,
@@ -399,7 +422,16 @@ impl Zone {
     }
 
     fn sample(&mut self, now: Instant) {
-        let value = match read_value(&self.file) {
+        let read = read_value(&self.file);
+        // A read that came back late (a sick node's sysfs) is stamped with
+        // when it returned, so the counter's wrap check sees the real gap.
+        let returned = Instant::now();
+        let now = if returned.saturating_duration_since(now) > LATE_READ {
+            returned
+        } else {
+            now
+        };
+        let value = match read {
             Ok(v) => v,
             Err(e) => {
                 self.failing_reads = self.failing_reads.saturating_add(1);
@@ -529,6 +561,12 @@ impl Meter for RaplMeter {
 
     fn label(&self) -> String {
         "RAPL".to_string()
+    }
+
+    fn bridges_gaps(&self) -> bool {
+        // Counters; a pause longer than a zone's wrap time is said in that
+        // zone's own status.
+        true
     }
 }
 

@@ -24,8 +24,8 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -210,9 +210,14 @@ pub struct Snapshot {
     /// The current length of a completed point (grows when the timeline is
     /// merged to stay within its cap).
     pub timeline_bucket: Duration,
-    /// Set when the thread failed (a meter panicked): the figures stop at the
-    /// last sample it completed.
+    /// Set when sampling as a whole failed (a sampler thread panicked
+    /// outside the meters, or no thread could be had): the figures stop at
+    /// the last sample completed.
     pub problem: Option<String>,
+    /// Meters given up on during the run, one line each (`GPU 1 stopped
+    /// answering at …`, `RAPL failed (panicked: …)`); their rows say so too,
+    /// the others are measured in full.
+    pub given_up: Vec<String>,
     /// The sampler thread's own CPU time, as of its last refresh (once a
     /// minute by default) or its stop, not as of the last sample: reading the
     /// clock is a system call, which the thread keeps out of its per-sample
@@ -372,18 +377,33 @@ struct Slot {
     /// Its devices' energies after its last sample ([`Meter::energies`]);
     /// never held across a device call.
     energies: Mutex<Vec<Option<Joules>>>,
-    /// Its rows as last read in full (start, refreshes, snapshots), for when
-    /// it cannot be asked.
+    /// Its rows as last read in full (at the start, refreshes, snapshots),
+    /// for when it cannot be asked.
     rows: Mutex<Vec<DeviceEnergy>>,
-    /// When the call in progress began, in ns after the baseline plus one;
-    /// 0 while no call is in progress.
-    busy_since: AtomicU64,
-    /// Set once the meter is given up on: the wall time its last call began,
-    /// and what happened (`stopped answering`, `failed`).
-    stuck: OnceLock<(SystemTime, &'static str)>,
+    /// The call in progress: the generation of the thread making it in the
+    /// top 16 bits, when it began (ms after the baseline, plus one) below;
+    /// 0 while none is. Cleared only by the thread that set it.
+    busy: AtomicU64,
+    /// Whether it is given up on, or was and came back.
+    state: Mutex<SlotState>,
     /// Names the meter in a status (`GPU 1`, `RAPL`).
     label: String,
+    /// Whether a pause in its reads loses nothing (energy counters).
+    bridges_gaps: bool,
 }
+
+#[derive(Default)]
+struct SlotState {
+    /// Given up on: when its last call began, and what happened
+    /// (`stopped answering`, `failed`).
+    out: Option<(SystemTime, &'static str)>,
+    /// It panicked: never asked again.
+    failed: bool,
+    /// The longest stretch it did not answer and then came back from.
+    came_back: Option<(SystemTime, Duration)>,
+}
+
+const BUSY_MS_BITS: u32 = 48;
 
 struct Shared {
     slots: Vec<Slot>,
@@ -397,6 +417,9 @@ struct Shared {
     generation: AtomicU32,
     /// When the current thread last went round its loop, ns after `t0`.
     heartbeat: AtomicU64,
+    /// The final figures are taken: a call that returns after this changes
+    /// nothing.
+    stopped: AtomicBool,
     t0: Instant,
     wall0: SystemTime,
     opts: SamplerOptions,
@@ -417,6 +440,7 @@ struct Inner {
     last: Option<(Instant, SystemTime)>,
     timeline: Buckets,
     problem: Option<String>,
+    given_up: Vec<String>,
     /// Set by the sampler threads only (see [`Snapshot::sampler_cpu`]).
     sampler_cpu: Option<SamplerCpu>,
     /// CPU time of sampler threads retired before the current one.
@@ -444,6 +468,9 @@ fn lock_within<T: ?Sized>(m: &Mutex<T>, wait: Duration) -> Option<MutexGuard<'_,
         }
     }
 }
+
+/// At most this long [`Sampler::start`] waits for the baseline.
+const START_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a snapshot waits for a meter in the middle of a sample.
 const SLOT_WAIT: Duration = Duration::from_millis(100);
@@ -473,89 +500,153 @@ fn energy_of_slots(slots: &[Slot]) -> [Option<Joules>; 3] {
 impl Slot {
     fn new(meter: Box<dyn Meter>) -> Slot {
         let label = meter.label();
+        let bridges_gaps = meter.bridges_gaps();
+        // The rows of a meter not yet sampled name its devices (no device
+        // is asked: `totals` reads what the meter holds), so even a meter
+        // that never answers has its rows.
+        let mut rows = Vec::new();
+        meter.totals(&mut rows);
         Slot {
             meter: Mutex::new(meter),
             energies: Mutex::new(Vec::new()),
-            rows: Mutex::new(Vec::new()),
-            busy_since: AtomicU64::new(0),
-            stuck: OnceLock::new(),
+            rows: Mutex::new(rows),
+            busy: AtomicU64::new(0),
+            state: Mutex::new(SlotState::default()),
             label,
+            bridges_gaps,
         }
     }
 
-    /// Samples the meter unless it is stuck; an error when it panicked (the
-    /// meter is then given up on, the others go on).
-    fn sample(&self, shared: &Shared, now: Instant) -> Result<(), String> {
-        if self.stuck.get().is_some() {
+    fn given_up(&self) -> bool {
+        lock(&self.state).out.is_some()
+    }
+
+    /// Samples the meter unless it is given up on or another thread is in a
+    /// call on it (a retired thread whose call has not returned: never
+    /// waited for). An error when it panicked: it is then given up on for
+    /// good, and the others go on.
+    fn sample(&self, shared: &Shared, now: Instant, generation: u32) -> Result<(), String> {
+        if self.given_up() {
             return Ok(());
         }
+        let Some(mut m) = lock_within(&self.meter, Duration::ZERO) else {
+            return Ok(());
+        };
         // The sample's time stands for the call's: the calls of one sample
         // run back to back, and one clock read a sample is cheaper.
-        self.busy_since.store(
-            since_ns(shared.t0, now).saturating_add(1),
-            Ordering::Relaxed,
-        );
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut m = lock(&self.meter);
-            m.sample(now);
-            // A call that returns after the meter was given up on must not
-            // move its figures past the time it stopped answering.
-            if self.stuck.get().is_none() {
+        let ms = u64::try_from(now.saturating_duration_since(shared.t0).as_millis())
+            .unwrap_or(u64::MAX)
+            .min((1 << BUSY_MS_BITS) - 2);
+        let stamp = (u64::from(generation & 0xffff) << BUSY_MS_BITS) | (ms + 1);
+        self.busy.store(stamp, Ordering::SeqCst);
+        let result = catch_unwind(AssertUnwindSafe(|| m.sample(now)));
+        let _ = self
+            .busy
+            .compare_exchange(stamp, 0, Ordering::SeqCst, Ordering::SeqCst);
+        if shared.stopped.load(Ordering::SeqCst) {
+            // The run's figures are final; a late answer is not one of them.
+            return Ok(());
+        }
+        match result {
+            Ok(()) => {
+                let mut st = lock(&self.state);
+                if let Some((at, _)) = st.out.take() {
+                    // A call given up on returned at last: the meter is
+                    // read again from the next sample on.
+                    let away = SystemTime::now().duration_since(at).unwrap_or_default();
+                    if st.came_back.is_none_or(|(_, d)| away > d) {
+                        st.came_back = Some((at, away));
+                    }
+                }
+                drop(st);
                 m.energies(&mut lock(&self.energies));
+                Ok(())
             }
-        }));
-        self.busy_since.store(0, Ordering::Relaxed);
-        result.map_err(|panic| {
-            let what = panic_text(&*panic);
-            let _ = self.stuck.set((SystemTime::now(), "failed"));
-            format!("{} failed (panicked: {what})", self.label)
-        })
+            Err(panic) => {
+                let what = panic_text(&*panic);
+                let mut st = lock(&self.state);
+                st.failed = true;
+                st.out = Some((SystemTime::now(), "failed"));
+                Err(format!("{} failed (panicked: {what})", self.label))
+            }
+        }
     }
 
     /// Appends the meter's rows: asked directly when it is free within
-    /// `wait`, else from what was kept (marked, when it is stuck).
+    /// `wait`, else from what was kept (marked, when it is given up on).
     fn rows_into(&self, out: &mut Vec<DeviceEnergy>, wait: Duration) {
-        if self.stuck.get().is_none()
-            && let Some(m) = lock_within(&self.meter, wait)
-        {
-            let from = out.len();
-            m.totals(out);
-            drop(m);
-            *lock(&self.rows) = out[from..].to_vec();
-            return;
+        let state = {
+            let st = lock(&self.state);
+            (st.out, st.came_back)
+        };
+        let from = out.len();
+        match (state.0, lock_within(&self.meter, wait)) {
+            (None, Some(m)) => {
+                m.totals(out);
+                drop(m);
+                *lock(&self.rows) = out[from..].to_vec();
+            }
+            (out_since, _) => {
+                let rows = lock(&self.rows);
+                let energies = lock(&self.energies);
+                for (i, r) in rows.iter().enumerate() {
+                    let mut r = r.clone();
+                    let kept = energies.get(i).copied().flatten();
+                    match out_since {
+                        Some((at, what)) => {
+                            let why = format!(
+                                "{} {what} at {}",
+                                self.label,
+                                humantime::format_rfc3339_seconds(at)
+                            );
+                            r.energy = kept.or(r.energy);
+                            r.status = match r.energy {
+                                Some(_) => Status::Incomplete(why),
+                                None => Status::Unavailable(why),
+                            };
+                        }
+                        None if r.energy.is_some() => r.energy = kept.or(r.energy),
+                        None => {}
+                    }
+                    out.push(r);
+                }
+            }
         }
-        let rows = lock(&self.rows);
-        let energies = lock(&self.energies);
-        for (i, r) in rows.iter().enumerate() {
-            let mut r = r.clone();
-            if r.energy.is_some()
-                && let Some(Some(e)) = energies.get(i)
-            {
-                r.energy = Some(*e);
+        // A meter that came back from a pause it cannot bridge says so.
+        if let (None, Some((at, away))) = state
+            && !self.bridges_gaps
+        {
+            for r in &mut out[from..] {
+                if r.status == Status::Ok {
+                    r.status = Status::Incomplete(format!(
+                        "{} did not answer for {:.0} s from {}",
+                        self.label,
+                        away.as_secs_f64(),
+                        humantime::format_rfc3339_seconds(at)
+                    ));
+                }
             }
-            if let Some(&(at, what)) = self.stuck.get()
-                && r.energy.is_some()
-            {
-                r.status = Status::Incomplete(format!(
-                    "{} {what} at {}",
-                    self.label,
-                    humantime::format_rfc3339_seconds(at)
-                ));
-            }
-            out.push(r);
         }
     }
 
-    /// The wall time of the call in progress, if it began more than `stall`
-    /// ago.
+    /// The wall time of the call in progress, if it began `stall` ago or
+    /// more.
     fn stalled(&self, shared: &Shared, stall: Duration) -> Option<SystemTime> {
-        let busy = self.busy_since.load(Ordering::Relaxed);
-        if busy == 0 || self.stuck.get().is_some() {
+        let busy = self.busy.load(Ordering::SeqCst);
+        if busy == 0 || self.given_up() {
             return None;
         }
-        let began = shared.t0 + Duration::from_nanos(busy - 1);
-        (Instant::now().saturating_duration_since(began) >= stall)
-            .then(|| shared.wall0 + Duration::from_nanos(busy - 1))
+        let began = Duration::from_millis((busy & ((1 << BUSY_MS_BITS) - 1)) - 1);
+        (Instant::now().saturating_duration_since(shared.t0 + began) >= stall)
+            .then(|| shared.wall0 + began)
+    }
+
+    /// Gives the meter up as of `at`, unless it has been already.
+    fn give_up(&self, at: SystemTime) {
+        let mut st = lock(&self.state);
+        if st.out.is_none() {
+            st.out = Some((at, "stopped answering"));
+        }
     }
 }
 
@@ -596,6 +687,7 @@ impl Sampler {
             last: None,
             timeline: Buckets::new(opts.bucket, opts.timeline_cap),
             problem: None,
+            given_up: Vec::new(),
             sampler_cpu: None,
             cpu_base: Duration::ZERO,
         };
@@ -609,18 +701,14 @@ impl Sampler {
             observer: Mutex::new(observer),
             generation: AtomicU32::new(0),
             heartbeat: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             t0,
             wall0: SystemTime::now(),
             opts,
         });
-        // The baseline, on the caller's thread: a snapshot is valid at once.
-        // Each meter's rows are read once here, so what is kept of a meter
-        // that gets stuck later names its devices.
-        for slot in &shared.slots {
-            let _ = slot.sample(&shared, t0);
-            slot.rows_into(&mut Vec::new(), Duration::ZERO);
-        }
-        shared.after_sample(t0, shared.wall0, 0);
+        // The thread takes the baseline: no device is asked on the caller's
+        // thread (slurmstepd's main thread), where a call that never returns
+        // would hang the step.
         let handle = spawn_worker(&shared, 0)?;
         let watchdog = {
             let for_dog = Arc::clone(&shared);
@@ -630,9 +718,10 @@ impl Sampler {
                 .spawn(move || watch(&for_dog))
                 .ok()
         };
-        // Return once the thread is set up (named, signals blocked), so callers
-        // and tests see a fully started sampler; bounded like the join.
-        shared.wait_for(join_timeout, |c| c.running || c.done);
+        // Return once the thread has taken the baseline, so callers and tests
+        // see a fully started sampler; bounded, since a device may not answer
+        // (the watchdog then goes on without it).
+        shared.wait_for(join_timeout.min(START_WAIT), |c| c.running || c.done);
         Ok(Sampler {
             shared,
             handle: Some(handle),
@@ -678,7 +767,7 @@ impl Sampler {
                 .shared
                 .slots
                 .iter()
-                .filter_map(|s| s.stalled(&self.shared, Duration::ZERO).map(|at| (s, at)))
+                .filter_map(|s| s.stalled(&self.shared, half).map(|at| (s, at)))
                 .min_by_key(|(_, at)| *at);
             takeover(&self.shared, stuck);
             done = self
@@ -693,7 +782,13 @@ impl Sampler {
             // `done` is the thread's last act: joining now takes no time.
             let _ = handle.join();
         }
+        self.shared.stopped.store(true, Ordering::SeqCst);
         let snap = self.shared.snapshot(SLOT_WAIT);
+        // The observer goes now, with what it holds, unless a stuck thread is
+        // inside it: nothing calls it after the stop.
+        if let Ok(mut obs) = self.shared.observer.try_lock() {
+            obs.take();
+        }
         if done {
             Ok(snap)
         } else {
@@ -735,7 +830,14 @@ fn spawn_worker(shared: &Arc<Shared>, generation: u32) -> std::io::Result<JoinHa
 /// schedule.
 fn takeover(shared: &Arc<Shared>, stuck: Option<(&Slot, SystemTime)>) {
     if let Some((slot, at)) = stuck {
-        let _ = slot.stuck.set((at, "stopped answering"));
+        slot.give_up(at);
+        lock(&shared.inner).given_up.push(format!(
+            "{} stopped answering at {} (a call did not return within {} s); the other meters \
+             went on without it",
+            slot.label,
+            humantime::format_rfc3339_seconds(at),
+            shared.opts.stall_after.as_secs_f64()
+        ));
     }
     let next = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
     {
@@ -815,11 +917,8 @@ impl Shared {
             if !self.is_current(generation) {
                 return false;
             }
-            if let Err(problem) = slot.sample(self, now) {
-                let mut inner = lock(&self.inner);
-                if inner.problem.is_none() {
-                    inner.problem = Some(problem);
-                }
+            if let Err(problem) = slot.sample(self, now, generation) {
+                lock(&self.inner).given_up.push(problem);
             }
         }
         if !self.is_current(generation) {
@@ -876,6 +975,7 @@ impl Shared {
             timeline_bucket: inner.timeline.bucket,
             devices,
             problem: inner.problem.clone(),
+            given_up: inner.given_up.clone(),
             sampler_cpu: inner.sampler_cpu,
         }
     }
@@ -932,6 +1032,18 @@ fn run(shared: &Shared, generation: u32) {
         base
     };
     shared.read_own_cpu(base);
+    // The baseline, unless a thread before this one took it.
+    if lock(&shared.inner).samples == 0 {
+        if !shared.sample(generation) {
+            return;
+        }
+        // Each meter's rows as of its first reading, kept for when it can
+        // no longer be asked.
+        let mut scratch = Vec::new();
+        for slot in &shared.slots {
+            slot.rows_into(&mut scratch, Duration::ZERO);
+        }
+    }
     {
         let mut c = lock(&shared.control);
         if shared.is_current(generation) {

@@ -405,7 +405,7 @@ impl Tracking {
             DELIVER_WAIT,
             record.clone(),
         );
-        if !matches!(delivery, Delivery::Late(_))
+        if matches!(delivery, Delivery::Written(_) | Delivery::Failed(_))
             && let Some(r) = &record
         {
             let _ = std::fs::remove_file(r);
@@ -429,6 +429,19 @@ impl Tracking {
                         String::new()
                     },
                     kept.display()
+                ),
+            ),
+            Delivery::Retry(errors) => host.log(
+                Level::Error,
+                &format!(
+                    "job {job_id}: {}; {}",
+                    errors.first().map(String::as_str).unwrap_or_default(),
+                    match record {
+                        Some(_) => "the user's files will be delivered by the Epilog or \
+                                    `carbontrack flush`"
+                            .to_string(),
+                        None => format!("the footprint is kept in {}", kept.display()),
+                    }
                 ),
             ),
             Delivery::Late(waited) => host.log(

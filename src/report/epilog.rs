@@ -930,7 +930,7 @@ pub fn deliver(
     let user_files_now = !p.user_files_done
         && (p.user_files_late == 0 || tools.own_job.is_none_or(|own| own == job));
     if user_files_now && let Some(u) = &p.user_files {
-        match write_user_files(job, u, spool, tools.user_files_wait, p.user_files_late, log) {
+        match write_user_files(job, u, tools.user_files_wait, p.user_files_late, log) {
             // Done, or refused for a reason that does not mend itself (the
             // work dir gone, not writable by its owner): the total is kept
             // by the admin either way.
@@ -1011,7 +1011,6 @@ enum UserFilesOutcome {
 fn write_user_files(
     job: u32,
     u: &UserFiles,
-    spool: &Spool,
     wait: Duration,
     late_before: u32,
     log: Log,
@@ -1026,6 +1025,15 @@ fn write_user_files(
         (format!("carbontrack-{job}.txt"), u.txt.clone().into_bytes()),
     ];
     let dir = u.dir.clone();
+    // One run (an Epilog, a flush) gives a directory that did not answer no
+    // second try, and stops trying any after a few: 200 queued jobs under
+    // one dead home directory cost it one wait, not 200.
+    {
+        let dead = lock_dead();
+        if dead.len() >= MAX_DEAD_DIRS || dead.contains(&dir) {
+            return UserFilesOutcome::Late;
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("carbontrack-io".into())
@@ -1034,7 +1042,7 @@ fn write_user_files(
                 .iter()
                 .map(|(name, bytes)| {
                     crate::deliver::write_user_file(Some(&id), &dir, name, bytes)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| (e.to_string(), e.is_permanent()))
                 })
                 .collect();
             let _ = tx.send(r);
@@ -1047,21 +1055,40 @@ fn write_user_files(
     }
     match rx.recv_timeout(wait) {
         Ok(results) => {
-            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            let errors: Vec<&(String, bool)> =
+                results.iter().filter_map(|r| r.as_ref().err()).collect();
+            if errors.is_empty() {
+                if late_before > 0 {
+                    log(format!(
+                        "carbontrack: job {job}: {} answers again; the user's files are delivered",
+                        u.dir.display()
+                    ));
+                }
+                return UserFilesOutcome::Done;
+            }
+            let for_good = errors.iter().all(|(_, permanent)| *permanent);
+            let give_up = for_good || late_before + 1 >= MAX_USER_FILE_TRIES;
+            for (e, _) in &errors {
                 log(format!(
-                    "carbontrack: job {job}: {e}; the footprint is kept in {}",
-                    spool.job_dir(job).display()
+                    "carbontrack: job {job}: {e}; {}",
+                    if give_up {
+                        "the user's files are not written (the total is in accounting and the ledger)"
+                            .to_string()
+                    } else if late_before == 0 {
+                        "the user's files stay queued for `carbontrack flush`".to_string()
+                    } else {
+                        format!("try {} of {MAX_USER_FILE_TRIES}", late_before + 1)
+                    }
                 ));
             }
-            if results.iter().all(Result::is_ok) && late_before > 0 {
-                log(format!(
-                    "carbontrack: job {job}: {} answers again; the user's files are delivered",
-                    u.dir.display()
-                ));
+            if give_up {
+                UserFilesOutcome::Done
+            } else {
+                UserFilesOutcome::Late
             }
-            UserFilesOutcome::Done
         }
         Err(_) => {
+            lock_dead().push(u.dir.clone());
             if late_before == 0 {
                 log(format!(
                     "carbontrack: job {job}: {} is not answering (no reply in {:.0} s); the user's files stay queued for `carbontrack flush`",
@@ -1072,6 +1099,22 @@ fn write_user_files(
             UserFilesOutcome::Late
         }
     }
+}
+
+/// Tries for a job's user files that failed for a reason that may mend (a
+/// full disk, a quota) before they are given up: a week of `flush` every 5
+/// minutes.
+const MAX_USER_FILE_TRIES: u32 = 2016;
+
+/// Directories this process found not answering, at most this many tried.
+const MAX_DEAD_DIRS: usize = 3;
+
+static DEAD_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_dead() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    DEAD_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The spool file with a job's user files still to deliver, left by the
