@@ -450,6 +450,34 @@ fn frozen_work_dir(t: &T) {
         "the dir was frozen"
     );
 
+    // Another job ends on the node while the dir still does not answer: its
+    // Epilog does not wait on that dir, nor says anything more about it.
+    let other =
+        t.c.submit_in(
+            &t.c.work_dir(),
+            &["--carbon-track=yes"],
+            "#!/bin/bash\nsleep 1\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    t.c.wait_ended(other);
+    t.segment(other.0);
+    let took = wait_for("the other job's Epilog", Duration::from_secs(30), || {
+        let log = t.epilog_log();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("test-epilog: job {} took ", other.0)))?;
+        line.split_whitespace().nth(4)?.parse::<u64>().ok()
+    });
+    println!("    another job's Epilog took {took} ms while the dir did not answer");
+    assert!(took < 2500, "another job's Epilog took {took} ms");
+    let not_answering = format!("job {}: {} is not answering", id.0, mount.mnt.display());
+    assert_eq!(
+        t.epilog_log().matches(&not_answering).count(),
+        1,
+        "said once:\n{}",
+        t.epilog_log()
+    );
+
     // Answering again: the next flush delivers the files, once.
     mount.signal("-CONT");
     let o = t.carbontrack(&["flush"]);

@@ -993,6 +993,10 @@ impl Shared {
 
     /// Builds a snapshot and hands it to the observer.
     fn refresh(&self, generation: u32, base: Duration) {
+        // A retired thread's figures are not the current one's.
+        if !self.is_current(generation) {
+            return;
+        }
         self.read_own_cpu(base);
         let snap = self.snapshot(SLOT_WAIT);
         if let Some(mut obs) = self.observer.try_lock().ok()
