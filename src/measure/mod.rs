@@ -2,6 +2,7 @@
 //! attribution and the sampler thread. Nothing here knows about Slurm, so
 //! `carbontrack run`, the plugin and the tests drive the same code.
 
+pub mod cores;
 pub mod cpuset;
 pub mod gpus;
 pub mod nvml;
