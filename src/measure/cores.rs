@@ -425,7 +425,8 @@ mod tests {
             threads_per_core: 1,
         };
         let apart = topo(&[(0, 0, 0), (1, 1, 0)]);
-        let table: &[(&str, &NodeLayout, &Topology, &[(u32, f64)])] = &[
+        type Case<'a> = (&'a str, &'a NodeLayout, &'a Topology, &'a [(u32, f64)]);
+        let table: &[Case] = &[
             ("0", &two_by_four, &smt, &[(0, 0.25), (1, 0.0)]),
             ("0-3", &two_by_four, &smt, &[(0, 1.0), (1, 0.0)]),
             ("3-4", &two_by_four, &smt, &[(0, 0.25), (1, 0.25)]),

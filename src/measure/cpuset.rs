@@ -1196,7 +1196,8 @@ mod proc_cgroup_tests {
     #[test]
     fn the_jobs_own_cgroup_leads_to_its_cpuset_in_every_layout() {
         let sluid = "sEKNKTV3WPV500";
-        let table: Vec<(&str, Vec<(String, String)>, String, &str)> = vec![
+        type Files = Vec<(String, String)>;
+        let table: Vec<(&str, Files, String, &str)> = vec![
             (
                 "v1",
                 v1_node("slurm"),
