@@ -641,7 +641,10 @@ impl GpuMeter {
     }
 
     fn stop(&mut self, why: String, now: Instant) {
-        self.stopped = Some(format!("{why} at {}", wall_time(now)));
+        let at = format!(" at {}", wall_time(now));
+        // The time is what matters most: the reason gives way first.
+        let why = crate::measure::cut(&why, crate::measure::MAX_REASON - at.len());
+        self.stopped = Some(format!("{why}{at}"));
     }
 
     fn entry(&self) -> DeviceEnergy {
