@@ -10,6 +10,26 @@ use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// The longest a footprint CSV `status` may be (design.md: short and stable;
+/// the long explanation goes to the log and the summary).
+pub const MAX_STATUS: usize = 100;
+
+/// Every status of a footprint is within [`MAX_STATUS`] characters: the
+/// check every cluster test runs on the rows it reads.
+pub fn assert_short_statuses(rows: &[carbontrack::footprint::Row]) {
+    for r in rows {
+        assert!(
+            r.status.chars().count() <= MAX_STATUS,
+            "{} {} {}: status of {} characters: {}",
+            r.node,
+            r.component,
+            r.device,
+            r.status.chars().count(),
+            r.status
+        );
+    }
+}
+
 /// The submit user `scripts/test-cluster` creates.
 pub const USER: &str = "ctuser";
 /// How long a job of these tests may take before it counts as hung.
