@@ -30,6 +30,10 @@ pub fn assert_short_statuses(rows: &[carbontrack::footprint::Row]) {
     }
 }
 
+/// The NodeName layout of the cgroup cluster, matching its CPU topology
+/// fixture (CPU 0 on package 0, CPU 1 on package 1).
+pub const CGROUP_NODE_LAYOUT: &str = "Sockets=2 CoresPerSocket=1 ThreadsPerCore=1";
+
 /// The submit user `scripts/test-cluster` creates.
 pub const USER: &str = "ctuser";
 /// How long a job of these tests may take before it counts as hung.
@@ -245,8 +249,13 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) -> Output {
-        Command::new(repo().join("scripts/test-cluster"))
-            .args(args)
+        let mut cmd = Command::new(repo().join("scripts/test-cluster"));
+        if self.cgroup {
+            // tests/cgroup_cluster.rs puts CPU N on package N (a topology
+            // fixture): Slurm's layout says the same, two sockets of a core.
+            cmd.env("CT_NODE_LAYOUT", CGROUP_NODE_LAYOUT);
+        }
+        cmd.args(args)
             .env("CT_CLUSTER_DIR", &self.dir)
             .env("CT_PLUGIN", &self.plugin)
             .env("CT_PORT_BASE", self.port_base.to_string())
