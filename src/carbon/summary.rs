@@ -85,12 +85,13 @@ fn incompleteness(rows: &[Row]) -> &'static str {
     }
 }
 
-/// The notes under their own heading: once per kind of status the rows
-/// carry, what it means and how an admin fixes it (the rows' statuses stay
-/// short; see [`crate::measure::explain`]).
-fn notes_block(s: &mut String, i: &SummaryInput) {
-    let mut notes: Vec<(&'static str, Vec<&str>, Vec<&str>)> = Vec::new();
-    for r in i.rows.iter().filter(|r| !r.is_total() && r.status != "ok") {
+/// One note per kind of status the rows carry: the statuses of that kind,
+/// the components that have them, and what it means and how an admin fixes
+/// it ([`crate::measure::explain`]). The rows' statuses stay short; this is
+/// where they are explained, once each, in the summary and the node's log.
+pub fn notes(rows: &[Row]) -> Vec<Note> {
+    let mut notes: Vec<Note> = Vec::new();
+    for r in rows.iter().filter(|r| !r.is_total() && r.status != "ok") {
         let reason = r
             .status
             .split_once(": ")
@@ -98,30 +99,67 @@ fn notes_block(s: &mut String, i: &SummaryInput) {
         let Some(text) = explain(reason) else {
             continue;
         };
-        match notes.iter_mut().find(|(t, _, _)| *t == text) {
-            Some((_, statuses, comps)) => {
-                if !statuses.contains(&r.status.as_str()) {
-                    statuses.push(&r.status);
+        match notes.iter_mut().find(|n| n.text == text) {
+            Some(n) => {
+                if !n.statuses.contains(&r.status) {
+                    n.statuses.push(r.status.clone());
                 }
-                if !comps.contains(&r.component.as_str()) {
-                    comps.push(&r.component);
+                if !n.components.contains(&r.component) {
+                    n.components.push(r.component.clone());
                 }
             }
-            None => notes.push((text, vec![&r.status], vec![&r.component])),
+            None => notes.push(Note {
+                statuses: vec![r.status.clone()],
+                components: vec![r.component.clone()],
+                text,
+            }),
         }
     }
+    notes
+}
+
+/// See [`notes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub statuses: Vec<String>,
+    pub components: Vec<String>,
+    pub text: &'static str,
+}
+
+impl Note {
+    /// Whether this note is about how the CPU share was attributed (said by
+    /// the plugin when sampling starts).
+    pub fn is_attribution(&self) -> bool {
+        self.statuses.iter().any(|s| {
+            [NOTE_COUNT, NOTE_WHOLE_NODE, NOTE_LAYOUT]
+                .iter()
+                .any(|n| s.contains(n))
+        })
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.statuses.join("; "),
+            self.components.join(", "),
+            self.text
+        )
+    }
+}
+
+/// The notes under their own heading.
+fn notes_block(s: &mut String, i: &SummaryInput) {
+    let notes = notes(i.rows);
     if notes.is_empty() {
         return;
     }
     s.push('\n');
     let _ = writeln!(s, "Notes on the figures above:");
-    for (text, statuses, comps) in notes {
-        let _ = writeln!(
-            s,
-            "  {} ({}): {text}",
-            statuses.join("; "),
-            comps.join(", ")
-        );
+    for n in notes {
+        let _ = writeln!(s, "  {n}");
     }
 }
 

@@ -209,6 +209,12 @@ pub fn explain(reason: &str) -> Option<&'static str> {
             "the device was measured in some of the job's steps and not in others.",
         ),
         (
+            "fell off the bus",
+            "the GPU stopped responding mid-job (NVML: GPU lost, as after an Xid event); \
+             the energy it used until then is kept, the rest of the job is not counted for it: \
+             a lower bound. Admins: the node's kernel log says why (Xid messages).",
+        ),
+        (
             "NVML",
             "GPU energy comes from NVIDIA's NVML library; where it cannot be used (no driver, no \
              library at `nvml=`, no permission on /dev/nvidia*) GPUs are not measured. The \

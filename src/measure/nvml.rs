@@ -393,6 +393,16 @@ fn wall_time(at: Instant) -> String {
 }
 
 /// Errors after which asking again is pointless.
+/// A failed call as a status reason: short for the errors that end a GPU's
+/// measurement (nvml-wrapper's own texts run past a status's length).
+fn nvml_reason(e: &NvmlError) -> String {
+    match e {
+        NvmlError::GpuLost => "NVML: device fell off the bus (GPU lost)".to_string(),
+        NvmlError::ResetRequired => "NVML: the GPU needs a reset".to_string(),
+        e => format!("NVML: {e}"),
+    }
+}
+
 fn is_fatal(e: &NvmlError) -> bool {
     matches!(
         e,
@@ -500,7 +510,7 @@ impl GpuMeter {
                     .into(),
                 now,
             ),
-            Ok(Err(e)) => self.fail(format!("NVML: {e}"), is_fatal(&e), now),
+            Ok(Err(e)) => self.fail(nvml_reason(&e), is_fatal(&e), now),
             Err(_) => self.stop("the NVML wrapper panicked".into(), now),
         }
     }

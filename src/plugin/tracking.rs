@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::carbon::summary::render_final_from_rows;
+use crate::carbon::summary::{notes, render_final_from_rows};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
 use crate::ffi::identity::{FsIdentity, user_groups};
@@ -411,6 +411,11 @@ impl Tracking {
                 one_line(&rows, done.snapshot.sampler_cpu.as_ref())
             ),
         );
+        // What the statuses mean, once each (the attribution was explained
+        // when sampling started).
+        for n in notes(&rows).iter().filter(|n| !n.is_attribution()) {
+            host.log(Level::Info, &format!("job {job_id}: {n}"));
+        }
         if !self.writes_user_files {
             return;
         }
