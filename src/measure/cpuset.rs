@@ -710,8 +710,14 @@ pub struct Attribution {
 /// 4. the whole node.
 pub fn attribute_job(e: &Evidence) -> Attribution {
     let from_cores = e.cores.and_then(|c| shares_from_cores(c, e.layout, e.topo));
+    // A cpuset of the whole node is not the job's when Slurm gave it less:
+    // its CPU count, or its cores' CPUs where only those are known.
+    let threads = e.layout.map_or(1, |l| l.threads_per_core);
+    let allocated = e
+        .allocated
+        .or_else(|| e.cores.map(|c| c.len() as u32 * threads));
     let cpuset_why = match (e.cpuset, e.topo) {
-        (Ok(c), Some(t)) => match meaningful_cpuset(&c.cpus, t, e.allocated) {
+        (Ok(c), Some(t)) => match meaningful_cpuset(&c.cpus, t, allocated) {
             Ok(()) => {
                 let shares = package_shares(&c.cpus, t);
                 let mut method = format!("the job's cpuset ({}: {})", c.path.display(), c.cpus);
@@ -1339,6 +1345,10 @@ mod attribute_job_tests {
             cpus: "1".parse().unwrap(),
             path: "/cg/job_1/cpuset.cpus".into(),
         };
+        let whole = JobCpuset {
+            cpus: "0-1".parse().unwrap(),
+            path: "/cg/system.slice/slurmstepd.scope/job_1/cpuset.cpus.effective".into(),
+        };
         let core = |s: &str| s.parse::<CpuSet>().unwrap();
         let (c0, c1, c01) = (core("0"), core("1"), core("0-1"));
         let none: Result<&JobCpuset, &str> = Err("no cpuset");
@@ -1373,6 +1383,14 @@ mod attribute_job_tests {
                 note: None,
                 method: "the job's cpuset (/cg/job_1/cpuset.cpus: 1)",
                 disagree: true,
+            },
+            Case {
+                name: "an unconstrained cpuset (the whole node) gives way to the cores",
+                e: ev(Ok(&whole), Some(&c1), Ok(&slurm), Some(&apart), None),
+                shares: (0.0, 1.0),
+                note: None,
+                method: "Slurm's core allocation (cores 1 of a 2x1x1 node",
+                disagree: false,
             },
             Case {
                 name: "no cpuset: Slurm's cores on their own package",
