@@ -122,7 +122,7 @@ pub fn device_rows(fp: &NodeFootprint, pue: f64, intensity: &Resolved) -> Vec<Ro
                 energy_kwh: kwh,
                 intensity_g_per_kwh: Some(intensity.g_per_kwh.0),
                 co2e_g: kwh.map(|k| k * intensity.g_per_kwh.0),
-                status: status.to_string(),
+                status: status.to_csv(),
                 intensity_source: intensity.describe(),
             }
         })

@@ -73,6 +73,18 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The CSV form within [`MAX_STATUS`] characters: a reason too long
+    /// (none of this crate's should be) is cut at a word with `…`.
+    pub fn to_csv(&self) -> String {
+        match self {
+            Status::Ok => "ok".to_string(),
+            Status::Incomplete(r) => format!("incomplete: {}", cut(r, MAX_REASON)),
+            Status::Unavailable(r) => format!("unavailable: {}", cut(r, MAX_REASON)),
+        }
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -328,6 +340,15 @@ mod tests {
         // Multi-byte text is cut at a character boundary.
         let wide = "é".repeat(80);
         assert!(cut(&wide, 50).len() <= 50);
+        // The CSV form never passes the limit, whatever a reason says.
+        for s in [
+            Status::Incomplete(words.clone()),
+            Status::Unavailable(words.clone()),
+            Status::Ok,
+        ] {
+            assert!(s.to_csv().len() <= MAX_STATUS, "{}", s.to_csv());
+        }
+        assert_eq!(Status::Incomplete("x".into()).to_csv(), "incomplete: x");
     }
 
     #[test]
