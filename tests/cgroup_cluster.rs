@@ -184,8 +184,9 @@ fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware)
         assert_eq!(sampling.len(), 1, "{log}");
         assert!(
             sampling[0].contains("CPU share from the job's cpuset (/sys/fs/cgroup/cpuset/slurm")
+                && sampling[0].contains(&format!("cpuset.cpus: {cpu}, found through /proc/"))
                 && sampling[0].contains(&format!(
-                    "cpuset.cpus: {cpu}), which Slurm's core allocation ({cpu}) confirms"
+                    "/cgroup), which Slurm's core allocation ({cpu}) confirms"
                 )),
             "{}",
             sampling[0]

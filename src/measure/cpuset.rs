@@ -345,21 +345,23 @@ pub fn job_cpuset_from_proc(
 
 /// The job's cpuset: through the cgroups of the processes `pids` (this
 /// step's slurmstepd first, then a task of the job), else by searching the
-/// layouts Slurm uses ([`job_cpuset`]).
+/// layouts Slurm uses ([`job_cpuset`]). Also says how it was found
+/// (`/proc/<pid>/cgroup`, or `the search`), for the log.
 pub fn find_job_cpuset(
     cgroup_root: &Path,
     job_id: u32,
     uid: Option<u32>,
     pids: &[u32],
-) -> Result<JobCpuset, CpusetError> {
+) -> Result<(JobCpuset, String), CpusetError> {
     for pid in pids {
-        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        let proc = format!("/proc/{pid}/cgroup");
+        if let Ok(text) = fs::read_to_string(&proc)
             && let Ok(found) = job_cpuset_from_proc(cgroup_root, &text, job_id)
         {
-            return Ok(found);
+            return Ok((found, proc));
         }
     }
-    job_cpuset(cgroup_root, job_id, uid)
+    job_cpuset(cgroup_root, job_id, uid).map(|c| (c, "the search of Slurm's layouts".to_string()))
 }
 
 /// Subdirectories of `dir` whose names pass `keep`, sorted so searches are
@@ -681,6 +683,8 @@ const FIX: &str = "for exact shares set ConstrainCores=yes in cgroup.conf (task/
 pub struct Evidence<'a> {
     /// The job's cpuset, or why there is none.
     pub cpuset: Result<&'a JobCpuset, &'a str>,
+    /// How the cpuset was found (`/proc/1234/cgroup`), for the log.
+    pub cpuset_via: Option<&'a str>,
     /// Slurm's core ids of the job on this node (`S_JOB_ALLOC_CORES`).
     pub cores: Option<&'a CpuSet>,
     /// The node's layout in Slurm's terms, or why it is unknown.
@@ -720,7 +724,12 @@ pub fn attribute_job(e: &Evidence) -> Attribution {
         (Ok(c), Some(t)) => match meaningful_cpuset(&c.cpus, t, allocated) {
             Ok(()) => {
                 let shares = package_shares(&c.cpus, t);
-                let mut method = format!("the job's cpuset ({}: {})", c.path.display(), c.cpus);
+                let via = e
+                    .cpuset_via
+                    .map(|v| format!(", found through {v}"))
+                    .unwrap_or_default();
+                let mut method =
+                    format!("the job's cpuset ({}: {}{via})", c.path.display(), c.cpus);
                 let mut disagreement = None;
                 if let Some(Ok(cores)) = &from_cores {
                     if same_shares(shares.explicit(), cores.explicit(), t) {
@@ -1311,8 +1320,11 @@ mod proc_cgroup_tests {
         .unwrap();
         assert_eq!(searched, own);
         // A pid whose cgroup is not the job's falls back to the search.
-        let found = find_job_cpuset(&root, 42, None, &[std::process::id()]).unwrap();
-        assert_eq!(found, own);
+        let (found, via) = find_job_cpuset(&root, 42, None, &[std::process::id()]).unwrap();
+        assert_eq!(
+            (found, via.as_str()),
+            (own, "the search of Slurm's layouts")
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }
@@ -1362,6 +1374,7 @@ mod attribute_job_tests {
         }
         let ev = |cpuset, cores, layout, topo, allocated| Evidence {
             cpuset,
+            cpuset_via: None,
             cores,
             layout,
             topo,

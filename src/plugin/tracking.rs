@@ -314,8 +314,8 @@ fn attribution(
         .into_iter()
         .flatten()
         .collect();
-    let cpus = cpuset::find_job_cpuset(&cfg.cgroup, job.job_id, Some(job.uid), &pids);
-    let cpuset_why = cpus
+    let found = cpuset::find_job_cpuset(&cfg.cgroup, job.job_id, Some(job.uid), &pids);
+    let cpuset_why = found
         .as_ref()
         .err()
         .map(|e| e.to_string())
@@ -323,7 +323,11 @@ fn attribution(
     let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
     let cores: Option<CpuSet> = host.alloc_cores().and_then(|s| s.parse().ok());
     let evidence = Evidence {
-        cpuset: cpus.as_ref().map_err(|_| cpuset_why.as_str()),
+        cpuset: found
+            .as_ref()
+            .map(|(c, _)| c)
+            .map_err(|_| cpuset_why.as_str()),
+        cpuset_via: found.as_ref().ok().map(|(_, via)| via.as_str()),
         cores: cores.as_ref(),
         layout: job.layout.as_ref().map_err(String::as_str),
         topo: topo.as_ref(),
