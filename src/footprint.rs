@@ -122,7 +122,7 @@ pub fn device_rows(fp: &NodeFootprint, pue: f64, intensity: &Resolved) -> Vec<Ro
                 energy_kwh: kwh,
                 intensity_g_per_kwh: Some(intensity.g_per_kwh.0),
                 co2e_g: kwh.map(|k| k * intensity.g_per_kwh.0),
-                status: status.to_string(),
+                status: status.to_csv(),
                 intensity_source: intensity.describe(),
             }
         })
@@ -170,18 +170,7 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
         (Ok(a), Ok(b)) => b.duration_since(a).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         _ => devices.iter().map(|r| r.duration_s).fold(0.0, f64::max),
     };
-    let lacking: Vec<String> = devices
-        .iter()
-        .filter(|r| r.status != "ok")
-        .map(|r| {
-            let what = r.status.split(':').next().unwrap_or("");
-            if node == ALL_NODES {
-                format!("{} {} {} {what}", r.node, r.component, r.device)
-            } else {
-                format!("{} {} {what}", r.component, r.device)
-            }
-        })
-        .collect();
+    let lacking = lacking_clause(&devices);
     let sources: Vec<&str> = {
         let mut s: Vec<&str> = devices
             .iter()
@@ -208,7 +197,7 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
             energy_kwh: None,
             intensity_g_per_kwh: first.intensity_g_per_kwh,
             co2e_g: None,
-            status: format!("unavailable: nothing measured ({})", lacking.join(", ")),
+            status: format!("unavailable: nothing measured ({})", components(&devices)),
             intensity_source,
         });
     }
@@ -241,7 +230,7 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
     let status = if lacking.is_empty() {
         "ok".to_string()
     } else {
-        format!("incomplete: {}", lacking.join(", "))
+        format!("incomplete: {lacking}")
     };
     Some(Row {
         job_id: first.job_id.clone(),
@@ -260,6 +249,52 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
         status,
         intensity_source,
     })
+}
+
+/// The components of `rows`, each once, in order: `cpu, dram, gpu`.
+fn components(rows: &[&Row]) -> String {
+    let mut comps: Vec<&str> = Vec::new();
+    for r in rows {
+        if !comps.contains(&r.component.as_str()) {
+            comps.push(&r.component);
+        }
+    }
+    comps.join(", ")
+}
+
+/// What a total inherits from its rows, in one short clause whatever the
+/// number of rows: `2 of 5 rows incomplete (cpu, dram)`, `1 of 5 rows
+/// unavailable (gpu), 2 incomplete (cpu, dram)`; empty when every row is
+/// `ok`. The rows themselves say which device and why.
+fn lacking_clause(devices: &[&Row]) -> String {
+    let kinds = ["unavailable", "incomplete", "estimated"];
+    let mut parts = Vec::new();
+    for kind in kinds {
+        let rows: Vec<&&Row> = devices
+            .iter()
+            .filter(|r| r.status.split(':').next() == Some(kind))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let rows: Vec<&Row> = rows.into_iter().copied().collect();
+        let count = if parts.is_empty() {
+            let noun = if devices.len() == 1 { "row" } else { "rows" };
+            format!("{} of {} {noun}", rows.len(), devices.len())
+        } else {
+            rows.len().to_string()
+        };
+        parts.push(format!("{count} {kind} ({})", components(&rows)));
+    }
+    // A status this code does not know is not `ok` either.
+    let other = devices
+        .iter()
+        .filter(|r| r.status != "ok" && !kinds.contains(&r.status.split(':').next().unwrap_or("")))
+        .count();
+    if other > 0 {
+        parts.push(format!("{other} not ok"));
+    }
+    parts.join(", ")
 }
 
 /// Joins the footprints of successive sampling segments of one job on one
@@ -321,7 +356,16 @@ pub fn merge_segments(earlier: &[Row], later: &[Row]) -> Vec<Row> {
                     .find(|s| *s != "ok")
                     .cloned()
                     .unwrap_or_default();
-                format!("incomplete: measured in part of the run only ({why})")
+                let why = why
+                    .split_once(": ")
+                    .map_or(why.as_str(), |(_, r)| r)
+                    .to_string();
+                let full = format!("incomplete: measured in part of the run only ({why})");
+                if full.len() <= crate::measure::MAX_STATUS {
+                    full
+                } else {
+                    "incomplete: measured in part of the run only".to_string()
+                }
             }
             (a, "ok") => a.to_string(),
             (_, b) => b.to_string(),
@@ -721,7 +765,7 @@ mod tests {
         assert_eq!(total.energy_j, Some(7300.0));
         assert_eq!(
             total.status,
-            "incomplete: gpu GPU-x unavailable, dram package-0 incomplete"
+            "incomplete: 1 of 3 rows unavailable (gpu), 1 incomplete (dram)"
         );
         // Energy without a status claiming it is never dropped silently, and a
         // device with no energy but an `ok` status is not passed off as 0.
@@ -734,10 +778,45 @@ mod tests {
         assert_eq!(rows[0].status, "unavailable: no energy reported");
         assert_eq!(rows[1].energy_j, None);
         assert_eq!(rows[1].co2e_g, None);
+        assert_eq!(rows[1].status, "unavailable: nothing measured (gpu)");
+    }
+
+    #[test]
+    fn the_total_status_stays_short_with_many_gpus() {
+        let mut devices = vec![
+            dev(
+                Component::Cpu,
+                "package-0",
+                0.5,
+                Some(10.0),
+                Status::Incomplete(crate::measure::cpuset::NOTE_COUNT.into()),
+            ),
+            dev(
+                Component::Dram,
+                "package-0",
+                0.5,
+                Some(1.0),
+                Status::Incomplete(crate::measure::cpuset::NOTE_COUNT.into()),
+            ),
+        ];
+        for i in 0..64 {
+            devices.push(dev(
+                Component::Gpu,
+                &format!("GPU-{i:08}-1111-2222-3333-444455556666"),
+                1.0,
+                Some(100.0),
+                Status::Incomplete("GPU 3 stopped answering at 2026-01-01T00:00:00Z".into()),
+            ));
+        }
+        let rows = node_rows(&node("n1", devices), 1.5, &intensity());
+        let total = rows.last().unwrap();
         assert_eq!(
-            rows[1].status,
-            "unavailable: nothing measured (gpu GPU-y unavailable)"
+            total.status,
+            "incomplete: 66 of 66 rows incomplete (cpu, dram, gpu)"
         );
+        for r in &rows {
+            assert!(r.status.len() <= crate::measure::MAX_STATUS, "{}", r.status);
+        }
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::measure::cores::NodeLayout;
+
 /// The hand-off record, written by `slurm_spank_job_prolog` into the spool.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobInfo {
     pub job_id: u32,
     pub uid: u32,
@@ -26,7 +28,39 @@ pub struct JobInfo {
     pub cuda_visible: Option<String>,
     /// `--carbon-epochs=N`: total epochs, for prediction.
     pub epochs: Option<u32>,
+    /// The node's CPU layout in Slurm's terms (slurm.conf's NodeName line),
+    /// as the prolog read it, or why it could not: what Slurm's core ids of
+    /// the job (`S_JOB_ALLOC_CORES`, read by the sampling step) are mapped
+    /// to packages with.
+    pub layout: Result<NodeLayout, String>,
+    /// The job's CPUs on this node (`SLURM_JOB_CPUS_PER_NODE` in the
+    /// prolog; the extern step's `S_JOB_NCPUS` is 0): the count fallback.
+    pub cpus_on_node: Option<u32>,
 }
+
+impl Default for JobInfo {
+    fn default() -> JobInfo {
+        JobInfo {
+            job_id: 0,
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            user: String::new(),
+            account: String::new(),
+            partition: String::new(),
+            node: String::new(),
+            work_dir: None,
+            slurm_gpus: None,
+            cuda_visible: None,
+            epochs: None,
+            layout: Err(NO_LAYOUT.to_string()),
+            cpus_on_node: None,
+        }
+    }
+}
+
+/// The layout of a record that has none (written by an older carbontrack).
+const NO_LAYOUT: &str = "the hand-off has no node layout";
 
 /// A hand-off record that could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +113,13 @@ impl JobInfo {
         if let Some(n) = self.epochs {
             put("epochs", &n.to_string());
         }
+        match &self.layout {
+            Ok(l) => put("node_layout", &l.to_string()),
+            Err(why) => put("node_layout_unknown", why),
+        }
+        if let Some(n) = self.cpus_on_node {
+            put("cpus_on_node", &n.to_string());
+        }
         s
     }
 
@@ -126,8 +167,32 @@ impl JobInfo {
                 Some(_) => Some(num(&kv, "epochs")?),
                 None => None,
             },
+            layout: match (kv.get("node_layout"), text("node_layout_unknown")) {
+                (Some(l), _) => Ok(l.parse().map_err(|_| JobInfoError::BadValue {
+                    key: "node_layout",
+                    value: l.to_string(),
+                })?),
+                (None, Some(why)) => Err(why),
+                (None, None) => Err(NO_LAYOUT.to_string()),
+            },
+            cpus_on_node: match kv.get("cpus_on_node") {
+                Some(_) => Some(num(&kv, "cpus_on_node")?),
+                None => None,
+            },
         })
     }
+}
+
+/// `SLURM_JOB_CPUS_PER_NODE` (`4`, `2(x3)`, `2(x3),1`) as one count when
+/// every node of the job has the same; `None` when they differ.
+pub fn cpus_per_node(text: &str) -> Option<u32> {
+    let t = text.trim();
+    let n = match t.split_once('(') {
+        Some((n, rest)) if rest.starts_with('x') && rest.ends_with(')') => n,
+        Some(_) => return None,
+        None => t,
+    };
+    n.parse().ok()
 }
 
 #[cfg(test)]
@@ -149,6 +214,8 @@ mod tests {
             slurm_gpus: Some("0,1".into()),
             cuda_visible: Some("0,1".into()),
             epochs: Some(10),
+            layout: Ok("2x16x2".parse().unwrap()),
+            cpus_on_node: Some(4),
         };
         let back = JobInfo::from_text(&j.to_text()).unwrap();
         assert_eq!(back.uid, 1000);
@@ -168,6 +235,38 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(JobInfo::from_text(&minimal.to_text()).unwrap(), minimal);
+        let unknown = JobInfo {
+            layout: Err("no NodeName line for `n1` in /etc/slurm/slurm.conf".into()),
+            ..minimal.clone()
+        };
+        assert_eq!(JobInfo::from_text(&unknown.to_text()).unwrap(), unknown);
+        // A record of an older carbontrack has no layout: unknown, not refused.
+        let old = "job_id=7\nuid=1\ngid=2\n";
+        assert_eq!(
+            JobInfo::from_text(old).unwrap().layout,
+            Err(NO_LAYOUT.into())
+        );
+        assert!(matches!(
+            JobInfo::from_text("job_id=7\nuid=1\ngid=2\nnode_layout=2x2\n"),
+            Err(JobInfoError::BadValue {
+                key: "node_layout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn cpus_per_node_as_slurm_writes_it() {
+        for (text, want) in [
+            ("4", Some(4)),
+            ("2(x3)", Some(2)),
+            (" 16 ", Some(16)),
+            ("2(x3),1", None),
+            ("", None),
+            ("x", None),
+        ] {
+            assert_eq!(cpus_per_node(text), want, "{text:?}");
+        }
     }
 
     #[test]

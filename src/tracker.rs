@@ -618,6 +618,7 @@ fn summary(
             },
             marks: &marks,
         }),
+        attribution: plan.shares.method(),
     };
     match now {
         Some(now) => render_live(&input, now),

@@ -102,18 +102,6 @@ fn allowed_cpus(output: &str) -> String {
         .unwrap_or_else(|| panic!("no Cpus_allowed_list in the job's output:\n{output}"))
 }
 
-fn wait_ended(c: &Cluster, id: JobId) {
-    let deadline = Instant::now() + WAIT;
-    // Until the extern step, which writes the user's files, is done too.
-    while matches!(
-        c.job_state(id.0).as_str(),
-        "RUNNING" | "PENDING" | "CONFIGURING" | "COMPLETING"
-    ) {
-        assert!(Instant::now() < deadline, "job {} did not end", id.0);
-        sleep(Duration::from_millis(200));
-    }
-}
-
 /// Two one-CPU jobs at once: each is charged exactly the package of the CPU
 /// Slurm confined it to, the whole of it, and together they are charged each
 /// package once.
@@ -123,11 +111,19 @@ fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware)
     c.set_plugin_args(&refs);
     let script = "#!/bin/bash\ngrep Cpus_allowed_list /proc/self/status\nsleep 6\n";
     let sbatch = ["-n1", "-c1", "--carbon-track=yes"];
+    let mark = c.log_mark();
     let jobs: Vec<JobId> = (0..2)
         .map(|_| c.submit_in(&c.work_dir(), &sbatch, script).expect("sbatch"))
         .collect();
     for &j in &jobs {
-        wait_ended(c, j);
+        // Out of COMPLETING too: the extern step writes the footprint last.
+        c.wait_ended(j);
+        let csv = c.work_dir().join(format!("carbontrack-{}.csv", j.0));
+        let deadline = Instant::now() + WAIT;
+        while !csv.exists() {
+            assert!(Instant::now() < deadline, "no {}", csv.display());
+            sleep(Duration::from_millis(100));
+        }
     }
     let mut charged = Vec::new();
     let mut spans = Vec::new();
@@ -140,6 +136,7 @@ fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware)
         let text = fs::read_to_string(&csv)
             .unwrap_or_else(|e| panic!("no footprint {}: {e}", csv.display()));
         let rows = read_csv(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+        common::assert_short_statuses(&rows);
         let devices: Vec<(&str, &str, Option<f64>, &str)> = rows
             .iter()
             .filter(|r| !r.is_total())
@@ -174,8 +171,32 @@ fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware)
             );
         }
         let total = rows.last().filter(|r| r.is_total()).expect("a total row");
+        assert_eq!(total.status, "ok", "{text}");
         spans.push((time(&total.start), time(&total.end)));
         charged.push(cpu);
+        // The cpuset is used, and Slurm's core allocation mapped with the
+        // node's layout gives the same package: said once, no disagreement.
+        let log = c.log_of_job(mark, j.0);
+        let sampling: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("carbontrack: job {}: sampling on ", j.0)))
+            .collect();
+        assert_eq!(sampling.len(), 1, "{log}");
+        assert!(
+            sampling[0].contains("CPU share from the job's cpuset (/sys/fs/cgroup/cpuset/slurm")
+                && sampling[0].contains(&format!("cpuset.cpus: {cpu}, found through /proc/"))
+                && sampling[0].contains(&format!(
+                    "/cgroup), which Slurm's core allocation ({cpu}) confirms"
+                )),
+            "{}",
+            sampling[0]
+        );
+        assert!(!log.contains("give different package shares"), "{log}");
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("carbontrack") && l.to_lowercase().contains("error"))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
     }
     let ((a0, a1), (b0, b1)) = (spans[0], spans[1]);
     assert!(

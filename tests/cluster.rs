@@ -85,6 +85,10 @@ const CHECKS: &[(&str, Check)] = &[
         "epochs_marked_by_the_job_give_a_prediction_and_zone_intensity_applies",
         tracked::epochs_predict_and_zone_intensity,
     ),
+    (
+        "without_a_cpuset_the_core_allocation_gives_each_job_its_share",
+        tracked::core_allocation_without_cpuset,
+    ),
     // Last: it restarts the cluster twice.
     (
         "without_contain_the_batch_step_samples_and_srun_steps_do_not",

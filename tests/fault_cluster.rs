@@ -186,7 +186,7 @@ fn assert_true(hw: &Hardware, r: &Row) {
 }
 
 /// A row measured over the whole job: nothing in its status about the
-/// fault (this cluster attributes the whole node, which the status says).
+/// fault.
 fn assert_whole(hw: &Hardware, r: &Row) {
     for cut in ["stopped answering", "measured until", "apart", "failed"] {
         assert!(!r.status.contains(cut), "{r:?}");
@@ -334,6 +334,7 @@ fn stuck_gpu(t: &T) {
 
     let csv = t.c.work_dir().join(format!("carbontrack-{}.csv", id.0));
     let rows = read_csv(fs::File::open(&csv).unwrap()).unwrap();
+    common::assert_short_statuses(&rows);
     let gpu = |minor: usize| t.hw.gpus[minor].uuid.as_str();
     // The package, its DRAM and the other GPU: measured in full.
     assert_eq!(row(&rows, "gpu", gpu(0)).status, "ok");
@@ -427,6 +428,7 @@ fn frozen_work_dir(t: &T) {
     assert!(pending.accounting_done, "{pending:?}");
     let files = pending.user_files.clone().expect("the user's files queued");
     let rows = read_csv(files.csv.as_bytes()).unwrap();
+    common::assert_short_statuses(&rows);
     for r in rows.iter().filter(|r| !r.is_total()) {
         assert_whole(&t.hw, r);
     }

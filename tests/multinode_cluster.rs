@@ -196,7 +196,9 @@ impl T {
             "{} is the user's",
             p.display()
         );
-        read_csv(fs::File::open(&p).unwrap()).unwrap()
+        let rows = read_csv(fs::File::open(&p).unwrap()).unwrap();
+        common::assert_short_statuses(&rows);
+        rows
     }
 
     /// A node's spool, as that node sees `node-local/ct-spool`.
@@ -278,23 +280,42 @@ fn assert_rows_match_truth(hw: &Hardware, rows: &[Row], nodes: &[&str]) {
     );
 }
 
-/// The total's status names exactly the device rows that are not `ok`.
+/// The total's status counts the device rows that are not `ok`, by kind,
+/// and names their components, in one short clause.
 fn assert_total_status_is_the_rows(rows: &[Row]) {
     let total = rows.last().unwrap();
-    let lacking: Vec<&Row> = rows
-        .iter()
-        .filter(|r| !r.is_total() && r.status != "ok")
-        .collect();
+    let devices: Vec<&Row> = rows.iter().filter(|r| !r.is_total()).collect();
+    let lacking: Vec<&&Row> = devices.iter().filter(|r| r.status != "ok").collect();
     if lacking.is_empty() {
         assert_eq!(total.status, "ok");
     }
-    for r in lacking {
-        let name = format!("{} {} {}", r.node, r.component, r.device);
+    for kind in ["unavailable", "incomplete"] {
+        let of: Vec<&&&Row> = lacking
+            .iter()
+            .filter(|r| r.status.starts_with(&format!("{kind}:")))
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
         assert!(
-            total.status.contains(&name),
-            "{name} not in {}",
+            total.status.contains(&format!("{} {kind} (", of.len()))
+                || total.status.contains(&format!(
+                    "{} of {} rows {kind} (",
+                    of.len(),
+                    devices.len()
+                )),
+            "{} {kind} rows not counted in {}",
+            of.len(),
             total.status
         );
+        for r in of {
+            assert!(
+                total.status.contains(&r.component),
+                "{} not in {}",
+                r.component,
+                total.status
+            );
+        }
     }
 }
 
@@ -434,7 +455,8 @@ fn two_nodes_one_total(t: &T) {
     let total = rows.last().unwrap();
     assert_eq!(total.node, "all");
     // Complete as far as nodes go; without a cpuset in this cluster the CPU
-    // rows say the whole node was attributed, and the total repeats that.
+    // rows come from Slurm's core allocation on each node, and the total
+    // sums up whatever the rows say.
     assert!(!total.status.contains("missing"), "{}", total.status);
     assert_total_status_is_the_rows(&rows);
     // Both nodes measured the one fake GPU for about the job's length: the

@@ -11,6 +11,8 @@ use super::equivalents::{equivalents, fmt_significant};
 use super::intensity::Resolved;
 use super::predict::{EpochMark, EpochPrediction, predict_epochs, project_to_limit};
 use crate::footprint::{Row, total_of};
+use crate::measure::cpuset::{NOTE_COUNT, NOTE_LAYOUT, NOTE_WHOLE_NODE};
+use crate::measure::explain;
 use crate::units::{GramsCo2e, GramsPerKwh, JOULES_PER_KWH, Joules};
 
 /// The epochs a job declared (`--carbon-epochs=N`) and those it has marked.
@@ -57,6 +59,10 @@ pub struct SummaryInput<'a> {
     pub pue: f64,
     pub intensity: &'a Resolved,
     pub epochs: Option<EpochProgress<'a>>,
+    /// How the job's CPU share was found (`Slurm's core allocation …`), said
+    /// once under the energy; `None` where not known (a summary made from
+    /// rows alone).
+    pub attribution: Option<&'a str>,
 }
 
 /// What an incomplete total means for the reader. Energy that was not
@@ -65,13 +71,102 @@ pub struct SummaryInput<'a> {
 /// job's part of a shared node.
 fn incompleteness(rows: &[Row]) -> &'static str {
     let devices = || rows.iter().filter(|r| !r.is_total() && r.status != "ok");
-    let attribution =
-        |r: &&Row| r.status.starts_with("incomplete: ") && r.status.contains("attributed");
+    let attribution = |r: &&Row| {
+        r.status.starts_with("incomplete: ")
+            && [NOTE_COUNT, NOTE_WHOLE_NODE, NOTE_LAYOUT]
+                .iter()
+                .any(|n| r.status.contains(n))
+    };
     let missing = devices().any(|r| !attribution(&r));
     match (missing, devices().any(|r| attribution(&r))) {
         (true, true) => "energy missing from some devices, CPU share approximate",
         (true, false) => "a lower bound",
-        (false, _) => "CPU share approximate (no cpuset for the job)",
+        (false, _) => "CPU share approximate",
+    }
+}
+
+/// One note per kind of status the rows carry: the statuses of that kind,
+/// the components that have them, and what it means and how an admin fixes
+/// it ([`crate::measure::explain`]). The rows' statuses stay short; this is
+/// where they are explained, once each, in the summary and the node's log.
+pub fn notes(rows: &[Row]) -> Vec<Note> {
+    let mut notes: Vec<Note> = Vec::new();
+    for r in rows.iter().filter(|r| !r.is_total() && r.status != "ok") {
+        let reason = r
+            .status
+            .split_once(": ")
+            .map_or(r.status.as_str(), |(_, x)| x);
+        let Some(text) = explain(reason) else {
+            continue;
+        };
+        match notes.iter_mut().find(|n| n.text == text) {
+            Some(n) => {
+                if !n.statuses.contains(&r.status) {
+                    n.statuses.push(r.status.clone());
+                }
+                if !n.components.contains(&r.component) {
+                    n.components.push(r.component.clone());
+                }
+            }
+            None => notes.push(Note {
+                statuses: vec![r.status.clone()],
+                components: vec![r.component.clone()],
+                text,
+            }),
+        }
+    }
+    notes
+}
+
+/// See [`notes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub statuses: Vec<String>,
+    pub components: Vec<String>,
+    pub text: &'static str,
+}
+
+impl Note {
+    /// Whether this note is about how the CPU share was attributed (said by
+    /// the plugin when sampling starts).
+    pub fn is_attribution(&self) -> bool {
+        self.statuses.iter().any(|s| {
+            [NOTE_COUNT, NOTE_WHOLE_NODE, NOTE_LAYOUT]
+                .iter()
+                .any(|n| s.contains(n))
+        })
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.statuses.join("; "),
+            self.components.join(", "),
+            self.text
+        )
+    }
+}
+
+/// The notes under their own heading.
+fn notes_block(s: &mut String, i: &SummaryInput) {
+    let notes = notes(i.rows);
+    if notes.is_empty() {
+        return;
+    }
+    s.push('\n');
+    let _ = writeln!(s, "Notes on the figures above:");
+    for n in notes {
+        let _ = writeln!(s, "  {n}");
+    }
+}
+
+/// The line naming how the job's CPU share was found, when known.
+fn attribution_line(s: &mut String, i: &SummaryInput) {
+    if let Some(a) = i.attribution {
+        let _ = writeln!(s, "CPU and DRAM share: {a}");
     }
 }
 
@@ -95,6 +190,7 @@ pub fn render_final_from_rows(job_id: &str, pue: f64, rows: &[Row]) -> String {
         pue,
         intensity: &intensity,
         epochs: None,
+        attribution: None,
     })
 }
 
@@ -117,6 +213,7 @@ pub fn render_live(i: &SummaryInput, now: SystemTime) -> String {
     if let Some(w) = total.and_then(|e| e.over(i.elapsed)) {
         let _ = writeln!(s, "  average power {} W", fmt_significant(w.0, 3));
     }
+    attribution_line(&mut s, i);
     if let Some(e) = total {
         let _ = writeln!(s, "CO2e so far: {}", fmt_grams(co2e(i, e)));
     }
@@ -160,6 +257,7 @@ pub fn render_live(i: &SummaryInput, now: SystemTime) -> String {
             }
         }
     }
+    notes_block(&mut s, i);
     s
 }
 
@@ -180,6 +278,7 @@ pub fn render_final(i: &SummaryInput) -> String {
     }
     s.push('\n');
     let total = energy_block(&mut s, i, "Energy");
+    attribution_line(&mut s, i);
     intensity_lines(&mut s, i);
     s.push('\n');
     match total {
@@ -248,6 +347,7 @@ pub fn render_final(i: &SummaryInput) -> String {
             }
         }
     }
+    notes_block(&mut s, i);
     s
 }
 
@@ -461,17 +561,61 @@ mod tests {
     }
 
     #[test]
+    fn notes_explain_each_kind_of_status_once_under_their_own_heading() {
+        let mut rows = rows(100.0, Some(50.0));
+        for r in rows.iter_mut().filter(|r| r.component == "cpu") {
+            r.status = format!("incomplete: {NOTE_WHOLE_NODE}");
+        }
+        let dram = rows[0].clone();
+        rows.insert(
+            1,
+            Row {
+                component: "dram".into(),
+                ..dram
+            },
+        );
+        let intensity = world();
+        let input = SummaryInput {
+            job_id: "9",
+            rows: &rows,
+            elapsed: Duration::from_secs(3600),
+            time_limit: None,
+            pue: 1.58,
+            intensity: &intensity,
+            epochs: None,
+            attribution: Some("the whole node"),
+        };
+        let text = render_final(&input);
+        assert_eq!(
+            text.matches("Notes on the figures above:").count(),
+            1,
+            "{text}"
+        );
+        let note = format!(
+            "  incomplete: {NOTE_WHOLE_NODE} (cpu, dram): {}",
+            explain(NOTE_WHOLE_NODE).unwrap()
+        );
+        assert!(text.lines().any(|l| l == note), "{text}");
+        assert_eq!(text.matches("ConstrainCores=yes").count(), 1, "{text}");
+        assert!(
+            text.contains("CPU and DRAM share: the whole node"),
+            "{text}"
+        );
+        // All rows ok: no notes at all.
+        let ok = super::tests::rows(100.0, Some(50.0));
+        let text = render_final(&SummaryInput { rows: &ok, ..input });
+        assert!(!text.contains("Notes"), "{text}");
+    }
+
+    #[test]
     fn an_incomplete_total_says_which_way_it_errs() {
         let attributed = |mut rows: Vec<Row>| {
-            rows[0].status = "incomplete: whole node attributed to the job (no cpuset)".into();
+            rows[0].status = format!("incomplete: {NOTE_WHOLE_NODE}");
             rows
         };
         for (rows, want) in [
             (rows(100.0, None), "a lower bound"),
-            (
-                attributed(rows(100.0, Some(50.0))),
-                "CPU share approximate (no cpuset for the job)",
-            ),
+            (attributed(rows(100.0, Some(50.0))), "CPU share approximate"),
             (
                 attributed(rows(100.0, None)),
                 "energy missing from some devices, CPU share approximate",
@@ -511,6 +655,7 @@ mod tests {
                 start: mark(0, 0.0),
                 marks: &marks,
             }),
+            attribution: None,
         };
         let now = UNIX_EPOCH + Duration::from_secs(1_714_522_200);
         let text = render_live(&input, now);
@@ -559,12 +704,13 @@ mod tests {
                 start: mark(0, 0.0),
                 marks: &[mark(20, 500.0)],
             }),
+            attribution: None,
         };
         let text = render_live(&input, UNIX_EPOCH);
         let l = lines(&text);
         for want in [
             "gpu   unavailable (GPU-aa unavailable: NVML not found)",
-            "total 0.000278 kWh (incomplete: gpu GPU-aa unavailable; a lower bound)",
+            "total 0.000278 kWh (incomplete: 1 of 2 rows unavailable (gpu); a lower bound)",
             "Projection to the time limit: after the first 2m 00s.",
             "Prediction for 5 epoch(s): after 2 completed epoch(s) (1 so far; mark each with `carbontrack epoch`).",
         ] {
@@ -597,6 +743,7 @@ mod tests {
                 start: mark(0, 0.0),
                 marks: &marks,
             }),
+            attribution: None,
         };
         let text = render_final(&input);
         let l = lines(&text);

@@ -141,6 +141,60 @@ impl<'a> Spank<'a> {
         }
     }
 
+    /// The job's cores on this node in Slurm's numbering, as a list like
+    /// `0-3,8` (`S_JOB_ALLOC_CORES`, remote context); `Ok(None)` where
+    /// Slurm has none (NULL or empty).
+    pub fn alloc_cores(&self) -> Result<Option<String>, SpankError> {
+        let f = api()
+            .and_then(|a| a.spank_get_item.as_ref().ok())
+            .ok_or(SpankError::Unavailable("spank_get_item"))?;
+        let mut p: *const c_char = std::ptr::null();
+        // SAFETY: S_JOB_ALLOC_CORES takes a single `char **` (spank.h); Slurm
+        // stores into `p` a pointer to a string the step owns (or NULL), and
+        // `p` outlives the call.
+        let rc = unsafe {
+            f(
+                self.raw,
+                sys::S_JOB_ALLOC_CORES,
+                &mut p as *mut *const c_char,
+            )
+        };
+        if rc != sys::ESPANK_SUCCESS {
+            return Err(error("spank_get_item", rc));
+        }
+        if p.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: non-NULL and NUL-terminated, owned by the step for at least
+        // the duration of this callback; copied at once.
+        let s = unsafe { CStr::from_ptr(p) }
+            .to_string_lossy()
+            .trim()
+            .to_string();
+        Ok((!s.is_empty()).then_some(s))
+    }
+
+    /// The pid of the task this callback is about (`S_TASK_PID`, task
+    /// callbacks such as `slurm_spank_task_post_fork`).
+    pub fn task_pid(&self) -> Result<u32, SpankError> {
+        let f = api()
+            .and_then(|a| a.spank_get_item.as_ref().ok())
+            .ok_or(SpankError::Unavailable("spank_get_item"))?;
+        let mut v: libc::pid_t = 0;
+        // SAFETY: S_TASK_PID takes a single `pid_t *` (spank.h); `v` outlives
+        // the call.
+        let rc = unsafe { f(self.raw, sys::S_TASK_PID, &mut v as *mut libc::pid_t) };
+        if rc == sys::ESPANK_SUCCESS {
+            u32::try_from(v).map_err(|_| SpankError::Failed {
+                func: "spank_get_item",
+                code: 0,
+                text: format!("S_TASK_PID gave {v}"),
+            })
+        } else {
+            Err(error("spank_get_item", rc))
+        }
+    }
+
     /// A variable of the job's environment (remote context only); `None`
     /// when it is not set.
     pub fn getenv(&self, name: &str) -> Result<Option<String>, SpankError> {
@@ -309,6 +363,12 @@ impl Host for Spank<'_> {
     }
     fn ncpus(&self) -> Option<u32> {
         Spank::ncpus(self).ok()
+    }
+    fn alloc_cores(&self) -> Option<String> {
+        Spank::alloc_cores(self).ok().flatten()
+    }
+    fn task_pid(&self) -> Option<u32> {
+        Spank::task_pid(self).ok()
     }
     fn env(&self, name: &str) -> Option<String> {
         match Spank::context() {

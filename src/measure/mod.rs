@@ -2,6 +2,7 @@
 //! attribution and the sampler thread. Nothing here knows about Slurm, so
 //! `carbontrack run`, the plugin and the tests drive the same code.
 
+pub mod cores;
 pub mod cpuset;
 pub mod gpus;
 pub mod nvml;
@@ -72,6 +73,18 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The CSV form within [`MAX_STATUS`] characters: a reason too long
+    /// (none of this crate's should be) is cut at a word with `…`.
+    pub fn to_csv(&self) -> String {
+        match self {
+            Status::Ok => "ok".to_string(),
+            Status::Incomplete(r) => format!("incomplete: {}", cut(r, MAX_REASON)),
+            Status::Unavailable(r) => format!("unavailable: {}", cut(r, MAX_REASON)),
+        }
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -80,6 +93,155 @@ impl fmt::Display for Status {
             Status::Unavailable(r) => write!(f, "unavailable: {r}"),
         }
     }
+}
+
+/// The longest a CSV `status` may be (design.md: statuses stay short; the
+/// long explanation goes once into the log and the summary).
+pub const MAX_STATUS: usize = 100;
+
+/// The room a reason has behind `incomplete: ` (the longest prefix).
+pub const MAX_REASON: usize = MAX_STATUS - "unavailable: ".len();
+
+/// Joins reasons into one, `; ` apart, within [`MAX_REASON`]: as many whole
+/// reasons as fit, then `(+N more)`; a first reason too long on its own is
+/// cut at a word with `…`.
+pub fn fit_reasons(reasons: &[String]) -> String {
+    let mut out = String::new();
+    for (i, r) in reasons.iter().enumerate() {
+        let more = reasons.len() - i;
+        let tail = if more > 1 {
+            format!(" (+{} more)", more - 1)
+        } else {
+            String::new()
+        };
+        let sep = if out.is_empty() { "" } else { "; " };
+        if out.len() + sep.len() + r.len() + tail.len() <= MAX_REASON {
+            out.push_str(sep);
+            out.push_str(r);
+            continue;
+        }
+        if out.is_empty() {
+            return cut(r, MAX_REASON);
+        }
+        out.push_str(&format!(" (+{more} more)"));
+        return out;
+    }
+    out
+}
+
+/// `text` within `max` bytes, cut at a word boundary with `…` when longer.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let room = max.saturating_sub('…'.len_utf8());
+    let mut end = room;
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    let head = match head.rfind(' ') {
+        Some(i) if i > room / 2 => &head[..i],
+        _ => head,
+    };
+    format!("{}…", head.trim_end_matches([' ', ',', ';', ':']))
+}
+
+/// What a status reason means and how it is fixed, for the summary's notes
+/// and the log: one explanation per kind of reason, however many rows carry
+/// it. `None` for reasons that say all there is to say.
+pub fn explain(reason: &str) -> Option<&'static str> {
+    use cpuset::{NOTE_COUNT, NOTE_LAYOUT, NOTE_WHOLE_NODE};
+    const TABLE: &[(&str, &str)] = &[
+        (
+            NOTE_WHOLE_NODE,
+            "neither a cpuset nor Slurm's core allocation said which CPUs are the job's, so \
+             every CPU package and its DRAM were charged to it in full: on a shared node an \
+             upper bound. Admins: set ConstrainCores=yes in cgroup.conf, or use a Slurm whose \
+             steps give S_JOB_ALLOC_CORES (22.05 and later).",
+        ),
+        (
+            NOTE_COUNT,
+            "the job's share of each package is its CPU count over the node's CPUs, not where \
+             its cores are: right on a node of one package, approximate on several. Admins: \
+             set ConstrainCores=yes in cgroup.conf, or use a Slurm whose steps give \
+             S_JOB_ALLOC_CORES (22.05 and later).",
+        ),
+        (
+            NOTE_LAYOUT,
+            "Slurm's core ids could not be placed on packages: the node's NodeName line in \
+             slurm.conf (Sockets, CoresPerSocket, ThreadsPerCore) does not match its CPU \
+             topology, so the share is the job's cores over the node's on every package. \
+             Admins: make the line match `slurmd -C`.",
+        ),
+        (
+            "readable by root only",
+            "RAPL's energy_uj files are readable only by root (Linux 5.10 and later). Admins: \
+             start carbontrack as root, or `chmod o+r` them, or make that permanent with a \
+             udev rule: ACTION==\"add\", SUBSYSTEM==\"powercap\", \
+             RUN+=\"/bin/chmod o+r /sys%p/energy_uj\".",
+        ),
+        (
+            "no RAPL zones",
+            "the CPU or VM exposes no RAPL energy counters, or the intel_rapl_msr module is not \
+             loaded (`modprobe intel_rapl_msr`; AMD Zen needs a recent kernel).",
+        ),
+        (
+            "no DRAM RAPL zone",
+            "this CPU has no DRAM energy counter (AMD CPUs and most desktop CPUs have none): \
+             DRAM energy is not measured, not zero.",
+        ),
+        (
+            "apart",
+            "the RAPL counter was read less often than it can wrap at full power, so a wrap may \
+             have been missed and the energy undercounted. Use a shorter interval=.",
+        ),
+        (
+            "reads failed",
+            "some reads of a RAPL counter failed; energy is counted between good reads only.",
+        ),
+        (
+            "counter went back",
+            "an energy counter went backwards (a driver reload or counter reset); the energy \
+             around each reset is not counted.",
+        ),
+        (
+            "stopped answering",
+            "a device stopped answering (a call to it did not return within 5 s, as when a GPU \
+             falls off the bus); its energy until then is kept, and the others were measured to \
+             the end.",
+        ),
+        (
+            "measured until",
+            "sampling ended before the job did (the sampler stopped early); the figure covers \
+             the run up to that time.",
+        ),
+        (
+            "part of the run only",
+            "the device was measured in some of the job's steps and not in others.",
+        ),
+        (
+            "fell off the bus",
+            "the GPU stopped responding mid-job (NVML: GPU lost, as after an Xid event); \
+             the energy it used until then is kept, the rest of the job is not counted for it: \
+             a lower bound. Admins: the node's kernel log says why (Xid messages).",
+        ),
+        (
+            "NVML",
+            "GPU energy comes from NVIDIA's NVML library; where it cannot be used (no driver, no \
+             library at `nvml=`, no permission on /dev/nvidia*) GPUs are not measured. The \
+             node's log line says which.",
+        ),
+        (
+            "not counted",
+            "the GPU's readings had gaps (a counter that went back or jumped, samples the driver \
+             no longer held); those stretches are not counted, so the figure is a lower bound.",
+        ),
+    ];
+    TABLE
+        .iter()
+        .find(|(key, _)| reason.contains(key))
+        .map(|&(_, text)| text)
 }
 
 /// The energy one device has used for the job so far.
@@ -157,5 +319,58 @@ mod tests {
             assert_eq!(Status::parse(&s.to_string()), Some(s));
         }
         assert_eq!(Status::parse("fine"), None);
+    }
+
+    #[test]
+    fn reasons_are_fitted_within_the_status_limit() {
+        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(fit_reasons(&r(&["a", "b"])), "a; b");
+        assert_eq!(fit_reasons(&r(&[])), "");
+        let long = "x".repeat(60);
+        assert_eq!(
+            fit_reasons(&r(&[&long, &long, "short"])),
+            format!("{long} (+2 more)")
+        );
+        let words = "word ".repeat(40);
+        let one = fit_reasons(&r(&[&words]));
+        assert!(one.len() <= MAX_REASON && one.ends_with("word…"), "{one}");
+        for v in [
+            r(&[&long, "b", "c", "d"]),
+            r(&["a", &long, &long]),
+            r(&[&words, &words]),
+        ] {
+            let f = fit_reasons(&v);
+            assert!(f.len() <= MAX_REASON, "{} chars: {f}", f.len());
+            assert!(Status::Unavailable(f).to_string().len() <= MAX_STATUS);
+        }
+        // Multi-byte text is cut at a character boundary.
+        let wide = "é".repeat(80);
+        assert!(cut(&wide, 50).len() <= 50);
+        // The CSV form never passes the limit, whatever a reason says.
+        for s in [
+            Status::Incomplete(words.clone()),
+            Status::Unavailable(words.clone()),
+            Status::Ok,
+        ] {
+            assert!(s.to_csv().len() <= MAX_STATUS, "{}", s.to_csv());
+        }
+        assert_eq!(Status::Incomplete("x".into()).to_csv(), "incomplete: x");
+    }
+
+    #[test]
+    fn every_approximation_and_failure_kind_is_explained() {
+        for reason in [
+            cpuset::NOTE_WHOLE_NODE,
+            cpuset::NOTE_COUNT,
+            cpuset::NOTE_LAYOUT,
+            "energy_uj readable by root only",
+            "no RAPL zones",
+            "reads up to 12.000 s apart (a wrap may be missed)",
+            "GPU 1 stopped answering at 2026-01-01T00:00:00Z",
+            "measured until 2026-01-01T00:00:00Z",
+        ] {
+            assert!(explain(reason).is_some(), "{reason}");
+        }
+        assert_eq!(explain("fine"), None);
     }
 }

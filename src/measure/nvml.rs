@@ -43,7 +43,7 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
 use super::gpus::{GpuHints, GpuInfo, Selection, select};
-use super::{Component, DeviceEnergy, Meter, Status};
+use super::{Component, DeviceEnergy, Meter, Status, fit_reasons};
 use crate::ffi::nvml_samples::{PowerSample, PowerSamples};
 use crate::units::{Joules, Watts};
 
@@ -101,6 +101,29 @@ pub enum NvmlUnavailable {
 }
 
 impl NvmlUnavailable {
+    /// The short, stable status reason (the `Display` text, with the path and
+    /// the fix, goes to the log).
+    pub fn short(&self) -> String {
+        match self {
+            NvmlUnavailable::LibraryMissing { .. } => {
+                "NVML library not found (no NVIDIA driver?)".to_string()
+            }
+            NvmlUnavailable::NotNvml { .. } => "not a usable NVML library".to_string(),
+            NvmlUnavailable::DriverNotLoaded { .. } => {
+                "NVIDIA driver not loaded (NVML)".to_string()
+            }
+            NvmlUnavailable::NoPermission { .. } => {
+                "no permission on the NVIDIA driver (NVML)".to_string()
+            }
+            NvmlUnavailable::VersionMismatch { .. } => {
+                "NVML does not match the NVIDIA driver".to_string()
+            }
+            NvmlUnavailable::Failed { detail, .. } => {
+                fit_reasons(&[format!("NVML failed: {detail}")])
+            }
+        }
+    }
+
     fn from_error(path: &str, e: NvmlError) -> NvmlUnavailable {
         let path = path.to_string();
         match e {
@@ -373,6 +396,16 @@ fn wall_time(at: Instant) -> String {
 const LATE_CALL: Duration = Duration::from_secs(1);
 
 /// Errors after which asking again is pointless.
+/// A failed call as a status reason: short for the errors that end a GPU's
+/// measurement (nvml-wrapper's own texts run past a status's length).
+fn nvml_reason(e: &NvmlError) -> String {
+    match e {
+        NvmlError::GpuLost => "NVML: device fell off the bus (GPU lost)".to_string(),
+        NvmlError::ResetRequired => "NVML: the GPU needs a reset".to_string(),
+        e => format!("NVML: {e}"),
+    }
+}
+
 fn is_fatal(e: &NvmlError) -> bool {
     matches!(
         e,
@@ -489,7 +522,7 @@ impl GpuMeter {
                     .into(),
                 now,
             ),
-            Ok(Err(e)) => self.fail(format!("NVML: {e}"), is_fatal(&e), now),
+            Ok(Err(e)) => self.fail(nvml_reason(&e), is_fatal(&e), now),
             Err(_) => self.stop("the NVML wrapper panicked".into(), now),
         }
     }
@@ -528,8 +561,7 @@ impl GpuMeter {
                 }
                 if run.jumps > 0 {
                     self.gap(format!(
-                        "power sample timestamps jumped (wall clock stepped?) before {}; \
-                         that stretch not counted",
+                        "sample times jumped before {}, not counted",
                         wall_time(now)
                     ));
                 }
@@ -587,8 +619,7 @@ impl GpuMeter {
                     watts: mw_to_w(mw),
                 };
                 self.gap(format!(
-                    "the driver's power samples {what}; not counted until {}, \
-                     power read directly from then on",
+                    "driver's samples {what}, not counted until {}",
                     wall_time(now)
                 ));
             }
@@ -605,7 +636,7 @@ impl GpuMeter {
             // The counter restarts when the driver reloads; what the GPU used
             // in this interval is unknown, so none of it is counted.
             return self.gap(format!(
-                "energy counter went backwards at {} (driver reloaded?); one interval not counted",
+                "counter went back at {}, an interval not counted",
                 wall_time(now)
             ));
         };
@@ -613,7 +644,7 @@ impl GpuMeter {
         // A second of slack for clocks and scheduling.
         if joules.0 > MAX_PLAUSIBLE_WATTS * (dt.as_secs_f64() + 1.0) {
             return self.gap(format!(
-                "energy counter jumped by {:.0} J at {}; not counted",
+                "counter jumped by {:.0} J at {}, not counted",
                 joules.0,
                 wall_time(now)
             ));
@@ -632,7 +663,10 @@ impl GpuMeter {
     }
 
     fn stop(&mut self, why: String, now: Instant) {
-        self.stopped = Some(format!("{why} at {}", wall_time(now)));
+        let at = format!(" at {}", wall_time(now));
+        // The time is what matters most: the reason gives way first.
+        let why = crate::measure::cut(&why, crate::measure::MAX_REASON - at.len());
+        self.stopped = Some(format!("{why}{at}"));
     }
 
     fn entry(&self) -> DeviceEnergy {
@@ -643,7 +677,11 @@ impl GpuMeter {
         problems.extend(self.stopped.clone());
         if !self.measured {
             let why = self.stopped.as_deref().unwrap_or("no reading yet");
-            return DeviceEnergy::unavailable(Component::Gpu, &self.uuid, why);
+            return DeviceEnergy::unavailable(
+                Component::Gpu,
+                &self.uuid,
+                fit_reasons(&[why.to_string()]),
+            );
         }
         DeviceEnergy {
             component: Component::Gpu,
@@ -653,7 +691,7 @@ impl GpuMeter {
             status: if problems.is_empty() {
                 Status::Ok
             } else {
-                Status::Incomplete(problems.join("; "))
+                Status::Incomplete(fit_reasons(&problems))
             },
         }
     }
@@ -729,10 +767,7 @@ impl NvmlMeter {
         let opened = NvmlLib::open(lib).and_then(|l| l.inventory().map(|inv| (l, inv)));
         let (lib, (inventory, mut log)) = match opened {
             Ok(x) => x,
-            Err(e) => {
-                let reason = e.to_string();
-                return (NvmlMeter::unavailable(reason.clone()), vec![reason]);
-            }
+            Err(e) => return (NvmlMeter::unavailable(e.short()), vec![e.to_string()]),
         };
         let selection = select(hints, &inventory);
         log.extend(selection.notes.iter().cloned());
@@ -1008,7 +1043,7 @@ mod tests {
         let e = g.entry();
         // (1.5 J + 0.5 J) × share 0.5
         assert_eq!(e.energy, Some(Joules(1.0)));
-        assert!(matches!(&e.status, Status::Incomplete(r) if r.contains("backwards")));
+        assert!(matches!(&e.status, Status::Incomplete(r) if r.contains("counter went back at")));
         g.fold(Reading::Counter(700 + 10_000_000_000_000), t);
         assert_eq!(g.entry().energy, Some(Joules(1.0)));
     }
@@ -1056,8 +1091,13 @@ mod tests {
         let Status::Incomplete(why) = g.entry().status else {
             panic!("{:?}", g.entry().status)
         };
-        assert_eq!(why.matches("went backwards").count(), MAX_GAP_NOTES);
-        assert!(why.ends_with("46 more such gaps"), "{why}");
+        // As many gaps as fit the status's 100 characters, then how many more.
+        assert!(why.starts_with("counter went back at "), "{why}");
+        assert!(why.ends_with(" more)"), "{why}");
+        assert!(
+            Status::Incomplete(why.clone()).to_string().len() <= crate::measure::MAX_STATUS,
+            "{why}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Components;
 use crate::measure::cpuset::PackageShares;
-use crate::measure::{Component, DeviceEnergy, Meter, Status};
+use crate::measure::{Component, DeviceEnergy, Meter, Status, fit_reasons};
 use crate::units::{Joules, Watts};
 
 /// The power assumed for a zone that does not publish
@@ -151,31 +151,45 @@ pub fn open(
     }
     let packages = discover(powercap_root, &mut warnings);
     if packages.is_empty() {
-        let why = format!(
+        warnings.push(format!(
             "no RAPL zones under {}: the CPU or VM exposes no RAPL, or the intel_rapl_msr \
              module is not loaded (`modprobe intel_rapl_msr`; AMD Zen needs a recent kernel)",
             powercap_root.display()
-        );
-        meter.mark_unavailable(components, "rapl", &why, 0.0);
+        ));
+        meter.mark_unavailable(components, "rapl", "no RAPL zones", 0.0);
         return RaplOpen { meter, warnings };
     }
     // A package with job CPUs but no zone would silently count as nothing.
     for (p, share) in shares.job_packages() {
         if !packages.iter().any(|z| z.package == p) {
-            let why = format!(
+            warnings.push(format!(
                 "no RAPL zone named package-{p} under {} although the job has CPUs there",
                 powercap_root.display()
+            ));
+            meter.mark_unavailable(
+                components,
+                &format!("package-{p}"),
+                "no RAPL zone for this package",
+                share,
             );
-            meter.mark_unavailable(components, &format!("package-{p}"), &why, share);
         }
     }
     if packages.iter().all(|pkg| shares.share(pkg.package) <= 0.0) {
         // Every package at share 0 would silently report nothing at all.
-        let why = format!(
-            "the job's CPU share is 0 on every package{}",
-            shares.note().map(|n| format!(" ({n})")).unwrap_or_default()
+        warnings.push(format!(
+            "the job's CPU share is 0 on every package{}: nothing of the CPUs is charged to it",
+            shares
+                .detail()
+                .or(shares.note())
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ));
+        meter.mark_unavailable(
+            components,
+            "rapl",
+            "the job's CPU share is 0 on every package",
+            0.0,
         );
-        meter.mark_unavailable(components, "rapl", &why, 0.0);
         return RaplOpen { meter, warnings };
     }
     for pkg in packages {
@@ -206,10 +220,7 @@ pub fn open(
                 None => meter.unavailable.push(DeviceEnergy::unavailable(
                     Component::Dram,
                     &pkg.device,
-                    format!(
-                        "{} has no dram RAPL zone (AMD CPUs and most desktop CPUs have none)",
-                        pkg.dir.display()
-                    ),
+                    "no DRAM RAPL zone (AMD and most desktop CPUs have none)",
                 )),
             }
         }
@@ -301,7 +312,22 @@ fn parse_package_name(name: &str) -> Option<(u32, u32)> {
     }
 }
 
-/// The status reason for a counter file that cannot be opened or read.
+/// The short status reason for a counter file that cannot be opened or
+/// read (the long one, [`unreadable_reason`], goes to the log).
+pub fn unreadable_short(path: &Path, err: &io::Error) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match err.kind() {
+        io::ErrorKind::PermissionDenied => format!("{name} readable by root only"),
+        io::ErrorKind::NotFound => format!("{name} missing"),
+        k => format!("{name} unreadable ({})", io::Error::from(k)),
+    }
+}
+
+/// The status reason for a counter file that cannot be opened or read, with
+/// the path and the fix: for the log.
 pub fn unreadable_reason(path: &Path, err: &io::Error) -> String {
     match err.kind() {
         io::ErrorKind::PermissionDenied => format!(
@@ -353,9 +379,11 @@ impl RaplMeter {
                 }
                 self.zones.push(zone);
             }
-            Err(reason) => self
-                .unavailable
-                .push(DeviceEnergy::unavailable(component, device, reason)),
+            Err((short, long)) => {
+                warnings.push(format!("{device} {component}: {long}"));
+                self.unavailable
+                    .push(DeviceEnergy::unavailable(component, device, short));
+            }
         }
     }
 
@@ -377,23 +405,39 @@ impl RaplMeter {
 }
 
 impl Zone {
-    fn open(component: Component, device: &str, dir: &Path, share: f64) -> Result<Zone, String> {
+    /// The zone, or why not: a short status reason and the long one for the log.
+    fn open(
+        component: Component,
+        device: &str,
+        dir: &Path,
+        share: f64,
+    ) -> Result<Zone, (String, String)> {
+        let unreadable =
+            |p: &Path, e: &io::Error| (unreadable_short(p, e), unreadable_reason(p, e));
         let path = dir.join("energy_uj");
-        let file = File::open(&path).map_err(|e| unreadable_reason(&path, &e))?;
+        let file = File::open(&path).map_err(|e| unreadable(&path, &e))?;
         // sysfs checks permissions at open, but a plain file (or a directory)
         // may only fail at read: try one read now.
         read_value(&file).map_err(|e| match e {
-            ReadFailure::Io(k) => unreadable_reason(&path, &io::Error::from(k)),
-            ReadFailure::Garbage => format!("{} does not hold a number", path.display()),
+            ReadFailure::Io(k) => unreadable(&path, &io::Error::from(k)),
+            ReadFailure::Garbage => (
+                "energy_uj holds no number".to_string(),
+                format!("{} does not hold a number", path.display()),
+            ),
         })?;
         let range_path = dir.join("max_energy_range_uj");
         let max_range = std::fs::read_to_string(&range_path)
-            .map_err(|e| unreadable_reason(&range_path, &e))?
+            .map_err(|e| unreadable(&range_path, &e))?
             .trim()
             .parse::<u64>()
             .ok()
             .filter(|&r| r > 0)
-            .ok_or_else(|| format!("{} does not hold a positive number", range_path.display()))?;
+            .ok_or_else(|| {
+                (
+                    "max_energy_range_uj holds no positive number".to_string(),
+                    format!("{} does not hold a positive number", range_path.display()),
+                )
+            })?;
         let max_power = std::fs::read_to_string(dir.join("constraint_0_max_power_uw"))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -476,39 +520,26 @@ impl Zone {
         let mut why: Vec<String> = Vec::new();
         if self.prev.is_none() && self.failing_reads > 0 {
             let f = self.last_failure.map(|f| f.to_string()).unwrap_or_default();
-            return Status::Unavailable(format!(
-                "every read of {} failed: {f}",
-                self.path.display()
-            ));
+            return Status::Unavailable(fit_reasons(&[format!("every read failed ({f})")]));
         }
         if self.failing_reads > 0 {
             let f = self.last_failure.map(|f| f.to_string()).unwrap_or_default();
-            why.push(format!(
-                "the last {} reads of {} failed ({f}); energy counted up to the last good read",
-                self.failing_reads,
-                self.path.display()
-            ));
+            why.push(format!("last {} reads failed ({f})", self.failing_reads));
         }
         if self.failed_before_baseline > 0 {
             why.push(format!(
-                "the first {} reads of {} failed; energy counted from the first good read",
-                self.failed_before_baseline,
-                self.path.display()
+                "first {} reads failed",
+                self.failed_before_baseline
             ));
         }
         if self.resets > 0 {
-            why.push(format!(
-                "the counter went back {} time(s) (reset?); energy around each reset is lost",
-                self.resets
-            ));
+            why.push(format!("counter went back {} time(s)", self.resets));
         }
         if self.longest_gap >= self.wrap_time {
             why.push(format!(
-                "reads were up to {:.3} s apart, not less than the {:.3} s the counter takes to \
-                 wrap at {} W: a wrap may have been missed",
+                "reads up to {:.1} s apart, wrap time {:.1} s",
                 self.longest_gap.as_secs_f64(),
-                self.wrap_time.as_secs_f64(),
-                self.max_power.0
+                self.wrap_time.as_secs_f64()
             ));
         }
         if let Some(n) = note {
@@ -517,7 +548,7 @@ impl Zone {
         if why.is_empty() {
             Status::Ok
         } else {
-            Status::Incomplete(why.join("; "))
+            Status::Incomplete(fit_reasons(&why))
         }
     }
 }

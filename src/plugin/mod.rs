@@ -147,6 +147,15 @@ pub trait Host {
     fn node_id(&self) -> Option<u32>;
     /// The job's CPUs on this node.
     fn ncpus(&self) -> Option<u32>;
+    /// The job's cores on this node in Slurm's numbering (`0-3,8`), where
+    /// Slurm says (`S_JOB_ALLOC_CORES`, in a step).
+    fn alloc_cores(&self) -> Option<String> {
+        None
+    }
+    /// The task a task callback is about (`S_TASK_PID`).
+    fn task_pid(&self) -> Option<u32> {
+        None
+    }
     /// An environment variable: the job's in a step, the process's in the
     /// prolog (where Slurm puts the job's details).
     fn env(&self, name: &str) -> Option<String>;

@@ -17,6 +17,7 @@ struct FakeHost {
     job_env: RefCell<HashMap<String, String>>,
     slurm: Option<SlurmConf>,
     pid: std::cell::Cell<u32>,
+    alloc_cores: Option<String>,
 }
 
 impl FakeHost {
@@ -32,6 +33,7 @@ impl FakeHost {
             job_env: RefCell::new(HashMap::new()),
             slurm: None,
             pid: std::cell::Cell::new(1000),
+            alloc_cores: None,
         }
     }
 
@@ -94,6 +96,9 @@ impl Host for FakeHost {
     }
     fn pid(&self) -> u32 {
         self.pid.get()
+    }
+    fn alloc_cores(&self) -> Option<String> {
+        self.alloc_cores.clone()
     }
 }
 
@@ -461,4 +466,136 @@ fn a_task_post_fork_in_a_child_process_refuses_to_start_a_sampler() {
             .all(|l| !l.contains("sampling"))
     );
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A node of two packages of one CPU each (as the cgroup cluster's fixture),
+/// with a RAPL zone per package, and a slurm.conf whose line for it says
+/// `CPUs=2` (two sockets of one core, to Slurm).
+fn two_package_node(root: &std::path::Path) -> Vec<String> {
+    use std::fs;
+    for cpu in 0..2u32 {
+        let t = root.join(format!("cpu/cpu{cpu}/topology"));
+        fs::create_dir_all(&t).unwrap();
+        fs::write(t.join("physical_package_id"), format!("{cpu}\n")).unwrap();
+        fs::write(t.join("core_id"), "0\n").unwrap();
+        let z = root.join(format!("powercap/intel-rapl:{cpu}"));
+        fs::create_dir_all(&z).unwrap();
+        fs::write(z.join("name"), format!("package-{cpu}\n")).unwrap();
+        fs::write(z.join("energy_uj"), "1000\n").unwrap();
+        fs::write(z.join("max_energy_range_uj"), "262143328850\n").unwrap();
+    }
+    fs::write(
+        root.join("slurm.conf"),
+        "ClusterName=c\nNodeName=n1 CPUs=2 State=UNKNOWN\n",
+    )
+    .unwrap();
+    vec![
+        format!("spool={}", root.join("spool").display()),
+        format!("cpu_topology={}", root.join("cpu").display()),
+        format!("powercap={}", root.join("powercap").display()),
+        format!("cgroup={}", root.join("no-cgroup").display()),
+        "components=cpu".to_string(),
+        "report=none".to_string(),
+    ]
+}
+
+/// The prolog, then the extern step's sampling with `cores` as Slurm's core
+/// allocation: the node footprint's rows and the log.
+fn sample_with_cores(name: &str, cores: Option<&str>) -> (Vec<crate::footprint::Row>, FakeHost) {
+    let root = std::env::temp_dir().join(format!("ct-plugin-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let a = two_package_node(&root);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut prolog = FakeHost::new(Context::JobScript);
+    prolog.given.insert("carbon-track", Some("yes".into()));
+    for (k, v) in [
+        ("SLURMD_NODENAME", "n1".to_string()),
+        ("SLURM_CONF", root.join("slurm.conf").display().to_string()),
+        ("SLURM_JOB_CPUS_PER_NODE", "1".to_string()),
+    ] {
+        prolog.env.insert(k.to_string(), v);
+    }
+    Plugin::new().job_prolog(&prolog, &args(&a));
+    let spool = crate::spool::Spool::open(&root.join("spool")).unwrap();
+    let job = spool.read_handoff(42).unwrap().unwrap();
+    assert_eq!(job.layout, Ok("2x1x1".parse().unwrap()));
+    assert_eq!(job.cpus_on_node, Some(1));
+
+    let mut host = FakeHost::new(Context::Remote);
+    host.alloc_cores = cores.map(str::to_string);
+    let mut p = Plugin::new();
+    p.init(&host, &args(&a));
+    p.task_post_fork(&host, &args(&a));
+    assert!(p.tracking.is_some(), "{:?}", host.log.borrow());
+    p.exit(&host, &args(&a));
+    let csv = spool
+        .read_file(&spool.node_footprint_path(42, "n1"))
+        .unwrap();
+    let rows = crate::footprint::read_csv(&csv[..]).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    (rows, host)
+}
+
+#[test]
+fn the_extern_step_charges_the_package_of_slurms_core_with_the_layout_the_prolog_read() {
+    let (rows, host) = sample_with_cores("cores", Some("1"));
+    let got: Vec<(&str, &str, Option<f64>, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.component.as_str(),
+                r.device.as_str(),
+                r.share,
+                r.status.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("cpu", "package-1", Some(1.0), "ok"),
+            ("total", "", None, "ok")
+        ]
+    );
+    let info = host.lines(Level::Info);
+    let sampling: Vec<&String> = info.iter().filter(|l| l.contains("sampling on")).collect();
+    assert_eq!(sampling.len(), 1, "{info:?}");
+    assert!(
+        sampling[0].ends_with(
+            "CPU share from Slurm's core allocation (cores 1 of a 2x1x1 node, layout from slurm.conf)"
+        ),
+        "{}",
+        sampling[0]
+    );
+    assert!(
+        host.lines(Level::Error).is_empty(),
+        "{:?}",
+        host.lines(Level::Error)
+    );
+}
+
+#[test]
+fn without_slurms_cores_the_count_is_used_and_explained_once() {
+    let (rows, host) = sample_with_cores("count", None);
+    // One CPU of two on every package: half of each, approximate.
+    for r in rows.iter().filter(|r| !r.is_total()) {
+        assert_eq!(r.share, Some(0.5), "{r:?}");
+        assert_eq!(
+            r.status,
+            format!("incomplete: {}", crate::measure::cpuset::NOTE_COUNT)
+        );
+    }
+    let total = rows.last().unwrap();
+    assert_eq!(total.status, "incomplete: 2 of 2 rows incomplete (cpu)");
+    let info = host.lines(Level::Info);
+    let explained: Vec<&String> = info
+        .iter()
+        .filter(|l| l.contains("ConstrainCores=yes"))
+        .collect();
+    assert_eq!(explained.len(), 1, "{info:?}");
+    assert!(
+        explained[0].contains("by CPU count (1 of 2 CPUs on every package)"),
+        "{}",
+        explained[0]
+    );
 }

@@ -12,13 +12,14 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::carbon::summary::render_final_from_rows;
+use crate::carbon::summary::{notes, render_final_from_rows};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
 use crate::ffi::identity::{FsIdentity, user_groups};
 use crate::footprint::{Row, merge_segments, read_csv, write_csv};
-use crate::job::JobInfo;
-use crate::measure::cpuset;
+use crate::job::{JobInfo, cpus_per_node};
+use crate::measure::cores::node_layout;
+use crate::measure::cpuset::{self, CpuSet, Evidence};
 use crate::measure::gpus::GpuHints;
 use crate::measure::sampler::SamplerCpu;
 use crate::plugin::options::JobChoice;
@@ -28,6 +29,9 @@ use crate::run::hostname;
 use crate::spool::Spool;
 use crate::tracker::{Output, Plan, Tracker};
 use crate::userio::Delivery;
+
+/// Where Slurm reads its configuration when `SLURM_CONF` is not set.
+const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
 
 /// `slurm_spank_job_prolog` for a tracked job: what the sampling step will
 /// need, left root-owned in the spool. Returns the record's path.
@@ -50,6 +54,13 @@ pub(super) fn write_handoff(
     let user = env("SLURM_JOB_USER").unwrap_or_default();
     // Without the list, files are still written as the user, with fewer groups.
     let groups = user_groups(&user, gid).unwrap_or_else(|_| vec![gid]);
+    let node = env("SLURMD_NODENAME").unwrap_or_else(hostname);
+    // The prolog has the job's environment, slurm.conf's path among it; the
+    // sampling step (the extern one) has neither.
+    let conf = env("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SLURM_CONF));
+    let layout = node_layout(&conf, &node).map_err(|e| e.to_string());
     let info = JobInfo {
         job_id,
         uid,
@@ -58,11 +69,13 @@ pub(super) fn write_handoff(
         user,
         account: env("SLURM_JOB_ACCOUNT").unwrap_or_default(),
         partition: env("SLURM_JOB_PARTITION").unwrap_or_default(),
-        node: env("SLURMD_NODENAME").unwrap_or_else(hostname),
+        node,
         work_dir: env("SLURM_JOB_WORK_DIR").map(PathBuf::from),
         slurm_gpus: env("SLURM_JOB_GPUS"),
         cuda_visible: env("CUDA_VISIBLE_DEVICES"),
         epochs: choice.epochs,
+        layout,
+        cpus_on_node: env("SLURM_JOB_CPUS_PER_NODE").and_then(|v| cpus_per_node(&v)),
     };
     let spool = Spool::open(&cfg.spool).map_err(|e| e.to_string())?;
     // An earlier job's footprint under this id would be merged in as a
@@ -234,15 +247,7 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         }
     };
 
-    let cpus = cpuset::job_cpuset(&cfg.cgroup, job_id, Some(job.uid));
-    let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
-    let shares = cpuset::attribute(
-        cpus.as_ref().map(|c| &c.cpus).map_err(|e| e.to_string()),
-        topo.as_ref(),
-        // 0 is what Slurm says where it does not know (the extern step).
-        host.ncpus().filter(|&n| n > 0),
-    );
-    let attribution = shares.note().map(str::to_string);
+    let (shares, attribution) = attribution(host, cfg, &job);
     let single_node = host.node_count().is_none_or(|n| n <= 1);
     let id = FsIdentity {
         uid: job.uid,
@@ -281,14 +286,18 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
     host.log(
         Level::Info,
         &format!(
-            "job {job_id}: sampling on {} in step {step} every {}{}",
+            "job {job_id}: sampling on {} in step {step} every {}; CPU share from {}",
             job.node,
             humantime::format_duration(cfg.interval),
-            attribution
-                .map(|n| format!("; CPU {n}"))
-                .unwrap_or_default()
+            attribution.method
         ),
     );
+    if let Some(d) = &attribution.detail {
+        host.log(Level::Info, &format!("job {job_id}: {d}"));
+    }
+    if let Some(d) = &attribution.disagreement {
+        host.log(Level::Error, &format!("job {job_id}: {d}"));
+    }
     for n in notes {
         host.log(Level::Info, &format!("job {job_id}: {n}"));
     }
@@ -300,6 +309,59 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         writes_user_files,
         _lock: lock,
     })
+}
+
+/// What the start of sampling says about the CPU attribution, once.
+struct AttributionLog {
+    method: String,
+    detail: Option<String>,
+    disagreement: Option<String>,
+}
+
+/// The job's CPU shares on this node, from the best evidence there is: its
+/// cpuset, found through this step's own cgroup or a task's (else searched
+/// for), then Slurm's core allocation with the node layout the prolog read,
+/// then counts.
+fn attribution(
+    host: &dyn Host,
+    cfg: &Config,
+    job: &JobInfo,
+) -> (cpuset::PackageShares, AttributionLog) {
+    let pids: Vec<u32> = [Some(host.pid()), host.task_pid()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let found = cpuset::find_job_cpuset(&cfg.cgroup, job.job_id, Some(job.uid), &pids);
+    let cpuset_why = found
+        .as_ref()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
+    let cores: Option<CpuSet> = host.alloc_cores().and_then(|s| s.parse().ok());
+    let evidence = Evidence {
+        cpuset: found
+            .as_ref()
+            .map(|(c, _)| c)
+            .map_err(|_| cpuset_why.as_str()),
+        cpuset_via: found.as_ref().ok().map(|(_, via)| via.as_str()),
+        cores: cores.as_ref(),
+        layout: job.layout.as_ref().map_err(String::as_str),
+        topo: topo.as_ref(),
+        // 0 is what Slurm says where it does not know (the extern step).
+        allocated: host.ncpus().filter(|&n| n > 0).or(job.cpus_on_node),
+    };
+    let chosen = cpuset::attribute_job(&evidence);
+    let log = AttributionLog {
+        method: chosen
+            .shares
+            .method()
+            .unwrap_or("the whole node")
+            .to_string(),
+        detail: chosen.shares.detail().map(str::to_string),
+        disagreement: chosen.disagreement,
+    };
+    (chosen.shares, log)
 }
 
 /// The job's GPUs as the prolog saw them. A job Slurm gave no GPU gets none,
@@ -370,6 +432,11 @@ impl Tracking {
                 one_line(&rows, done.snapshot.sampler_cpu.as_ref())
             ),
         );
+        // What the statuses mean, once each (the attribution was explained
+        // when sampling started).
+        for n in notes(&rows).iter().filter(|n| !n.is_attribution()) {
+            host.log(Level::Info, &format!("job {job_id}: {n}"));
+        }
         if !self.writes_user_files {
             return;
         }

@@ -157,6 +157,7 @@ pub fn render_rows(
             pue: t.pue,
             intensity: &intensity,
             epochs: None,
+            attribution: None,
         },
         now,
     ))

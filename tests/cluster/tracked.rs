@@ -13,7 +13,7 @@ use carbontrack::job::JobInfo;
 use carbontrack::spool::Spool;
 
 use crate::common::hardware::Hardware;
-use crate::common::{Cluster, JOB_TIMEOUT, JobId, USER};
+use crate::common::{Cluster, JOB_TIMEOUT, JobId, USER, assert_short_statuses};
 use crate::{assert_no_plugin_error, submit_ok};
 
 /// The footprint CSV's columns, in the contract's order (design.md).
@@ -63,6 +63,7 @@ fn footprint(path: &Path) -> (String, Vec<Row>) {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("no footprint {}: {e}", path.display()));
     let rows = read_csv(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_short_statuses(&rows);
     (text, rows)
 }
 
@@ -447,6 +448,19 @@ fn steps_counted_once(c: &Cluster, hw: &Hardware, sampler: &str) {
     assert!(gpu.duration_s >= 5.0, "{gpu:?}");
     // Within 3% of the truth over the job's span: twice would be 100% off.
     assert_matches_truth(hw, &rows);
+    // The sampling step, extern or batch, has the job's one core of two
+    // from Slurm's core allocation: half the package, exactly.
+    for r in rows
+        .iter()
+        .filter(|r| r.component == "cpu" || r.component == "dram")
+    {
+        assert_eq!((r.share, r.status.as_str()), (Some(0.5), "ok"), "{r:?}");
+    }
+    assert!(
+        sampling[0].contains("CPU share from Slurm's core allocation"),
+        "{}",
+        sampling[0]
+    );
     assert_quiet_log(&log, job.id);
 }
 
@@ -759,4 +773,93 @@ pub fn epochs_predict_and_zone_intensity(c: &Cluster, hw: &Hardware) {
         assert!(r.intensity_source.contains("DK"), "{r:?}");
     }
     assert_quiet_log(&c.log_of_job(mark, id.0), id.0);
+}
+
+/// The line saying how a job's CPU share was found.
+fn share_line(log: &str, id: u32) -> String {
+    let needle = format!("carbontrack: job {id}: sampling on ");
+    log.lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no sampling line for job {id}:\n{log}"))
+        .to_string()
+}
+
+/// Issue 14: on a node without cpusets (task/none, this cluster), two
+/// one-CPU jobs side by side are each charged half of the one package, from
+/// Slurm's core allocation (`S_JOB_ALLOC_CORES`), all rows `ok`, within 3%
+/// of the truth; an exclusive job is charged all of it.
+pub fn core_allocation_without_cpuset(c: &Cluster, hw: &Hardware) {
+    tracked_args(c, hw, &["components=cpu,dram"]);
+    let mark = c.log_mark();
+    let script = "#!/bin/bash\nsleep 6\n";
+    let jobs: Vec<JobId> = (0..2)
+        .map(|_| {
+            c.submit_in(&c.work_dir(), &["-n1", "-c1", "--carbon-track=yes"], script)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let mut cores = Vec::new();
+    let mut spans = Vec::new();
+    for &id in &jobs {
+        assert_eq!(c.wait_ended(id).state, "COMPLETED");
+        let log = c.log_of_job(mark, id.0);
+        let (text, rows) = footprint(&user_file(c, None, id.0, "csv"));
+        let got: Vec<(&str, &str, Option<f64>, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.component.as_str(),
+                    r.device.as_str(),
+                    r.share,
+                    r.status.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cpu", "package-0", Some(0.5), "ok"),
+                ("dram", "package-0", Some(0.5), "ok"),
+                ("total", "", None, "ok"),
+            ],
+            "job {}:\n{text}",
+            id.0
+        );
+        assert_matches_truth(hw, &rows);
+        let line = share_line(&log, id.0);
+        let core = line
+            .split_once("CPU share from Slurm's core allocation (cores ")
+            .and_then(|(_, r)| r.split_once(' '))
+            .map(|(c, _)| c.to_string())
+            .unwrap_or_else(|| panic!("not from the core allocation: {line}"));
+        cores.push(core);
+        let total = rows.last().unwrap();
+        spans.push((time(&total.start), time(&total.end)));
+        // The method is named once in the summary too; nothing to explain.
+        let summary = std::fs::read_to_string(user_file(c, None, id.0, "txt")).unwrap();
+        assert!(
+            summary.contains("CPU and DRAM share: Slurm's core allocation (cores "),
+            "{summary}"
+        );
+        assert!(!summary.contains("Notes on the figures"), "{summary}");
+        assert_quiet_log(&log, id.0);
+    }
+    let ((a0, a1), (b0, b1)) = (spans[0], spans[1]);
+    assert!(a0 < b1 && b0 < a1, "the jobs did not overlap: {spans:?}");
+    cores.sort();
+    assert_eq!(cores, ["0", "1"], "each job had a core of its own");
+
+    let mark = c.log_mark();
+    let (job, _) = submit_ok(
+        c,
+        &["--exclusive", "--carbon-track=yes"],
+        "#!/bin/bash\nsleep 3\n",
+    );
+    let log = c.log_of_job(mark, job.id);
+    let (text, rows) = footprint(&user_file(c, None, job.id, "csv"));
+    for r in rows.iter().filter(|r| !r.is_total()) {
+        assert_eq!((r.share, r.status.as_str()), (Some(1.0), "ok"), "{text}");
+    }
+    assert_matches_truth(hw, &rows);
+    assert!(share_line(&log, job.id).contains("(cores 0-1 "), "{log}");
 }

@@ -10,6 +10,30 @@ use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// The longest a footprint CSV `status` may be (design.md: short and stable;
+/// the long explanation goes to the log and the summary).
+pub const MAX_STATUS: usize = 100;
+
+/// Every status of a footprint is within [`MAX_STATUS`] characters: the
+/// check every cluster test runs on the rows it reads.
+pub fn assert_short_statuses(rows: &[carbontrack::footprint::Row]) {
+    for r in rows {
+        assert!(
+            r.status.chars().count() <= MAX_STATUS,
+            "{} {} {}: status of {} characters: {}",
+            r.node,
+            r.component,
+            r.device,
+            r.status.chars().count(),
+            r.status
+        );
+    }
+}
+
+/// The NodeName layout of the cgroup cluster, matching its CPU topology
+/// fixture (CPU 0 on package 0, CPU 1 on package 1).
+pub const CGROUP_NODE_LAYOUT: &str = "Sockets=2 CoresPerSocket=1 ThreadsPerCore=1";
+
 /// The submit user `scripts/test-cluster` creates.
 pub const USER: &str = "ctuser";
 /// How long a job of these tests may take before it counts as hung.
@@ -286,8 +310,13 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) -> Output {
-        Command::new(repo().join("scripts/test-cluster"))
-            .args(args)
+        let mut cmd = Command::new(repo().join("scripts/test-cluster"));
+        if self.cgroup {
+            // tests/cgroup_cluster.rs puts CPU N on package N (a topology
+            // fixture): Slurm's layout says the same, two sockets of a core.
+            cmd.env("CT_NODE_LAYOUT", CGROUP_NODE_LAYOUT);
+        }
+        cmd.args(args)
             .env("CT_CLUSTER_DIR", &self.dir)
             .env("CT_PLUGIN", &self.plugin)
             .env("CT_PORT_BASE", self.port_base.to_string())
