@@ -188,9 +188,9 @@ fn assert_true(hw: &Hardware, r: &Row) {
 /// A row measured over the whole job: nothing in its status about the
 /// fault.
 fn assert_whole(hw: &Hardware, r: &Row) {
-    for cut in ["stopped answering", "measured until", "apart", "failed"] {
-        assert!(!r.status.contains(cut), "{r:?}");
-    }
+    // Slurm's core allocation attributes the package exactly: every row
+    // measured over the whole job is `ok`.
+    assert_eq!(r.status, "ok", "{r:?}");
     assert_true(hw, r);
 }
 
