@@ -360,6 +360,14 @@ impl Spool {
         Ok(v)
     }
 
+    /// [`Spool::quarantine`] for a log line: `moved to <where>`, or why
+    /// the file could not be moved.
+    pub fn set_aside(&self, job_id: u32, path: &Path) -> String {
+        self.quarantine(job_id, path)
+            .map(|to| format!("moved to {}", to.display()))
+            .unwrap_or_else(|e| format!("could not move it aside: {e}"))
+    }
+
     /// Moves a spool file that could not be read to `<spool>/corrupt/`, so
     /// it is reported once and kept for a look, not retried forever.
     pub fn quarantine(&self, job_id: u32, path: &Path) -> Result<PathBuf, SpoolError> {

@@ -79,6 +79,26 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
     s.state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits on the thread's state until woken or `until`; `None` once `until`
+/// has passed (the lock is then released).
+fn wait_until<'a>(
+    shared: &'a Shared,
+    s: MutexGuard<'a, State>,
+    until: Instant,
+) -> Option<MutexGuard<'a, State>> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    Some(
+        shared
+            .wake
+            .wait_timeout(s, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0,
+    )
+}
+
 /// How the thread works.
 pub struct Setup {
     pub user: Option<FsIdentity>,
@@ -177,16 +197,11 @@ impl UserIo {
         s.poll_now = true;
         self.shared.wake.notify_all();
         while s.polls < want && s.polling {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some(next) = wait_until(&self.shared, s, until) else {
+                s = lock(&self.shared);
                 break;
-            }
-            s = self
-                .shared
-                .wake
-                .wait_timeout(s, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            };
+            s = next;
         }
         s.polling = false;
         (
@@ -227,16 +242,10 @@ impl UserIo {
                     Delivery::Retry(lines)
                 };
             }
-            let left = wait.saturating_sub(asked.elapsed());
-            if left.is_zero() {
-                return Delivery::Late(asked.elapsed());
+            match wait_until(&self.shared, s, asked + wait) {
+                Some(next) => s = next,
+                None => return Delivery::Late(asked.elapsed()),
             }
-            s = self
-                .shared
-                .wake
-                .wait_timeout(s, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
     }
 }

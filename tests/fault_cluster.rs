@@ -71,12 +71,7 @@ impl T {
     }
 
     fn carbontrack(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args(args)
-            .env("SLURM_CONF", self.c.slurm_conf())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.c.as_root(&self.bin.to_string_lossy(), args)
     }
 
     fn spool(&self) -> PathBuf {

@@ -556,26 +556,18 @@ fn selection_through_the_library() {
     assert_eq!(totals(&meter)[0].share, 0.5);
 }
 
-/// A GPU whose calls stop returning (the driver waiting on a GPU that fell
-/// off the bus) is given up on alone: the other GPU is measured in full by
-/// a fresh sampler thread, the stuck one keeps what it had and says when it
-/// stopped answering, and nothing changes when its call finally returns.
-#[test]
-fn a_gpu_whose_calls_hang_is_given_up_on_alone() {
+/// The fake's first two GPUs under a real sampler, one meter per GPU
+/// as the tracker hands them over, every 100 ms, a call older than 300 ms
+/// given up on. Returns the sampler and when (seconds after `epoch`) the
+/// meters were opened.
+fn sampled_pair(
+    lib: &Path,
+    epoch: f64,
+    thread: &str,
+) -> (carbontrack::measure::sampler::Sampler, f64) {
     use carbontrack::measure::sampler::{Sampler, SamplerOptions};
-    let epoch = unix_now();
-    let p: Profile = "200".parse().unwrap();
-    let config = format!(
-        "epoch = {epoch}\n{}{}",
-        gpu(
-            0,
-            "power = 200\nenergy = counter\nhang_at = 2.0\nhang_for = 3.0"
-        ),
-        gpu(1, "power = 200\nenergy = counter"),
-    );
-    let lib = fake_nvml("hanging", &config);
     let before = unix_now() - epoch;
-    let (meter, _) = NvmlMeter::for_job(&lib, &GpuHints::default(), Instant::now());
+    let (meter, _) = NvmlMeter::for_job(lib, &GpuHints::default(), Instant::now());
     let opened = (before + unix_now() - epoch) / 2.0;
     let meters: Vec<Box<dyn Meter>> = meter
         .split()
@@ -587,10 +579,30 @@ fn a_gpu_whose_calls_hang_is_given_up_on_alone() {
         interval: Duration::from_millis(100),
         stall_after: Duration::from_millis(300),
         join_timeout: Duration::from_secs(2),
-        thread_name: "ct-nvml-hang".into(),
+        thread_name: thread.into(),
         ..SamplerOptions::default()
     };
-    let s = Sampler::start(meters, opts, None).unwrap();
+    (Sampler::start(meters, opts, None).unwrap(), opened)
+}
+
+/// A GPU whose calls stop returning (the driver waiting on a GPU that fell
+/// off the bus) is given up on alone: the other GPU is measured in full by
+/// a fresh sampler thread, the stuck one keeps what it had and says when it
+/// stopped answering, and nothing changes when its call finally returns.
+#[test]
+fn a_gpu_whose_calls_hang_is_given_up_on_alone() {
+    let epoch = unix_now();
+    let p: Profile = "200".parse().unwrap();
+    let config = format!(
+        "epoch = {epoch}\n{}{}",
+        gpu(
+            0,
+            "power = 200\nenergy = counter\nhang_at = 2.0\nhang_for = 3.0"
+        ),
+        gpu(1, "power = 200\nenergy = counter"),
+    );
+    let lib = fake_nvml("hanging", &config);
+    let (s, opened) = sampled_pair(&lib, epoch, "ct-nvml-hang");
     sleep(Duration::from_secs_f64(
         (3.5 - (unix_now() - epoch)).max(0.0),
     ));
@@ -695,7 +707,6 @@ fn a_gpu_that_hangs_from_the_start_costs_a_bounded_wait() {
 /// again, and its counter bridges the pause: measured in full, `ok`.
 #[test]
 fn a_counter_gpu_that_answers_again_is_measured_in_full() {
-    use carbontrack::measure::sampler::{Sampler, SamplerOptions};
     let epoch = unix_now();
     let p: Profile = "150".parse().unwrap();
     let config = format!(
@@ -707,21 +718,7 @@ fn a_counter_gpu_that_answers_again_is_measured_in_full() {
         gpu(1, "power = 150\nenergy = counter"),
     );
     let lib = fake_nvml("hang-and-back", &config);
-    let before = unix_now() - epoch;
-    let (meter, _) = NvmlMeter::for_job(&lib, &GpuHints::default(), Instant::now());
-    let opened = (before + unix_now() - epoch) / 2.0;
-    let meters: Vec<Box<dyn Meter>> = meter
-        .split()
-        .into_iter()
-        .map(|m| Box::new(m) as Box<dyn Meter>)
-        .collect();
-    let opts = SamplerOptions {
-        interval: Duration::from_millis(100),
-        stall_after: Duration::from_millis(300),
-        thread_name: "ct-nvml-back".into(),
-        ..SamplerOptions::default()
-    };
-    let s = Sampler::start(meters, opts, None).unwrap();
+    let (s, opened) = sampled_pair(&lib, epoch, "ct-nvml-back");
     sleep(Duration::from_secs_f64(
         (4.5 - (unix_now() - epoch)).max(0.0),
     ));

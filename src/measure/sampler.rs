@@ -716,6 +716,14 @@ impl Sampler {
                 .name(watchdog_name(&shared.opts.thread_name))
                 .stack_size(64 * 1024)
                 .spawn(move || watch(&for_dog))
+                .map_err(|e| {
+                    // Said once with the figures: sampling goes on, but a
+                    // device that stops answering would not be given up on.
+                    lock(&shared.inner).given_up.push(format!(
+                        "no watchdog thread ({e}): a device that stopped answering would hold \
+                         up the others"
+                    ));
+                })
                 .ok()
         };
         // Return once the thread has taken the baseline, so callers and tests

@@ -515,10 +515,7 @@ fn adopt_stale(config: &Config, spool: &Spool, cluster: &str, report: &mut RunRe
             match read_node_footprint(&p) {
                 Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
                 Err(why) => {
-                    let moved = spool
-                        .quarantine(id, &p)
-                        .map(|to| format!("moved to {}", to.display()))
-                        .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                    let moved = spool.set_aside(id, &p);
                     log(format!(
                         "carbontrack: job {id}: skipped unreadable footprint {}: {why}; {moved}",
                         p.display()
@@ -583,10 +580,7 @@ fn collect(
         match read_node_footprint(p) {
             Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
             Err(why) => {
-                let moved = spool
-                    .quarantine(job.job_id, p)
-                    .map(|to| format!("moved to {}", to.display()))
-                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                let moved = spool.set_aside(job.job_id, p);
                 log(format!(
                     "carbontrack: job {}: skipped unreadable footprint {}: {why}; {moved}",
                     job.job_id,
@@ -846,10 +840,7 @@ pub fn deliver(
     let mut p: Pending = match serde_json::from_slice(&text) {
         Ok(p) => p,
         Err(e) => {
-            let moved = spool
-                .quarantine(job, &path)
-                .map(|to| format!("moved to {}", to.display()))
-                .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+            let moved = spool.set_aside(job, &path);
             log(format!(
                 "carbontrack: job {job}: skipped unreadable outbox record {}: {e}; {moved}",
                 path.display()

@@ -202,10 +202,7 @@ pub fn retry_deposits(
         let job: EpilogJob = match serde_json::from_slice(&bytes) {
             Ok(j) => j,
             Err(e) => {
-                let moved = local
-                    .quarantine(id, &marker)
-                    .map(|to| format!("moved to {}", to.display()))
-                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                let moved = local.set_aside(id, &marker);
                 log(format!(
                     "carbontrack: job {id}: unreadable {}: {e}; {moved}",
                     marker.display()
@@ -371,10 +368,7 @@ fn deposit(
         let bytes = match read_node_footprint(p) {
             Ok(_) => local.read_file(p).map_err(|e| e.to_string())?,
             Err(why) => {
-                let moved = local
-                    .quarantine(id, p)
-                    .map(|to| format!("moved to {}", to.display()))
-                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                let moved = local.set_aside(id, p);
                 log(format!(
                     "carbontrack: job {id}: skipped unreadable footprint {}: {why}; {moved}",
                     p.display()
@@ -481,10 +475,7 @@ fn complete_locked(
         match read_node_footprint(p) {
             Ok(r) => rows.extend(r.into_iter().filter(|r| !r.is_total())),
             Err(why) => {
-                let moved = shared
-                    .quarantine(id, p)
-                    .map(|to| format!("moved to {}", to.display()))
-                    .unwrap_or_else(|e| format!("could not move it aside: {e}"));
+                let moved = shared.set_aside(id, p);
                 log(format!(
                     "carbontrack: job {id}: skipped unreadable part {}: {why}; {moved}",
                     p.display()
