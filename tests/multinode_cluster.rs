@@ -821,6 +821,8 @@ fn restarted_slurmd(t: &T) {
     wait_sampled(t, id, &t.nodes);
     sleep(Duration::from_secs(2));
     let stepd = extern_stepd(t, 2, id).expect("ct2 runs the job's extern slurmstepd");
+    let slurmd_log = t.c.dir.join("log/slurmd-ct2.log");
+    let mark = fs::metadata(&slurmd_log).map(|m| m.len()).unwrap_or(0);
     let restart_at = SystemTime::now();
     let restarting = Instant::now();
     t.c.restart_slurmd("ct2").expect("ct2's slurmd restarts");
@@ -864,6 +866,18 @@ fn restarted_slurmd(t: &T) {
         "{}",
         t.epilog_logs()
     );
+    // What the new slurmd said of the job it found running.
+    let log = fs::read(&slurmd_log).unwrap_or_default();
+    let after = String::from_utf8_lossy(log.get(mark as usize..).unwrap_or_default()).to_string();
+    for line in after
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("{id}.")) || l.contains("slurmd version") || l.contains("recover")
+        })
+        .take(12)
+    {
+        println!("  ct2 slurmd: {line}");
+    }
     println!(
         "  job {id}: ct2's slurmd killed and back in {:.1} s (nodes then: {during}); \
          Slurm: {state}; per-node error {}; total `{}`; {field}",
