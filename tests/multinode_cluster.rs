@@ -941,6 +941,12 @@ fn many_nodes_one_total(t: &T) {
         .collect::<Vec<_>>()
         .join(" ");
     t.wait_for("every node idle", || node_states(t) == idle);
+    for r in rows.iter().filter(|r| !r.is_total() && r.status != "ok") {
+        println!(
+            "  not ok: {} {} {}: `{}` ({} to {})",
+            r.node, r.component, r.device, r.status, r.start, r.end
+        );
+    }
     println!(
         "  job {id} on {n} nodes: sampling everywhere {:.1} s after sbatch, ended at {:.1} s, \
          delivered at {:.1} s; per-node error {}; {} rows, {:.1} J, total `{}`; {field}",
