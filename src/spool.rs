@@ -50,7 +50,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::job::JobInfo;
 use crate::safe_fs::{self, SafeFsError};
@@ -425,6 +425,29 @@ impl Spool {
         Ok(v)
     }
 
+    /// Removes all state of a job whose lock the caller holds, in one step
+    /// as others see it: the directory is renamed aside (a name no job id
+    /// parses as) before it is emptied. Another node's Epilog waiting for
+    /// the lock, or writing its part meanwhile, then finds the job's path
+    /// empty or fresh, never half an earlier run's files to take for its own
+    /// or to delete with it.
+    pub fn remove_job_at_once(&self, job_id: u32) -> Result<(), SpoolError> {
+        let d = self.job_dir(job_id);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|t| t.as_nanos())
+            .unwrap_or_default();
+        let aside = self
+            .root
+            .join("jobs")
+            .join(format!(".retired-{job_id}-{}-{nanos}", std::process::id()));
+        match fs::rename(&d, &aside) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r.map_err(io_err(&d))?,
+        }
+        fs::remove_dir_all(&aside).map_err(io_err(&aside))
+    }
+
     /// Removes all state of a job.
     pub fn remove_job(&self, job_id: u32) -> Result<(), SpoolError> {
         let d = self.job_dir(job_id);
@@ -553,6 +576,28 @@ mod tests {
         assert_eq!(names, ["node-node2.csv", "node-node_1.csv"]);
         s.remove_job(5).unwrap();
         assert!(s.node_footprints(5).unwrap().is_empty());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_job_removed_at_once_leaves_its_path_fresh_under_a_held_lock() {
+        let root = temp("at-once");
+        let s = Spool::open(&root).unwrap();
+        let held = s.lock_job(7, Duration::ZERO).unwrap().expect("the lock");
+        s.write_node_footprint(7, "n1", b"a,b\n").unwrap();
+        s.remove_job_at_once(7).unwrap();
+        assert!(!s.job_dir(7).exists());
+        // Nothing aside is left, and nothing there reads as a job.
+        assert_eq!(fs::read_dir(root.join("jobs")).unwrap().count(), 0);
+        // The path's lock is a fresh one: the retired run's, still held,
+        // does not stand in the way of the next run's part.
+        let next = s.lock_job(7, Duration::ZERO).unwrap();
+        assert!(next.is_some());
+        s.write_node_footprint(7, "n2", b"a,b\n").unwrap();
+        assert_eq!(s.node_footprints(7).unwrap().len(), 1);
+        assert_eq!(s.job_ids().unwrap(), [7]);
+        drop((held, next));
+        s.remove_job_at_once(8).unwrap();
         fs::remove_dir_all(&root).unwrap();
     }
 

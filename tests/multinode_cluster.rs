@@ -102,6 +102,8 @@ struct T {
     shared: PathBuf,
     ledger: PathBuf,
     bin: PathBuf,
+    /// ct1..ctN.
+    nodes: Vec<String>,
 }
 
 impl T {
@@ -115,14 +117,20 @@ impl T {
     }
 
     fn submit(&self, wrap: &str) -> u32 {
+        self.submit_n(2, wrap)
+    }
+
+    /// `sbatch -N<nodes> --gres=gpu:1` of `wrap`, tracked.
+    fn submit_n(&self, nodes: usize, wrap: &str) -> u32 {
         let work = self.c.work_dir().display().to_string();
+        let n = format!("-N{nodes}");
         let o = self
             .c
             .as_user(
                 "sbatch",
                 &[
                     "--parsable",
-                    "-N2",
+                    &n,
                     "--gres=gpu:1",
                     "--carbon-track=yes",
                     "--no-requeue",
@@ -207,7 +215,7 @@ impl T {
     }
 
     fn epilog_logs(&self) -> String {
-        ["ct1", "ct2"]
+        self.nodes
             .iter()
             .map(|n| {
                 let p = self.c.dir.join(format!("log/ct-epilog-{n}.log"));
@@ -345,13 +353,65 @@ fn main() -> ExitCode {
         println!("SKIPPED multi-node cluster tests: {why}");
         return ExitCode::SUCCESS;
     }
-    let c = match Cluster::start_multinode(true, 2) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot start the two-node test cluster: {e}");
+    let mut failed = Vec::new();
+    let two: [(&str, Check); 4] = [
+        ("two_nodes_one_total", two_nodes_one_total),
+        ("a_reused_job_id_starts_afresh_in_shared", reused_job_id),
+        (
+            "a_restarted_slurmd_leaves_the_job_measured",
+            restarted_slurmd,
+        ),
+        // Last: ct2 stays down.
+        ("a_killed_node_leaves_its_part_missing", killed_node),
+    ];
+    let many = many_nodes();
+    let phases: [(usize, &[(&'static str, Check)]); 2] = [
+        (2, &two),
+        (many, &[("many_nodes_one_total", many_nodes_one_total)]),
+    ];
+    for (nodes, checks) in phases {
+        if let Err(e) = run_phase(nodes, checks, &mut failed) {
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
-    };
+    }
+    if failed.is_empty() {
+        println!("\nmulti-node cluster test result: ok");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\nmulti-node cluster test result: FAILED: {}",
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
+    }
+}
+
+type Check = fn(&T);
+
+/// How many nodes the many-node check runs: CT_TEST_MANY_NODES, else 8.
+fn many_nodes() -> usize {
+    std::env::var("CT_TEST_MANY_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (2..=50).contains(n))
+        .unwrap_or(8)
+}
+
+/// A fresh cluster of `nodes` nodes with accounting, the fake hardware and
+/// the Epilog; each check runs on it in turn; the cluster stops after them.
+fn run_phase(
+    nodes: usize,
+    checks: &[(&'static str, Check)],
+    failed: &mut Vec<&'static str>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let c = Cluster::start_multinode(true, nodes as u32)
+        .map_err(|e| format!("cannot start the {nodes}-node test cluster: {e}"))?;
+    println!(
+        "{nodes}-node cluster up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let hwdir = c.dir.join("hardware");
     fs::create_dir_all(&hwdir).unwrap();
     let t = T {
@@ -359,18 +419,11 @@ fn main() -> ExitCode {
         shared: c.dir.join("ct-shared"),
         ledger: c.dir.join("ct-ledger/ledger.csv"),
         bin: c.dir.join("bin/carbontrack"),
+        nodes: (1..=nodes).map(|i| format!("ct{i}")).collect(),
         c,
     };
     setup(&t);
-    let mut failed = Vec::new();
-    type Check = fn(&T);
-    let checks: [(&str, Check); 3] = [
-        ("two_nodes_one_total", two_nodes_one_total),
-        ("a_reused_job_id_starts_afresh_in_shared", reused_job_id),
-        // Last: ct2 stays down.
-        ("a_killed_node_leaves_its_part_missing", killed_node),
-    ];
-    for (name, check) in checks {
+    for &(name, check) in checks {
         let started = Instant::now();
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&t))).is_ok();
         println!(
@@ -382,17 +435,7 @@ fn main() -> ExitCode {
             failed.push(name);
         }
     }
-    drop(t);
-    if failed.is_empty() {
-        println!("\nmulti-node cluster test result: ok");
-        ExitCode::SUCCESS
-    } else {
-        println!(
-            "\nmulti-node cluster test result: FAILED: {}",
-            failed.join(", ")
-        );
-        ExitCode::FAILURE
-    }
+    Ok(())
 }
 
 /// The binary where every node's Epilog can run it, the plugin's arguments
@@ -691,4 +734,228 @@ fn port_base(_t: &T) -> u16 {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(17017)
+}
+
+/// Waits until every one of `nodes` logged that it samples job `id`.
+fn wait_sampled(t: &T, id: u32, nodes: &[String]) {
+    t.wait_for(&format!("job {id} sampled on {nodes:?}"), || {
+        nodes.iter().all(|n| {
+            fs::read_to_string(t.c.dir.join(format!("log/slurmd-{n}.log")))
+                .unwrap_or_default()
+                .contains(&format!("carbontrack: job {id}: sampling on {n} "))
+        })
+    });
+}
+
+/// The pid of job `id`'s extern slurmstepd on node `ctI`, among the
+/// processes of that node's network namespace.
+fn extern_stepd(t: &T, i: usize, id: u32) -> Option<u32> {
+    let ns = format!("ct{}n{i}", port_base(t));
+    let pids = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .unwrap();
+    let want = format!("[{id}.extern]");
+    String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&want))
+                .unwrap_or(false)
+        })
+}
+
+/// Each node's largest error of a device row against its share of the truth.
+fn node_errors(hw: &Hardware, rows: &[Row]) -> Vec<(String, f64)> {
+    let mut by: std::collections::BTreeMap<&str, f64> = Default::default();
+    for r in rows.iter().filter(|r| !r.is_total()) {
+        let truth = r.share.unwrap() * hw.truth(r);
+        let err = (r.energy_j.unwrap() - truth).abs() / truth;
+        let e = by.entry(r.node.as_str()).or_default();
+        *e = e.max(err);
+    }
+    by.into_iter().map(|(n, e)| (n.to_string(), e)).collect()
+}
+
+fn show_errors(errors: &[(String, f64)]) -> String {
+    errors
+        .iter()
+        .map(|(n, e)| format!("{n} {:.2}%", e * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// sacct's State and ExitCode of the job's allocation.
+fn slurm_state(t: &T, id: u32) -> String {
+    t.root(
+        "sacct",
+        &[
+            "-n",
+            "-X",
+            "-P",
+            "-j",
+            &id.to_string(),
+            "-o",
+            "State,ExitCode",
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+fn node_states(t: &T) -> String {
+    t.root("sinfo", &["-h", "-N", "-o", "%N=%T"])
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// ct2's slurmd is SIGKILLed mid-job and started again, as a crash or an
+/// upgrade does (`scripts/test-cluster restart-slurmd ct2`): the job's extern
+/// slurmstepd outlives it and keeps sampling, the new slurmd runs ct2's
+/// Epilog when the job ends, and the two parts meet in shared= into one
+/// total, delivered once, with both nodes' rows whole.
+fn restarted_slurmd(t: &T) {
+    let id = t.submit("srun -N2 sleep 20");
+    wait_sampled(t, id, &t.nodes);
+    sleep(Duration::from_secs(2));
+    let stepd = extern_stepd(t, 2, id).expect("ct2 runs the job's extern slurmstepd");
+    let slurmd_log = t.c.dir.join("log/slurmd-ct2.log");
+    let mark = fs::metadata(&slurmd_log).map(|m| m.len()).unwrap_or(0);
+    let restart_at = SystemTime::now();
+    let restarting = Instant::now();
+    t.c.restart_slurmd("ct2").expect("ct2's slurmd restarts");
+    let restarted_in = restarting.elapsed();
+    assert!(
+        Path::new(&format!("/proc/{stepd}")).exists(),
+        "the extern slurmstepd (pid {stepd}) outlives ct2's slurmd"
+    );
+    let during = node_states(t);
+    t.wait_gone(id);
+    t.wait_for(&format!("the ledger row of job {id}"), || {
+        !t.ledger_rows(id).is_empty()
+    });
+    let rows = t.user_csv(id);
+    assert_rows_match_truth(&t.hw, &rows, &["ct1", "ct2"]);
+    // ct2 was measured past the restart, to the job's end.
+    for r in rows.iter().filter(|r| r.node == "ct2") {
+        assert!(time(&r.end) > restart_at + Duration::from_secs(5), "{r:?}");
+    }
+    let total = rows.last().unwrap();
+    assert!(!total.status.contains("missing"), "{}", total.status);
+    assert_total_status_is_the_rows(&rows);
+    let field = t.field(id);
+    assert_eq!(field.matches("carbontrack:v1").count(), 1, "{field}");
+    let seg = Segment::parse(&field).unwrap();
+    assert_eq!(seg.nodes, 2, "{field}");
+    let kwh = total.energy_kwh.unwrap();
+    assert!(close(seg.energy_kwh.unwrap(), kwh, kwh * 1e-5), "{field}");
+    let ledger = t.ledger_rows(id);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert!(ledger[0].ends_with(",ctcluster,ct1 ct2"), "{}", ledger[0]);
+    let out = t.carbontrack(&["flush", "--part-wait", "0s"]);
+    assert!(out.contains("delivered 0 job(s), 0 still queued"), "{out}");
+    assert_eq!(t.ledger_rows(id).len(), 1);
+    let state = slurm_state(t, id);
+    assert_eq!(state, "COMPLETED|0:0", "what Slurm made of the job");
+    t.assert_no_carbontrack_drain(&[]);
+    t.wait_for("both nodes idle", || node_states(t) == "ct1=idle ct2=idle");
+    assert!(
+        !t.epilog_logs().contains("exited with"),
+        "{}",
+        t.epilog_logs()
+    );
+    // What the new slurmd said of the job it found running.
+    let log = fs::read(&slurmd_log).unwrap_or_default();
+    let after = String::from_utf8_lossy(log.get(mark as usize..).unwrap_or_default()).to_string();
+    for line in after
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("{id}.")) || l.contains("slurmd version") || l.contains("recover")
+        })
+        .take(12)
+    {
+        println!("  ct2 slurmd: {line}");
+    }
+    println!(
+        "  job {id}: ct2's slurmd killed and back in {:.1} s (nodes then: {during}); \
+         Slurm: {state}; per-node error {}; total `{}`; {field}",
+        restarted_in.as_secs_f64(),
+        show_errors(&node_errors(&t.hw, &rows)),
+        total.status
+    );
+}
+
+/// One tracked job on every node of the cluster (8 by default): each node's
+/// rows against the truth, one total of them all, delivered once.
+fn many_nodes_one_total(t: &T) {
+    let n = t.nodes.len();
+    let submitted = Instant::now();
+    let id = t.submit_n(n, &format!("srun -N{n} sleep 8"));
+    wait_sampled(t, id, &t.nodes);
+    let sampling = submitted.elapsed();
+    t.wait_gone(id);
+    let ended = submitted.elapsed();
+    t.wait_for(&format!("the ledger row of job {id}"), || {
+        !t.ledger_rows(id).is_empty()
+    });
+    let delivered = submitted.elapsed();
+    let rows = t.user_csv(id);
+    let names: Vec<&str> = t.nodes.iter().map(String::as_str).collect();
+    assert_rows_match_truth(&t.hw, &rows, &names);
+    let total = rows.last().unwrap();
+    assert_eq!(total.node, "all");
+    assert!(!total.status.contains("missing"), "{}", total.status);
+    assert_total_status_is_the_rows(&rows);
+    let field = t.field(id);
+    assert_eq!(field.matches("carbontrack:v1").count(), 1, "{field}");
+    let seg = Segment::parse(&field).unwrap();
+    assert_eq!(seg.nodes as usize, n, "{field}");
+    for (got, component) in [(seg.cpu_j, "cpu"), (seg.dram_j, "dram"), (seg.gpu_j, "gpu")] {
+        let sum = sum_of(&rows, component);
+        assert!(
+            close(got.unwrap(), sum, 0.01 * n as f64),
+            "{component}: {field}"
+        );
+    }
+    let kwh = total.energy_kwh.unwrap();
+    assert!(close(seg.energy_kwh.unwrap(), kwh, kwh * 1e-5), "{field}");
+    let ledger = t.ledger_rows(id);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert!(
+        ledger[0].ends_with(&format!(",ctcluster,{}", names.join(" "))),
+        "{}",
+        ledger[0]
+    );
+    for node in &t.nodes {
+        assert!(!t.node_spool(node).join(format!("jobs/{id}")).exists());
+    }
+    let out = t.carbontrack(&["flush", "--part-wait", "0s"]);
+    assert!(out.contains("delivered 0 job(s), 0 still queued"), "{out}");
+    assert_eq!(t.ledger_rows(id).len(), 1);
+    t.assert_no_carbontrack_drain(&[]);
+    let idle: String = names
+        .iter()
+        .map(|n| format!("{n}=idle"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    t.wait_for("every node idle", || node_states(t) == idle);
+    for r in rows.iter().filter(|r| !r.is_total() && r.status != "ok") {
+        println!(
+            "  not ok: {} {} {}: `{}` ({} to {})",
+            r.node, r.component, r.device, r.status, r.start, r.end
+        );
+    }
+    println!(
+        "  job {id} on {n} nodes: sampling everywhere {:.1} s after sbatch, ended at {:.1} s, \
+         delivered at {:.1} s; per-node error {}; {} rows, {:.1} J, total `{}`; {field}",
+        sampling.as_secs_f64(),
+        ended.as_secs_f64(),
+        delivered.as_secs_f64(),
+        show_errors(&node_errors(&t.hw, &rows)),
+        rows.len(),
+        total.energy_j.unwrap(),
+        total.status
+    );
 }

@@ -320,8 +320,10 @@ fn retire_earlier_run(
             _ => "nothing of it to deliver".to_string(),
         }
     };
+    // Under the lock: a node waiting for it must not find half of the
+    // earlier run still there (and delete the part it just wrote with it).
+    shared.remove_job_at_once(id).map_err(|e| e.to_string())?;
     drop(lock);
-    shared.remove_job(id).map_err(|e| e.to_string())?;
     log(format!(
         "carbontrack: job {id}: {} held an earlier job with this id{when}; {what}; this job starts afresh",
         dir.display()

@@ -300,6 +300,21 @@ impl Cluster {
         }
     }
 
+    /// SIGKILLs one node's slurmd and starts it again
+    /// (`scripts/test-cluster restart-slurmd NODE`); its slurmstepds and
+    /// jobs keep running.
+    pub fn restart_slurmd(&self, node: &str) -> Result<(), String> {
+        let out = self.script(&["restart-slurmd", node]);
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/test-cluster restart-slurmd {node} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
     /// Restarts the cluster as [`Cluster::start`] left it.
     pub fn restore(&self) -> Result<(), String> {
         self.restart(self.accounting, true)
