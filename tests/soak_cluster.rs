@@ -481,10 +481,19 @@ fn start_dbd(s: &Soak, events: &mut Vec<String>, tracked: usize, began: Instant)
     ));
 }
 
-/// Cancels the jobs of `ids` that have run for a moment; keeps the others.
+/// Cancels the jobs of `ids` that are being measured (their live copy is
+/// in the spool); keeps the others. A job cancelled before its extern step
+/// began sampling has nothing to deliver ("no footprint", seen here with a
+/// job cancelled in its first second): not what this soak is about.
 fn cancel_running(s: &Soak, ids: &mut Vec<JobId>) {
     ids.retain(|id| {
-        if s.c.job_state(id.0) != "RUNNING" {
+        let measured = fs::read_dir(s.hw.spool().join(format!("jobs/{}", id.0)))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with("live-"))
+            })
+            .unwrap_or(false);
+        if !measured || s.c.job_state(id.0) != "RUNNING" {
             return true;
         }
         let o =
