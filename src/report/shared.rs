@@ -471,7 +471,7 @@ fn complete_locked(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let paths = shared.node_footprints(id).map_err(|e| e.to_string())?;
-    let first = first_arrival(&paths);
+    let first = first_arrival(&dir, &paths);
     let mut rows: Vec<Row> = Vec::new();
     for p in &paths {
         match read_node_footprint(p) {
@@ -605,7 +605,7 @@ pub fn sweep(
         // Only overdue jobs need counting here: a job still within its wait
         // is completed by its own nodes' Epilogs. A stat per part, no lock.
         let paths = shared.node_footprints(id).unwrap_or_default();
-        if !is_overdue(first_arrival(&paths), tools.part_wait, now) {
+        if !is_overdue(first_arrival(&dir, &paths), tools.part_wait, now) {
             report.queued.push(id);
             continue;
         }
@@ -630,16 +630,22 @@ pub fn sweep(
     retry_outbox(shared, tools, skip, deadline, outage, report, log);
 }
 
-/// When the first of these parts arrived (their modification times).
-fn first_arrival(paths: &[std::path::PathBuf]) -> Option<SystemTime> {
+/// When the first of these parts arrived (their modification times); with
+/// no part yet, when the job's directory `dir` last changed. A directory
+/// another node's Epilog has just made, whose part is still on its way in,
+/// is not yet overdue: counting it then would claim the job with nothing in
+/// it, and every part arriving after would be kept out of its total (seen
+/// with 64 Epilogs at once sharing one `shared=`).
+fn first_arrival(dir: &std::path::Path, paths: &[std::path::PathBuf]) -> Option<SystemTime> {
     paths
         .iter()
         .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
         .min()
+        .or_else(|| fs::metadata(dir).and_then(|m| m.modified()).ok())
 }
 
 /// Whether missing parts have been waited for long enough; a job with no
-/// part left (all quarantined) is.
+/// part and no time to go by is.
 fn is_overdue(first: Option<SystemTime>, part_wait: Duration, now: SystemTime) -> bool {
     first.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= part_wait)
 }
