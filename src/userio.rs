@@ -350,20 +350,22 @@ fn run(shared: &Shared, mut setup: Setup) {
             let limit = squeue_time_limit(&job);
             lock(shared).time_limit = Some(limit);
         }
-        if let Some((dir, name, bytes)) = summary
-            && let Err(e) = write_user_file(setup.user.as_ref(), &dir, &name, &bytes)
-        {
+        if let Some((dir, name, bytes)) = summary {
+            let written = as_user(setup.user.as_ref(), &dir, &name, &bytes);
             let mut s = lock(shared);
-            // One report per run, not one per refresh.
-            if s.write_problem.is_none() {
-                s.write_problem = Some(e.to_string());
+            match written {
+                // One report per run, not one per refresh; one that healed
+                // (the summary written since) is not worth a line.
+                Err(e) if s.write_problem.is_none() => s.write_problem = Some(e.to_string()),
+                Err(_) => {}
+                Ok(_) => s.write_problem = None,
             }
         }
         if let Some(f) = finals {
             let mut written = Vec::new();
             let mut errors = Vec::new();
             for (name, bytes) in &f.files {
-                match write_user_file(setup.user.as_ref(), &f.dir, name, bytes) {
+                match as_user(setup.user.as_ref(), &f.dir, name, bytes) {
                     Ok(p) => written.push(p),
                     Err(e) => errors.push((e.to_string(), e.is_permanent())),
                 }
@@ -377,6 +379,28 @@ fn run(shared: &Shared, mut setup: Setup) {
             }
             lock(shared).answer = Some((written, errors));
             shared.wake.notify_all();
+        }
+    }
+}
+
+/// [`write_user_file`], tried again shortly when taking the user's identity
+/// is refused: slurmstepd drops its own privileges for moments (glibc then
+/// changes every thread's ids), and a per-thread identity change in such a
+/// moment fails with EPERM.
+fn as_user(
+    id: Option<&FsIdentity>,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, crate::deliver::DeliverError> {
+    let mut tries = 0;
+    loop {
+        match write_user_file(id, dir, name, bytes) {
+            Err(crate::deliver::DeliverError::Identity { .. }) if tries < 3 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
         }
     }
 }
