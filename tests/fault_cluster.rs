@@ -22,7 +22,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -257,46 +257,9 @@ fn faults_never_stall_a_job_or_a_node_and_measured_figures_stay_true() {
     // a stuck GPU holds up the sampler before it is given up on must not
     // cost a wrap.
     let hw = Hardware::with_wrap(60_000_000_000);
-    let dir = c.dir.clone();
-    let bin = dir.join("bin/carbontrack");
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_carbontrack"), &bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    let ledger = dir.join("ct-ledger/ledger.csv");
-    let args = hw.plugin_args(&[
-        &format!("ledger={}", ledger.display()),
-        "pue=1.5",
-        "intensity=400",
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.set_plugin_args(&refs);
-    // The real wrapper, its lines and its time kept for the test.
-    let wrapper = common::repo().join("scripts/carbontrack-epilog");
-    let epilog = dir.join("etc/epilog.sh");
-    fs::write(
-        &epilog,
-        format!(
-            "#!/bin/bash\nexec 2>>{log}\nt0=$(date +%s%N)\nCARBONTRACK={bin} {wrapper}\nrc=$?\n\
-             echo \"test-epilog: job $SLURM_JOB_ID took $(( ($(date +%s%N) - t0) / 1000000 )) ms\" >&2\n\
-             exit $rc\n",
-            log = dir.join("log/ct-epilog.log").display(),
-            bin = bin.display(),
-            wrapper = wrapper.display(),
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&epilog, fs::Permissions::from_mode(0o755)).unwrap();
-    let conf: String = fs::read_to_string(c.slurm_conf())
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("#Epilog=") && !l.starts_with("Epilog="))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>()
-        + &format!("Epilog={}\n", epilog.display());
-    fs::write(c.slurm_conf(), conf).unwrap();
-    let o = c.as_root("scontrol", &["reconfigure"]);
-    assert!(o.status.success(), "{}", out(&o));
-    sleep(Duration::from_secs(2));
+    let bin = common::with_real_epilog(&c, &hw, env!("CARGO_BIN_EXE_carbontrack"), |l| {
+        format!("{l}\n")
+    });
     let t = T { c, hw, bin };
     let first_mark = t.c.log_mark();
 

@@ -23,7 +23,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,48 +263,14 @@ fn soak_jobs() -> usize {
 fn setup() -> Soak {
     let c = Cluster::start(true).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"));
     let hw = Hardware::with_wrap(60_000_000_000);
-    let dir = c.dir.clone();
-    let bin = dir.join("bin/carbontrack");
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_carbontrack"), &bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    let ledger = dir.join("ct-ledger/ledger.csv");
-    let args = hw.plugin_args(&[
-        &format!("ledger={}", ledger.display()),
-        "pue=1.5",
-        "intensity=400",
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.set_plugin_args(&refs);
-    let wrapper = common::repo().join("scripts/carbontrack-epilog");
-    let epilog = dir.join("etc/epilog.sh");
-    fs::write(
-        &epilog,
-        format!(
-            "#!/bin/bash\nexec 2>>{log}\nt0=$(date +%s%N)\nCARBONTRACK={bin} {wrapper}\nrc=$?\n\
-             echo \"test-epilog: job $SLURM_JOB_ID took $(( ($(date +%s%N) - t0) / 1000000 )) ms\" >&2\n\
-             exit $rc\n",
-            log = dir.join("log/ct-epilog.log").display(),
-            bin = bin.display(),
-            wrapper = wrapper.display(),
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&epilog, fs::Permissions::from_mode(0o755)).unwrap();
-    let conf: String = fs::read_to_string(c.slurm_conf())
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("#Epilog=") && !l.starts_with("Epilog="))
-        .map(|l| {
-            if l.starts_with("PartitionName=") {
-                format!("{l} OverSubscribe=FORCE:{OVERSUBSCRIBE}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect::<String>()
-        + &format!("Epilog={}\n", epilog.display());
-    fs::write(c.slurm_conf(), conf).unwrap();
+    let bin = common::with_real_epilog(&c, &hw, env!("CARGO_BIN_EXE_carbontrack"), |l| {
+        if l.starts_with("PartitionName=") {
+            format!("{l} OverSubscribe=FORCE:{OVERSUBSCRIBE}\n")
+        } else {
+            format!("{l}\n")
+        }
+    });
+    let ledger = c.dir.join("ct-ledger/ledger.csv");
     let s = Soak { c, hw, bin, ledger };
     // Both restarted, so that the partition's sharing and the Epilog hold.
     s.stop("slurmd");

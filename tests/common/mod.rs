@@ -561,6 +561,67 @@ impl Drop for Cluster {
     }
 }
 
+/// Sets `c` up for jobs measured on `hw` and delivered by the real Epilog
+/// wrapper: the plugin's arguments (the hardware, a ledger, PUE 1.5, 400 g
+/// per kWh), the `carbontrack` binary `bin` copied where root can run it,
+/// and an Epilog that runs the wrapper with it and keeps its lines and its
+/// wall time (`test-epilog: job N took X ms`) in `log/ct-epilog.log`.
+/// `edit` rewrites each slurm.conf line (with its newline) before the
+/// Epilog line is added. Returns the copied binary.
+pub fn with_real_epilog(
+    c: &Cluster,
+    hw: &hardware::Hardware,
+    bin: &str,
+    edit: impl Fn(&str) -> String,
+) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &c.dir;
+    let copy = dir.join("bin/carbontrack");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ledger = dir.join("ct-ledger/ledger.csv");
+    let args = hw.plugin_args(&[
+        &format!("ledger={}", ledger.display()),
+        "pue=1.5",
+        "intensity=400",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.set_plugin_args(&refs);
+    let wrapper = repo().join("scripts/carbontrack-epilog");
+    let epilog = dir.join("etc/epilog.sh");
+    std::fs::write(
+        &epilog,
+        format!(
+            "#!/bin/bash\nexec 2>>{log}\nt0=$(date +%s%N)\nCARBONTRACK={bin} {wrapper}\nrc=$?\n\
+             echo \"test-epilog: job $SLURM_JOB_ID took $(( ($(date +%s%N) - t0) / 1000000 )) ms\" >&2\n\
+             exit $rc\n",
+            log = dir.join("log/ct-epilog.log").display(),
+            bin = copy.display(),
+            wrapper = wrapper.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&epilog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf: String = std::fs::read_to_string(c.slurm_conf())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("#Epilog=") && !l.starts_with("Epilog="))
+        .map(&edit)
+        .collect::<String>()
+        + &format!("Epilog={}\n", epilog.display());
+    std::fs::write(c.slurm_conf(), conf).unwrap();
+    let o = c.as_root("scontrol", &["reconfigure"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    sleep(Duration::from_secs(2));
+    copy
+}
+
 fn pipe_in(mut cmd: Command, input: &str) -> Output {
     use std::io::Write;
     let mut child = cmd
