@@ -417,14 +417,17 @@ impl Zone {
         let path = dir.join("energy_uj");
         let file = File::open(&path).map_err(|e| unreadable(&path, &e))?;
         // sysfs checks permissions at open, but a plain file (or a directory)
-        // may only fail at read: try one read now.
-        read_value(&file).map_err(|e| match e {
-            ReadFailure::Io(k) => unreadable(&path, &io::Error::from(k)),
-            ReadFailure::Garbage => (
-                "energy_uj holds no number".to_string(),
-                format!("{} does not hold a number", path.display()),
-            ),
-        })?;
+        // may only fail at read: try one read now. A read that gives no number
+        // is not final: something refilling the file (a fixture, an exporter
+        // mimicking sysfs) can be caught between emptying and refilling it
+        // when the node is loaded, and dropping the zone for that would leave
+        // the job's whole CPU unknown (seen once in 600 soak jobs). The zone
+        // is kept; its status counts the failed reads, or says every read
+        // failed if none ever gives a number.
+        match read_value(&file) {
+            Ok(_) | Err(ReadFailure::Garbage) => {}
+            Err(ReadFailure::Io(k)) => return Err(unreadable(&path, &io::Error::from(k))),
+        }
         let range_path = dir.join("max_energy_range_uj");
         let max_range = std::fs::read_to_string(&range_path)
             .map_err(|e| unreadable(&range_path, &e))?
@@ -639,8 +642,13 @@ pub fn counter_delta(
     }
 }
 
-/// Reads of a counter that gave no number before one counts as failed.
-const GARBAGE_RETRIES: u32 = 4;
+/// Pauses before reading again a counter that gave no number: 50 µs
+/// doubling, about 25 ms in all. A writer preempted between emptying and
+/// refilling the file (a loaded node) is away for a scheduler slice, a few
+/// milliseconds; sysfs itself never needs a retry, so this costs nothing
+/// where the counter is real.
+const GARBAGE_RETRIES: u32 = 9;
+const GARBAGE_FIRST_PAUSE: Duration = Duration::from_micros(50);
 
 /// One read of the counter; only a read that gives no number is tried again.
 ///
@@ -651,16 +659,17 @@ const GARBAGE_RETRIES: u32 = 4;
 /// empty read is retried after a short pause, which sysfs never needs. A
 /// wrong but well-formed number is left to [`counter_delta`]'s glitch logic.
 fn read_value(file: &File) -> Result<u64, ReadFailure> {
-    let mut tries = 0;
-    loop {
+    let mut pause = GARBAGE_FIRST_PAUSE;
+    for _ in 0..GARBAGE_RETRIES {
         match read_counter(file) {
-            Err(ReadFailure::Garbage) if tries < GARBAGE_RETRIES => {
-                tries += 1;
-                std::thread::sleep(Duration::from_micros(50));
+            Err(ReadFailure::Garbage) => {
+                std::thread::sleep(pause);
+                pause *= 2;
             }
             other => return other,
         }
     }
+    read_counter(file)
 }
 
 /// One `pread` at offset 0 into a stack buffer, parsed without allocating.
@@ -765,6 +774,37 @@ mod tests {
         );
         let msg = unreadable_reason(path, &io::Error::from(io::ErrorKind::NotFound));
         assert!(msg.ends_with("does not exist"), "{msg}");
+    }
+
+    /// A counter that gives no number when the zone is opened (its writer
+    /// caught between emptying and refilling it) keeps its zone: the job's
+    /// CPU is measured from the first good read. One that never gives a
+    /// number is unavailable, said so, never 0.
+    #[test]
+    fn a_counter_empty_at_open_keeps_its_zone() {
+        let dir = std::env::temp_dir().join(format!("ct-rapl-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("max_energy_range_uj"), "262143328850\n").unwrap();
+        std::fs::write(dir.join("energy_uj"), "").unwrap();
+        let mut zone = Zone::open(Component::Cpu, "package-0", &dir, 1.0)
+            .expect("an empty counter at open is not final");
+        let t0 = Instant::now();
+        std::fs::write(dir.join("energy_uj"), "1000000\n").unwrap();
+        zone.sample(t0);
+        std::fs::write(dir.join("energy_uj"), "3500000\n").unwrap();
+        zone.sample(t0 + Duration::from_secs(1));
+        assert_eq!(zone.energy_uj, 2_500_000);
+        assert_eq!(zone.status(None), Status::Ok);
+
+        std::fs::write(dir.join("energy_uj"), "abc\n").unwrap();
+        let mut zone = Zone::open(Component::Cpu, "package-0", &dir, 1.0).unwrap();
+        zone.sample(t0);
+        zone.sample(t0 + Duration::from_secs(1));
+        match zone.status(None) {
+            Status::Unavailable(why) => assert!(why.contains("not a number"), "{why}"),
+            other => panic!("a counter that never gives a number: {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
