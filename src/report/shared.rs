@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::carbon::summary::render_final_from_rows;
 use crate::config::{Config, ReportTarget};
 use crate::footprint::{self, Row};
+use crate::measure::{MAX_STATUS, Status, fit_reasons};
 use crate::spool::Spool;
 
 use super::epilog::{
@@ -660,24 +661,46 @@ fn missing_nodes(nodes: &[String], present: &BTreeSet<String>) -> Vec<String> {
 }
 
 /// The total's status, saying which nodes' parts are missing: their energy
-/// is not in it, so the figure is a lower bound.
+/// is not in it, so the figure is a lower bound. The clause comes first
+/// (it matters most), the status stays within [`MAX_STATUS`] characters
+/// however many nodes are missing, and the summary names them all.
 pub fn with_missing(status: &str, missing: &[String]) -> String {
     if missing.is_empty() {
         return status.to_string();
     }
-    let parts: Vec<String> = missing
-        .iter()
-        .map(|n| format!("node {n} part missing"))
-        .collect();
-    let parts = parts.join(", ");
-    if status == "ok" {
-        format!("incomplete: {parts}")
-    } else if let Some(rest) = status.strip_prefix("incomplete: ") {
-        format!("incomplete: {parts}, {rest}")
-    } else {
+    let clause = missing_clause(missing);
+    match Status::parse(status) {
+        Some(Status::Ok) | None => Status::Incomplete(clause).to_csv(),
+        Some(Status::Incomplete(rest)) => Status::Incomplete(fit_reasons(&[clause, rest])).to_csv(),
         // `unavailable: …`: nothing measured on the nodes that did report.
-        format!("{status}; {parts}")
+        Some(Status::Unavailable(rest)) => {
+            Status::Unavailable(fit_reasons(&[rest, clause])).to_csv()
+        }
     }
+}
+
+/// `node ct2 part missing`, `nodes ct2, ct3 parts missing`, or for a list
+/// too long for a status `7 nodes' parts missing (ct2, ct3, …)`.
+fn missing_clause(missing: &[String]) -> String {
+    /// Room for the clause beside another reason of a status.
+    const ROOM: usize = 60;
+    if let [one] = missing {
+        return format!("node {one} part missing");
+    }
+    let all = format!("nodes {} parts missing", missing.join(", "));
+    if all.len() <= ROOM {
+        return all;
+    }
+    let mut names = String::new();
+    for n in missing {
+        if names.len() + n.len() + 2 > ROOM - 30 {
+            names.push('…');
+            break;
+        }
+        names.push_str(n);
+        names.push_str(", ");
+    }
+    format!("{} nodes' parts missing ({names})", missing.len())
 }
 
 /// Node by node, each node's devices as its part listed them.
@@ -710,12 +733,24 @@ mod tests {
             (
                 "ok",
                 m(&["ct2", "ct3"]),
-                "incomplete: node ct2 part missing, node ct3 part missing",
+                "incomplete: nodes ct2, ct3 parts missing",
+            ),
+            (
+                "incomplete: ct1 cpu package-0 did not answer for 12 s from 2026-12-01T10:00:00Z",
+                m(&[
+                    "node-0012",
+                    "node-0013",
+                    "node-0014",
+                    "node-0015",
+                    "node-0016",
+                    "node-0017",
+                ]),
+                "incomplete: 6 nodes' parts missing (node-0012, node-0013, …) (+1 more)",
             ),
             (
                 "incomplete: ct1 dram package-0 unavailable",
                 m(&["ct2"]),
-                "incomplete: node ct2 part missing, ct1 dram package-0 unavailable",
+                "incomplete: node ct2 part missing; ct1 dram package-0 unavailable",
             ),
             (
                 "unavailable: nothing measured (cpu package-0 unavailable)",
@@ -723,7 +758,9 @@ mod tests {
                 "unavailable: nothing measured (cpu package-0 unavailable); node ct2 part missing",
             ),
         ] {
-            assert_eq!(with_missing(status, &missing), want);
+            let got = with_missing(status, &missing);
+            assert_eq!(got, want);
+            assert!(got.chars().count() <= MAX_STATUS, "{got}");
         }
     }
 
