@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::carbon::summary::render_final_from_rows;
 use crate::config::{Config, ReportTarget};
 use crate::footprint::{self, Row};
-use crate::measure::{MAX_STATUS, Status, fit_reasons};
+use crate::measure::{Status, fit_reasons};
 use crate::spool::Spool;
 
 use super::epilog::{
@@ -662,7 +662,7 @@ fn missing_nodes(nodes: &[String], present: &BTreeSet<String>) -> Vec<String> {
 
 /// The total's status, saying which nodes' parts are missing: their energy
 /// is not in it, so the figure is a lower bound. The clause comes first
-/// (it matters most), the status stays within [`MAX_STATUS`] characters
+/// (it matters most), the status stays within [`crate::measure::MAX_STATUS`] characters
 /// however many nodes are missing, and the summary names them all.
 pub fn with_missing(status: &str, missing: &[String]) -> String {
     if missing.is_empty() {
@@ -723,6 +723,7 @@ fn summary(id: u32, config: &Config, rows: &[Row], missing: &[String]) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::MAX_STATUS;
 
     #[test]
     fn missing_parts_make_the_total_incomplete() {
