@@ -46,6 +46,9 @@ echo "sacctmgr $*" >>"$db/calls"
 [[ -e $db/down ]] && { echo "sacctmgr: error: Problem talking to the database" >&2; exit 1; }
 for a; do case $a in jobid=*) job=${a#jobid=};; AdminComment=*) val=${a#AdminComment=};; esac; done
 [[ -f $db/job.$job ]] || { echo " Nothing modified"; exit 1; }
+# slurmdbd stopped between the modify and its commit: sacctmgr has already
+# said "Modified" and exits 0, and the change is rolled back (one-shot).
+[[ -e $db/lose-commit ]] && { rm "$db/lose-commit"; echo " Modified job(s)..."; exit 0; }
 printf '%s' "$val" | tr "\"'" '``' >"$db/job.$job"
 echo " Modified job(s)..."
 "#;
@@ -344,6 +347,39 @@ fn outage_queues_then_flush_delivers_exactly_once() {
     assert_eq!(e.calls("sacctmgr"), writes);
     assert_eq!(e.ledger().lines().count(), 3);
     assert_eq!(e.field(201).matches("carbontrack:v1").count(), 1);
+}
+
+/// sacctmgr reports a job modified before it commits and exits 0 even when
+/// the commit is lost (slurmdbd stopped in between): the Epilog reads the
+/// field back, keeps the job queued, and the next flush delivers it once.
+#[test]
+fn a_write_slurmdbd_lost_before_its_commit_is_delivered_again() {
+    let e = Env::new("lostcommit");
+    e.footprint(211, "n1", 3600.0, Some(0.0));
+    e.db_job(211, "keep me");
+    fs::write(e.dir.join("bin/db/lose-commit"), "").unwrap();
+    let o = e.epilog(211);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("accounting does not hold the segment")
+            && err.contains("job 211: queued for retry"),
+        "{err}"
+    );
+    assert_eq!(e.field(211), "keep me");
+    assert!(e.queued(211));
+    assert_eq!(e.ledger().lines().count(), 2);
+
+    let o = e.carbontrack(&["flush"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("delivered 1 job(s), 0 still queued"));
+    assert!(
+        e.field(211).starts_with("keep me carbontrack:v1 "),
+        "{}",
+        e.field(211)
+    );
+    assert_eq!(e.field(211).matches("carbontrack:v1").count(), 1);
+    assert_eq!(e.ledger().lines().count(), 2);
+    assert!(!e.queued(211));
 }
 
 #[test]

@@ -175,6 +175,10 @@ pub enum AccountingError {
     #[error("sacctmgr changed nothing for job {job}: {output}")]
     NotModified { job: u32, output: String },
     #[error(
+        "sacctmgr reported job {0} modified, but accounting does not hold the segment (slurmdbd stopped before the commit, or another writer replaced the field)"
+    )]
+    NotKept(u32),
+    #[error(
         "accounting's job {job} started at {accounting}, after this run's measurement ended ({run}): the id now belongs to a later job"
     )]
     Superseded {
@@ -1166,7 +1170,14 @@ pub fn set_segment(
             output: cmd::one_line(&said),
         });
     }
-    Ok(())
+    // sacctmgr says "Modified" before it commits, and exits 0 whether the
+    // commit took or not: a slurmdbd stopped between the two (an upgrade, a
+    // restart) loses the write silently (one job in a 1000-job soak). Only
+    // what accounting then holds counts; anything else is tried again.
+    match read_field(tools, job, expect.cluster, field)? {
+        Some(f) if accounting::merge(&f.text, segment) == f.text => Ok(()),
+        _ => Err(AccountingError::NotKept(job)),
+    }
 }
 
 /// Which job a record's segment belongs to: accounting's job with the id
