@@ -20,6 +20,8 @@ use crate::ffi::identity::FsIdentity;
 use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
 use crate::measure::Meter;
 use crate::measure::cpuset::PackageShares;
+use crate::measure::amd_gpus::AmdGpuHints;
+use crate::measure::amdsmi::AmdSmiMeter;
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
@@ -49,6 +51,8 @@ pub struct Plan {
     /// The job's share of each CPU package.
     pub shares: PackageShares,
     pub gpus: GpuHints,
+    /// The job's AMD GPUs, as the environment names them.
+    pub amd_gpus: AmdGpuHints,
     /// Whose identity files in the user's directories are written and read
     /// with; `None`: the caller's own.
     pub user: Option<FsIdentity>,
@@ -88,6 +92,7 @@ impl Plan {
             config,
             shares: PackageShares::whole_node(),
             gpus: GpuHints::default(),
+            amd_gpus: AmdGpuHints::default(),
             user: None,
             output: Output::None,
             final_files: true,
@@ -228,6 +233,12 @@ impl Tracker {
                 NvmlMeter::for_job(&lib, &hints, Instant::now())
             })
         });
+        let amd = cfg.components.gpu.then(|| {
+            let (lib, hints) = (cfg.amdsmi.clone(), plan.amd_gpus.clone());
+            opening("AMD SMI", move || {
+                AmdSmiMeter::for_job(&lib, &hints, Instant::now())
+            })
+        });
         if let Some(rx) = rapl {
             match opened(rx, deadline, "RAPL") {
                 Ok(o) => {
@@ -241,6 +252,27 @@ impl Tracker {
                 }
             }
         }
+        // AMD SMI's meter, when the node has AMD GPUs (or a library that
+        // failed); its absence is no news on an NVIDIA node.
+        let mut amd_gpus = false;
+        if let Some(rx) = amd {
+            let meter = match opened(rx, deadline, "AMD SMI") {
+                Ok((meter, notes)) => {
+                    if meter.is_some() {
+                        log.extend(notes);
+                    }
+                    meter
+                }
+                Err(why) => {
+                    log.push(why);
+                    Some(AmdSmiMeter::unavailable("AMD SMI did not answer at the start"))
+                }
+            };
+            if let Some(m) = meter {
+                amd_gpus = m.has_gpus();
+                meters.extend(m.split().into_iter().map(|m| Box::new(m) as Box<dyn Meter>));
+            }
+        }
         if let Some(rx) = nvml {
             let meter = match opened(rx, deadline, "NVML") {
                 Ok((meter, notes)) => {
@@ -252,11 +284,17 @@ impl Tracker {
                     NvmlMeter::unavailable("NVML did not answer at the start")
                 }
             };
+            // On a node whose GPUs are AMD's, NVML failing is no news.
+            let meter = if amd_gpus && meter.unavailable_only() {
+                None
+            } else {
+                Some(meter)
+            };
             // One meter a GPU: a GPU that stops answering is given up on alone.
             meters.extend(
                 meter
-                    .split()
                     .into_iter()
+                    .flat_map(NvmlMeter::split)
                     .map(|m| Box::new(m) as Box<dyn Meter>),
             );
         }

@@ -2,6 +2,8 @@
 //! attribution and the sampler thread. Nothing here knows about Slurm, so
 //! `carbontrack run`, the plugin and the tests drive the same code.
 
+pub mod amd_gpus;
+pub mod amdsmi;
 pub mod cores;
 pub mod cpuset;
 pub mod gpus;

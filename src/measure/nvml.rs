@@ -806,6 +806,11 @@ impl NvmlMeter {
             .collect()
     }
 
+    /// Whether NVML could not be used at all (no GPU metered).
+    pub fn unavailable_only(&self) -> bool {
+        self.unavailable.is_some() && self.gpus.is_empty()
+    }
+
     /// The GPUs being metered, by UUID.
     pub fn uuids(&self) -> impl Iterator<Item = &str> {
         self.gpus.iter().map(|g| g.uuid.as_str())
