@@ -220,6 +220,7 @@ mod tests {
             work_dir: Some(PathBuf::from("/home/alice/run\nuid=0")),
             slurm_gpus: Some("0,1".into()),
             cuda_visible: Some("0,1".into()),
+            rocr_visible: Some("1".into()),
             epochs: Some(10),
             layout: Ok("2x16x2".parse().unwrap()),
             cpus_on_node: Some(4),

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
-use crate::measure::cpuset::{self, PackageShares};
 use crate::measure::amd_gpus::AmdGpuHints;
+use crate::measure::cpuset::{self, PackageShares};
 use crate::measure::gpus::GpuHints;
 use crate::tracker::{Output, Plan, Tracker};
 

@@ -34,7 +34,12 @@ fn slurm(list: &str) -> AmdGpuHints {
 
 /// Opens the meter, samples it `n` times every `interval`, and returns its
 /// rows with the seconds (since the fake's epoch) the run covered.
-fn run(test: &str, config: &str, hints: &AmdGpuHints, n: u32) -> (Vec<DeviceEnergy>, Vec<String>, f64) {
+fn run(
+    test: &str,
+    config: &str,
+    hints: &AmdGpuHints,
+    n: u32,
+) -> (Vec<DeviceEnergy>, Vec<String>, f64) {
     let epoch = unix_now();
     let fake = fake_amdsmi(test, &format!("epoch = {epoch}\n{config}"));
     let start = Instant::now();
@@ -87,17 +92,28 @@ fn render_minor_in_slurms_list_and_power_only_with_the_26_layout() {
     let (rows, log, secs) = run("power", &cfg, &slurm("129"), 8);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_close(row(&rows, &uuid(1)), 275.0 * secs, 0.02, "AMD power-only");
-    assert!(log.iter().any(|l| l.ends_with("average socket power")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.ends_with("average socket power")),
+        "{log:?}"
+    );
 }
 
 #[test]
 fn a_wrapping_32_bit_counter_loses_nothing() {
     // 1 mJ a count, 400 W: 400 000 counts a second, from 1.2 M below the top.
     let start = u64::from(u32::MAX) - 1_200_000;
-    let cfg = gpu(0, &format!("power = 400\nresolution = 1000\nwrap = 32\ncounter_start = {start}"));
+    let cfg = gpu(
+        0,
+        &format!("power = 400\nresolution = 1000\nwrap = 32\ncounter_start = {start}"),
+    );
     let (rows, _, secs) = run("wrap", &cfg, &slurm("0"), 16);
     assert!(secs > 3.0);
-    assert_close(row(&rows, &uuid(0)), 400.0 * secs, 0.01, "AMD wrapping counter");
+    assert_close(
+        row(&rows, &uuid(0)),
+        400.0 * secs,
+        0.01,
+        "AMD wrapping counter",
+    );
 }
 
 #[test]
@@ -111,16 +127,36 @@ fn an_mi250x_package_is_counted_once_and_split_between_its_gcds() {
     // The GCD that reads 0 alone: half the package, not 0.
     let (rows, log, secs) = run("mi250x-half", &cfg, &slurm("1"), 8);
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_close(row(&rows, &uuid(1)), 200.0 * secs, 0.01, "MI250X GCD 1 alone");
-    assert!(log.iter().any(|l| l.contains("AMD package PKG-A: 2 GCDs, the job holds 1")), "{log:?}");
+    assert_close(
+        row(&rows, &uuid(1)),
+        200.0 * secs,
+        0.01,
+        "MI250X GCD 1 alone",
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("AMD package PKG-A: 2 GCDs, the job holds 1")),
+        "{log:?}"
+    );
     // Both GCDs of A and one of B: the package once, and B's GCD its own.
     let (rows, _, secs) = run("mi250x-whole", &cfg, &slurm("0-1,3"), 8);
     assert_eq!(rows.len(), 3, "{rows:?}");
-    let a: f64 = [0, 1].iter().map(|&n| row(&rows, &uuid(n)).energy.unwrap().0).sum();
+    let a: f64 = [0, 1]
+        .iter()
+        .map(|&n| row(&rows, &uuid(n)).energy.unwrap().0)
+        .sum();
     assert_close(row(&rows, &uuid(0)), 200.0 * secs, 0.01, "MI250X GCD 0");
     assert_close(row(&rows, &uuid(1)), 200.0 * secs, 0.01, "MI250X GCD 1");
-    assert!((a - 400.0 * secs).abs() / (400.0 * secs) < 0.01, "package A {a}");
-    assert_close(row(&rows, &uuid(3)), 250.0 * secs, 0.02, "per-GCD package B");
+    assert!(
+        (a - 400.0 * secs).abs() / (400.0 * secs) < 0.01,
+        "package A {a}"
+    );
+    assert_close(
+        row(&rows, &uuid(3)),
+        250.0 * secs,
+        0.02,
+        "per-GCD package B",
+    );
 }
 
 #[test]
@@ -139,13 +175,20 @@ fn a_gcd_reading_zero_while_busy_is_incomplete_not_zero() {
 #[test]
 fn failing_library_and_device() {
     let epoch = unix_now();
-    let fake = fake_amdsmi("init-fails", &format!("epoch = {epoch}\ninit = fail\n{}", gpu(0, "")));
+    let fake = fake_amdsmi(
+        "init-fails",
+        &format!("epoch = {epoch}\ninit = fail\n{}", gpu(0, "")),
+    );
     let (m, log) = AmdSmiMeter::for_job(&fake, &slurm("0"), Instant::now());
     let mut rows = Vec::new();
-    m.expect("a library that fails is reported").totals(&mut rows);
+    m.expect("a library that fails is reported")
+        .totals(&mut rows);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].device, AMDSMI_DEVICE);
-    assert!(matches!(&rows[0].status, Status::Unavailable(r) if r.contains("init failed")), "{rows:?}");
+    assert!(
+        matches!(&rows[0].status, Status::Unavailable(r) if r.contains("init failed")),
+        "{rows:?}"
+    );
     assert!(!log.is_empty());
 
     let (m, _) = AmdSmiMeter::for_job(
@@ -156,8 +199,16 @@ fn failing_library_and_device() {
     assert!(m.is_none(), "no library: no AMD GPU, no row");
 
     // A GPU lost mid-run keeps what was measured, incomplete.
-    let (rows, _, _) = run("lost", &gpu(0, "power = 100\nfail_after = 0.6"), &slurm("0"), 8);
+    let (rows, _, _) = run(
+        "lost",
+        &gpu(0, "power = 100\nfail_after = 0.6"),
+        &slurm("0"),
+        8,
+    );
     let r = row(&rows, &uuid(0));
     assert!(r.energy.unwrap().0 > 30.0, "{r:?}");
-    assert!(matches!(&r.status, Status::Incomplete(w) if w.contains("AMD SMI: device not found")), "{r:?}");
+    assert!(
+        matches!(&r.status, Status::Incomplete(w) if w.contains("AMD SMI: device not found")),
+        "{r:?}"
+    );
 }

@@ -220,7 +220,11 @@ impl AmdSmi {
                 // SAFETY: as above, for one socket's processors.
                 unsafe { (self.processors)(s, n, out) }
             })?;
-            all.extend(procs.into_iter().map(|handle| Processor { handle, lib: self }));
+            all.extend(
+                procs
+                    .into_iter()
+                    .map(|handle| Processor { handle, lib: self }),
+            );
         }
         Ok(all)
     }

@@ -58,7 +58,9 @@ pub fn select(hints: &AmdGpuHints, inv: &[AmdGpuInfo]) -> Selection {
                     notes,
                 };
             }
-            Some(_) => notes.push(format!("Slurm GPU list `{raw}` names no AMD GPU of this node")),
+            Some(_) => notes.push(format!(
+                "Slurm GPU list `{raw}` names no AMD GPU of this node"
+            )),
             None => {}
         }
     }
@@ -213,7 +215,7 @@ mod tests {
             (
                 AmdGpuHints {
                     slurm_gpus: Some("gpu:x".into()),
-                    rocr_visible: Some("3".into()),
+                    rocr_visible: Some("2".into()),
                 },
                 vec![2],
                 SelectedBy::CudaVisible,
@@ -239,6 +241,10 @@ mod tests {
             &node(),
         );
         assert_eq!(s.how, SelectedBy::All);
-        assert!(s.notes.iter().any(|n| n.contains("renderD140")), "{:?}", s.notes);
+        assert!(
+            s.notes.iter().any(|n| n.contains("renderD140")),
+            "{:?}",
+            s.notes
+        );
     }
 }

@@ -87,12 +87,19 @@ struct Gcd {
 
 fn wall_time(at: Instant) -> String {
     let ago = Instant::now().saturating_duration_since(at);
-    let t = SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::now());
+    let t = SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::now());
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Energy between two accumulator readings, or why none is counted.
-pub fn counter_delta(last: u64, now: u64, resolution_uj: f64, dt: Duration) -> Result<Joules, String> {
+pub fn counter_delta(
+    last: u64,
+    now: u64,
+    resolution_uj: f64,
+    dt: Duration,
+) -> Result<Joules, String> {
     let ticks = match now.checked_sub(last) {
         Some(d) => d,
         None if last <= u64::from(u32::MAX) => (u64::from(u32::MAX) - last) + now + 1,
@@ -127,7 +134,10 @@ impl Gcd {
                 }
                 Err(e) => Err(e),
             },
-            Mode::Counter { last, resolution_uj } => {
+            Mode::Counter {
+                last,
+                resolution_uj,
+            } => {
                 let c = self.processor.energy_count()?;
                 self.mode = Mode::Counter {
                     last: c.accumulator,
@@ -136,7 +146,10 @@ impl Gcd {
                 match counter_delta(last, c.accumulator, resolution_uj, dt.unwrap_or_default()) {
                     Ok(j) => Ok(Some(j.0)),
                     Err(why) => {
-                        self.gap(format!("{why} at {}, an interval not counted", wall_time(now)));
+                        self.gap(format!(
+                            "{why} at {}, an interval not counted",
+                            wall_time(now)
+                        ));
                         Ok(Some(0.0))
                     }
                 }
@@ -147,7 +160,9 @@ impl Gcd {
                     return Err(AmdSmiError::Implausible);
                 }
                 self.mode = Mode::Power { watts: w };
-                Ok(Some(trapezoid(Watts(watts), Watts(w), dt.unwrap_or_default()).0))
+                Ok(Some(
+                    trapezoid(Watts(watts), Watts(w), dt.unwrap_or_default()).0,
+                ))
             }
         }
     }
@@ -183,7 +198,11 @@ impl Gcd {
         problems.extend(self.stopped.clone());
         if !self.measured {
             let why = self.stopped.as_deref().unwrap_or("no reading yet");
-            return DeviceEnergy::unavailable(Component::Gpu, &self.info.id, fit_reasons(&[why.into()]));
+            return DeviceEnergy::unavailable(
+                Component::Gpu,
+                &self.info.id,
+                fit_reasons(&[why.into()]),
+            );
         }
         DeviceEnergy {
             component: Component::Gpu,
@@ -242,7 +261,7 @@ impl Package {
         }
         let read: Vec<f64> = deltas.iter().flatten().copied().collect();
         let sum: f64 = read.iter().sum();
-        let some_zero = read.iter().any(|&d| d == 0.0);
+        let some_zero = read.contains(&0.0);
         // One GCD carries the package's figure: split it evenly.
         let split = self.gcds.len() > 1 && some_zero && sum > 0.0;
         let n = self.gcds.len() as f64;
@@ -292,7 +311,9 @@ pub fn render_minor_from_sysfs(root: &Path, bdf: u64) -> Option<u32> {
         let Some(minor) = name.to_str().and_then(|n| n.strip_prefix("renderD")) else {
             continue;
         };
-        let Ok(minor) = minor.parse::<u32>() else { continue };
+        let Ok(minor) = minor.parse::<u32>() else {
+            continue;
+        };
         let target = std::fs::read_link(e.path().join("device")).ok();
         if target
             .as_deref()
@@ -338,7 +359,11 @@ impl AmdSmiMeter {
     /// Opens AMD SMI at `lib`, lists the GPUs, selects the job's and starts
     /// metering their packages. `None` when the library is not there (no
     /// AMD GPU on this node); lines for the log either way.
-    pub fn for_job(lib: &Path, hints: &AmdGpuHints, now: Instant) -> (Option<AmdSmiMeter>, Vec<String>) {
+    pub fn for_job(
+        lib: &Path,
+        hints: &AmdGpuHints,
+        now: Instant,
+    ) -> (Option<AmdSmiMeter>, Vec<String>) {
         let smi = match open_lib(lib) {
             Ok(s) => s,
             Err(e @ AmdSmiOpenError::Missing { .. }) => return (None, vec![e.to_string()]),
@@ -360,7 +385,10 @@ impl AmdSmiMeter {
             }
         };
         if procs.is_empty() {
-            return (None, vec![format!("AMD SMI ({}) lists no GPU", lib.display())]);
+            return (
+                None,
+                vec![format!("AMD SMI ({}) lists no GPU", lib.display())],
+            );
         }
         let inventory: Vec<AmdGpuInfo> = procs
             .iter()
@@ -450,7 +478,9 @@ impl AmdSmiMeter {
 
     /// Whether any of the job's GPUs is metered.
     pub fn has_gpus(&self) -> bool {
-        self.packages.iter().any(|p| p.gcds.iter().any(|g| g.in_job))
+        self.packages
+            .iter()
+            .any(|p| p.gcds.iter().any(|g| g.in_job))
     }
 }
 
@@ -463,7 +493,11 @@ impl Meter for AmdSmiMeter {
 
     fn totals(&self, out: &mut Vec<DeviceEnergy>) {
         if let Some(r) = &self.unavailable {
-            out.push(DeviceEnergy::unavailable(Component::Gpu, AMDSMI_DEVICE, r.clone()));
+            out.push(DeviceEnergy::unavailable(
+                Component::Gpu,
+                AMDSMI_DEVICE,
+                r.clone(),
+            ));
         }
         for p in &self.packages {
             out.extend(p.gcds.iter().filter(|g| g.in_job).map(Gcd::entry));
@@ -486,9 +520,11 @@ impl Meter for AmdSmiMeter {
     }
 
     fn bridges_gaps(&self) -> bool {
-        self.packages
-            .iter()
-            .all(|p| p.gcds.iter().all(|g| matches!(g.mode, Mode::Counter { .. })))
+        self.packages.iter().all(|p| {
+            p.gcds
+                .iter()
+                .all(|g| matches!(g.mode, Mode::Counter { .. }))
+        })
     }
 
     fn label(&self) -> String {
@@ -535,8 +571,11 @@ mod tests {
         for (minor, pci) in [(128, "0000:c1:00.0"), (129, "0000:c9:00.0")] {
             let node = dir.join(format!("renderD{minor}"));
             std::fs::create_dir_all(&node).unwrap();
-            std::os::unix::fs::symlink(format!("../../../devices/pci0000:c0/{pci}"), node.join("device"))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                format!("../../../devices/pci0000:c0/{pci}"),
+                node.join("device"),
+            )
+            .unwrap();
         }
         std::fs::create_dir_all(dir.join("card0")).unwrap();
         assert_eq!(render_minor_from_sysfs(&dir, 0xc9 << 8), Some(129));

@@ -126,7 +126,11 @@ pub fn parse(text: &str) -> Result<Config, String> {
                     "self" => Reports::Own,
                     "package" => Reports::Package,
                     "zero" => Reports::Zero,
-                    _ => return Err(at(format!("reports must be self, package or zero, not `{v}`"))),
+                    _ => {
+                        return Err(at(format!(
+                            "reports must be self, package or zero, not `{v}`"
+                        )));
+                    }
                 }
             }
             ("busy", Some(g)) => g.busy = number(key, v).map_err(at)?,

@@ -75,8 +75,12 @@ fn on_gpu(h: Handle, f: impl FnOnce(&Config, &Gpu) -> Status) -> Status {
     let i = h.addr().wrapping_sub(1);
     let hang = {
         let st = CONFIG.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(cfg) = st.as_ref() else { return NOT_INIT };
-        let Some(g) = cfg.gpus.get(i) else { return INVAL };
+        let Some(cfg) = st.as_ref() else {
+            return NOT_INIT;
+        };
+        let Some(g) = cfg.gpus.get(i) else {
+            return INVAL;
+        };
         let t = now(cfg);
         g.hang_at
             .filter(|&a| t >= a && t < a + g.hang_for)
@@ -86,8 +90,12 @@ fn on_gpu(h: Handle, f: impl FnOnce(&Config, &Gpu) -> Status) -> Status {
         std::thread::sleep(std::time::Duration::from_secs_f64(left));
     }
     let st = CONFIG.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cfg) = st.as_ref() else { return NOT_INIT };
-    let Some(g) = cfg.gpus.get(i) else { return INVAL };
+    let Some(cfg) = st.as_ref() else {
+        return NOT_INIT;
+    };
+    let Some(g) = cfg.gpus.get(i) else {
+        return INVAL;
+    };
     if g.fail_after.is_some_and(|t| now(cfg) >= t) {
         return NOT_FOUND;
     }
@@ -159,7 +167,9 @@ pub unsafe extern "C" fn amdsmi_shut_down() -> Status {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn amdsmi_get_lib_version(v: *mut c_void) -> Status {
     let st = CONFIG.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cfg) = st.as_ref() else { return NOT_INIT };
+    let Some(cfg) = st.as_ref() else {
+        return NOT_INIT;
+    };
     if v.is_null() {
         return INVAL;
     }
@@ -180,7 +190,9 @@ pub unsafe extern "C" fn amdsmi_get_lib_version(v: *mut c_void) -> Status {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn amdsmi_get_socket_handles(n: *mut u32, out: *mut Handle) -> Status {
     let st = CONFIG.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cfg) = st.as_ref() else { return NOT_INIT };
+    let Some(cfg) = st.as_ref() else {
+        return NOT_INIT;
+    };
     if n.is_null() {
         return INVAL;
     }
@@ -203,7 +215,11 @@ pub unsafe extern "C" fn amdsmi_get_socket_handles(n: *mut u32, out: *mut Handle
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn amdsmi_get_processor_handles(s: Handle, n: *mut u32, out: *mut Handle) -> Status {
+pub unsafe extern "C" fn amdsmi_get_processor_handles(
+    s: Handle,
+    n: *mut u32,
+    out: *mut Handle,
+) -> Status {
     if n.is_null() {
         return INVAL;
     }
@@ -223,7 +239,11 @@ pub unsafe extern "C" fn amdsmi_get_processor_handles(s: Handle, n: *mut u32, ou
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn amdsmi_get_gpu_device_uuid(h: Handle, len: *mut c_uint, buf: *mut c_char) -> Status {
+pub unsafe extern "C" fn amdsmi_get_gpu_device_uuid(
+    h: Handle,
+    len: *mut c_uint,
+    buf: *mut c_char,
+) -> Status {
     on_gpu(h, |_, g| {
         let bytes = g.uuid.to_bytes_with_nul();
         if len.is_null() || buf.is_null() {
