@@ -5,8 +5,9 @@
 //! (`SLURM_STEP_GPUS`, else `SLURM_JOB_GPUS`) holds, per GPU, either the
 //! number Slurm parsed from the file name (the render minor, 128 and up:
 //! DRM render minors start at 128) or the GPU's position among the node's
-//! gres files; Slurm releases differ in which (22.05 writes the position for
-//! these files: see `tests/cluster/amd.rs`). A position is read against the
+//! gres files; Slurm releases differ in which (newer ones write the
+//! position for GPUs, `gres_common.c`; not yet checked on a real cluster
+//! with AMD gres here). A position is read against the
 //! node's AMD GPUs ordered by render minor, the order gres.conf's
 //! `renderD[128-135]` lists them in. Anything not a number makes the list
 //! unusable, as for NVIDIA.
