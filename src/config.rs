@@ -101,6 +101,8 @@ pub struct Config {
     /// Root of the CPU topology (`cpuN/topology/physical_package_id`).
     pub cpu_topology: PathBuf,
     pub nvml: PathBuf,
+    /// AMD SMI library name or path (`amdsmi=`).
+    pub amdsmi: PathBuf,
     pub pue: f64,
     pub intensity: IntensitySpec,
     /// Used for the hours (or the whole job) `intensity` has no figure for;
@@ -146,6 +148,7 @@ impl Default for Config {
             cgroup: PathBuf::from("/sys/fs/cgroup"),
             cpu_topology: PathBuf::from("/sys/devices/system/cpu"),
             nvml: PathBuf::from("libnvidia-ml.so.1"),
+            amdsmi: PathBuf::from("libamd_smi.so"),
             pue: crate::carbon::constants::DEFAULT_PUE,
             intensity: IntensitySpec::WorldAverage,
             intensity_fallback: None,
@@ -186,6 +189,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cgroup", "an absolute directory (cgroup root)"),
     ("cpu_topology", "an absolute directory (CPU topology root)"),
     ("nvml", "an NVML library name or absolute path"),
+    ("amdsmi", "an AMD SMI library name or absolute path"),
     ("pue", "a number from 1.0 to 3.0"),
     (
         "intensity",
@@ -289,6 +293,14 @@ impl Config {
                     ));
                 }
                 self.nvml = PathBuf::from(v);
+            }
+            "amdsmi" => {
+                if v.is_empty() || (v.contains('/') && !v.starts_with('/')) {
+                    return Err(format!(
+                        "`{v}` is neither a library name nor an absolute path"
+                    ));
+                }
+                self.amdsmi = PathBuf::from(v);
             }
             "pue" => {
                 let p: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;

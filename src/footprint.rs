@@ -270,9 +270,11 @@ fn lacking_clause(devices: &[&Row]) -> String {
     let kinds = ["unavailable", "incomplete", "estimated"];
     let mut parts = Vec::new();
     for kind in kinds {
+        // CPU rows inside a GPU module's figure (GH200) lack nothing.
         let rows: Vec<&&Row> = devices
             .iter()
             .filter(|r| r.status.split(':').next() == Some(kind))
+            .filter(|r| !r.status.contains(crate::measure::INSIDE_GPU_MODULE))
             .collect();
         if rows.is_empty() {
             continue;

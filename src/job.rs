@@ -26,6 +26,8 @@ pub struct JobInfo {
     pub slurm_gpus: Option<String>,
     /// `CUDA_VISIBLE_DEVICES` as the prolog saw it.
     pub cuda_visible: Option<String>,
+    /// `ROCR_VISIBLE_DEVICES` (else `HIP_VISIBLE_DEVICES`) as the prolog saw it.
+    pub rocr_visible: Option<String>,
     /// `--carbon-epochs=N`: total epochs, for prediction.
     pub epochs: Option<u32>,
     /// The node's CPU layout in Slurm's terms (slurm.conf's NodeName line),
@@ -52,6 +54,7 @@ impl Default for JobInfo {
             work_dir: None,
             slurm_gpus: None,
             cuda_visible: None,
+            rocr_visible: None,
             epochs: None,
             layout: Err(NO_LAYOUT.to_string()),
             cpus_on_node: None,
@@ -110,6 +113,9 @@ impl JobInfo {
         if let Some(c) = &self.cuda_visible {
             put("cuda_visible", c);
         }
+        if let Some(r) = &self.rocr_visible {
+            put("rocr_visible", r);
+        }
         if let Some(n) = self.epochs {
             put("epochs", &n.to_string());
         }
@@ -163,6 +169,7 @@ impl JobInfo {
             work_dir: text("work_dir").map(PathBuf::from),
             slurm_gpus: text("slurm_gpus"),
             cuda_visible: text("cuda_visible"),
+            rocr_visible: text("rocr_visible"),
             epochs: match kv.get("epochs") {
                 Some(_) => Some(num(&kv, "epochs")?),
                 None => None,
@@ -213,6 +220,7 @@ mod tests {
             work_dir: Some(PathBuf::from("/home/alice/run\nuid=0")),
             slurm_gpus: Some("0,1".into()),
             cuda_visible: Some("0,1".into()),
+            rocr_visible: Some("1".into()),
             epochs: Some(10),
             layout: Ok("2x16x2".parse().unwrap()),
             cpus_on_node: Some(4),

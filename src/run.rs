@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
+use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::cpuset::{self, PackageShares};
 use crate::measure::gpus::GpuHints;
 use crate::tracker::{Output, Plan, Tracker};
@@ -107,6 +108,12 @@ pub fn run(req: RunRequest) -> Result<Ended> {
             .ok(),
         cuda_visible: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         job_pids: None,
+    };
+    plan.amd_gpus = AmdGpuHints {
+        slurm_gpus: plan.gpus.slurm_gpus.clone(),
+        rocr_visible: std::env::var("ROCR_VISIBLE_DEVICES")
+            .or_else(|_| std::env::var("HIP_VISIBLE_DEVICES"))
+            .ok(),
     };
     plan.output = match req.config.report {
         ReportTarget::None => Output::None,

@@ -19,6 +19,8 @@ use crate::epochs::Mark;
 use crate::ffi::identity::FsIdentity;
 use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
 use crate::measure::Meter;
+use crate::measure::amd_gpus::AmdGpuHints;
+use crate::measure::amdsmi::AmdSmiMeter;
 use crate::measure::cpuset::PackageShares;
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
@@ -49,6 +51,8 @@ pub struct Plan {
     /// The job's share of each CPU package.
     pub shares: PackageShares,
     pub gpus: GpuHints,
+    /// The job's AMD GPUs, as the environment names them.
+    pub amd_gpus: AmdGpuHints,
     /// Whose identity files in the user's directories are written and read
     /// with; `None`: the caller's own.
     pub user: Option<FsIdentity>,
@@ -88,6 +92,7 @@ impl Plan {
             config,
             shares: PackageShares::whole_node(),
             gpus: GpuHints::default(),
+            amd_gpus: AmdGpuHints::default(),
             user: None,
             output: Output::None,
             final_files: true,
@@ -228,6 +233,13 @@ impl Tracker {
                 NvmlMeter::for_job(&lib, &hints, Instant::now())
             })
         });
+        let amd = cfg.components.gpu.then(|| {
+            let (lib, hints) = (cfg.amdsmi.clone(), plan.amd_gpus.clone());
+            opening("AMD SMI", move || {
+                AmdSmiMeter::for_job(&lib, &hints, Instant::now())
+            })
+        });
+        let rapl_slot = rapl.is_some().then_some(meters.len());
         if let Some(rx) = rapl {
             match opened(rx, deadline, "RAPL") {
                 Ok(o) => {
@@ -241,6 +253,28 @@ impl Tracker {
                 }
             }
         }
+        // AMD SMI's meter, when the node has AMD GPUs (or a library that
+        // failed); its absence is no news on an NVIDIA node.
+        let mut amd_gpus = false;
+        let mut amd_meter = None;
+        if let Some(rx) = amd {
+            let meter = match opened(rx, deadline, "AMD SMI") {
+                Ok((meter, notes)) => {
+                    if meter.is_some() {
+                        log.extend(notes);
+                    }
+                    meter
+                }
+                Err(why) => {
+                    log.push(why);
+                    Some(AmdSmiMeter::unavailable(
+                        "AMD SMI did not answer at the start",
+                    ))
+                }
+            };
+            amd_gpus = meter.as_ref().is_some_and(AmdSmiMeter::has_gpus);
+            amd_meter = meter;
+        }
         if let Some(rx) = nvml {
             let meter = match opened(rx, deadline, "NVML") {
                 Ok((meter, notes)) => {
@@ -252,13 +286,37 @@ impl Tracker {
                     NvmlMeter::unavailable("NVML did not answer at the start")
                 }
             };
+            // A GH200 module's counter holds the Grace CPU's energy: the CPU
+            // and DRAM rows say so instead of counting it again.
+            if let (Some(uuid), Some(i)) = (meter.module_gpus().first(), rapl_slot) {
+                let reason = format!("{} ({uuid})", crate::measure::INSIDE_GPU_MODULE);
+                log.push(format!(
+                    "CPU energy is inside the GPU module figure: {uuid} is a Grace Hopper \
+                     module whose NVML energy counter covers the Grace CPU and its memory, \
+                     so CPU and DRAM are not counted on their own (nothing counted twice)"
+                ));
+                meters[i] = Box::new(rapl::unavailable(cpu_dram, &reason));
+            }
+            // On a node whose GPUs are AMD's, NVML failing is no news.
+            let meter = if amd_gpus && meter.unavailable_only() {
+                None
+            } else {
+                Some(meter)
+            };
             // One meter a GPU: a GPU that stops answering is given up on alone.
+            // And on a node whose GPUs are NVIDIA's, AMD SMI failing is none.
+            if meter.as_ref().is_some_and(|m| !m.unavailable_only()) && !amd_gpus {
+                amd_meter = None;
+            }
             meters.extend(
                 meter
-                    .split()
                     .into_iter()
+                    .flat_map(NvmlMeter::split)
                     .map(|m| Box::new(m) as Box<dyn Meter>),
             );
+        }
+        if let Some(m) = amd_meter {
+            meters.extend(m.split().into_iter().map(|m| Box::new(m) as Box<dyn Meter>));
         }
         let plan = Arc::new(plan);
         let opts = SamplerOptions {

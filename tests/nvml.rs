@@ -736,3 +736,68 @@ fn a_counter_gpu_that_answers_again_is_measured_in_full() {
         fin.given_up
     );
 }
+
+/// A Grace Hopper module (GH200): NVML's counter covers the module, Grace
+/// CPU included, so the CPU and DRAM rows say their energy is inside the GPU
+/// figure (never 0, never added on top), the log says so, and the total is
+/// the module's figure, not marked incomplete for it.
+#[test]
+fn a_gh200_module_holds_the_cpu_energy() {
+    use carbontrack::config::Config;
+    use carbontrack::measure::INSIDE_GPU_MODULE;
+    use carbontrack::tracker::{Plan, Tracker};
+    let epoch = unix_now();
+    let config = format!(
+        "epoch = {epoch}\n{}",
+        gpu(
+            0,
+            "name = NVIDIA GH200 480GB\npower = 450\nenergy = counter"
+        ),
+    );
+    let lib = fake_nvml("gh200", &config);
+    let cfg = Config {
+        interval: Duration::from_millis(100),
+        nvml: lib.to_path_buf(),
+        powercap: std::env::temp_dir().join("ct-no-powercap-here"),
+        ..Config::default()
+    };
+    let before = unix_now() - epoch;
+    let (tracker, log) = Tracker::start(Plan::new("9", "gh200", cfg)).unwrap();
+    let opened = (before + unix_now() - epoch) / 2.0;
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("CPU energy is inside the GPU module figure: ")),
+        "{log:?}"
+    );
+    sleep(Duration::from_millis(1500));
+    let before = unix_now() - epoch;
+    let done = tracker.finish();
+    let stopped = (before + unix_now() - epoch) / 2.0;
+    let truth = 450.0 * (stopped - opened);
+    let gpu_row = entry(&done.snapshot.devices, &uuid(0));
+    let measured = gpu_row.energy.unwrap().0;
+    eprintln!("GH200 module: {measured:.2} J measured, {truth:.2} J injected");
+    assert!(
+        (measured - truth).abs() / truth < 0.05,
+        "{measured} vs {truth}"
+    );
+    let inside = Status::Unavailable(format!("{INSIDE_GPU_MODULE} ({})", uuid(0)));
+    let cpu_rows: Vec<_> = done
+        .rows
+        .iter()
+        .filter(|r| r.component == "cpu" || r.component == "dram")
+        .collect();
+    assert_eq!(cpu_rows.len(), 2, "{:?}", done.rows);
+    for r in cpu_rows {
+        assert_eq!(r.status, inside.to_string(), "{r:?}");
+        assert_eq!(r.energy_j, None);
+    }
+    let total = done.rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "ok", "{total:?}");
+    assert!((total.energy_j.unwrap() - measured).abs() < 1e-6 * measured.max(1.0));
+    assert!(
+        done.summary.contains("Grace CPU and its memory included"),
+        "{}",
+        done.summary
+    );
+}

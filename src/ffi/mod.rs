@@ -7,6 +7,7 @@
 //! plugin (see [`sys`]), so the library has no undefined Slurm symbols and
 //! links into the `carbontrack` command and the tests without libslurm.
 
+pub mod amdsmi;
 pub mod clock;
 mod exports;
 pub mod identity;

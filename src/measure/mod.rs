@@ -2,6 +2,8 @@
 //! attribution and the sampler thread. Nothing here knows about Slurm, so
 //! `carbontrack run`, the plugin and the tests drive the same code.
 
+pub mod amd_gpus;
+pub mod amdsmi;
 pub mod cores;
 pub mod cpuset;
 pub mod gpus;
@@ -147,6 +149,10 @@ pub fn cut(text: &str, max: usize) -> String {
     format!("{}…", head.trim_end_matches([' ', ',', ';', ':']))
 }
 
+/// The reason of CPU and DRAM rows whose energy a GPU module's figure
+/// already holds (GH200): not measured apart, not missing either.
+pub const INSIDE_GPU_MODULE: &str = "inside the GPU module figure";
+
 /// What a status reason means and how it is fixed, for the summary's notes
 /// and the log: one explanation per kind of reason, however many rows carry
 /// it. `None` for reasons that say all there is to say.
@@ -173,6 +179,12 @@ pub fn explain(reason: &str) -> Option<&'static str> {
              slurm.conf (Sockets, CoresPerSocket, ThreadsPerCore) does not match its CPU \
              topology, so the share is the job's cores over the node's on every package. \
              Admins: make the line match `slurmd -C`.",
+        ),
+        (
+            INSIDE_GPU_MODULE,
+            "on a Grace Hopper (GH200) module NVML's energy counter covers the whole module, \
+             Grace CPU and its memory included (zeus PR 172): the CPU's energy is inside the \
+             GPU row's figure, and is not counted again on its own.",
         ),
         (
             "readable by root only",

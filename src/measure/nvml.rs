@@ -249,6 +249,7 @@ impl NvmlLib {
         NvmlMeter {
             nvml: Some(self.nvml),
             gpus,
+            module: Vec::new(),
             unavailable: None,
         }
     }
@@ -731,10 +732,22 @@ pub fn trapezoid(p0: Watts, p1: Watts, dt: Duration) -> Joules {
     Watts((p0.0 + p1.0) / 2.0) * dt
 }
 
+/// Whether a GPU of this name is a module whose NVML energy counter covers
+/// the whole module, Grace CPU and memory included: Grace Hopper, GH200
+/// (zeus PR 172). NVML's power scope (`NVML_POWER_SCOPE_MODULE`) is asked of
+/// power limits only and nvml-wrapper 0.13 reads no scope for the counter,
+/// so the module is known by its name, e.g. "NVIDIA GH200 480GB".
+pub fn is_gpu_module(name: &str) -> bool {
+    name.to_ascii_uppercase().contains("GH200")
+}
+
 /// The job's GPUs, read at each sample.
 pub struct NvmlMeter {
     nvml: Option<&'static Nvml>,
     gpus: Vec<GpuMeter>,
+    /// The job's GPUs whose energy counter covers a whole module, Grace CPU
+    /// included (GH200), by UUID.
+    module: Vec<String>,
     /// Set when NVML could not be used at all.
     unavailable: Option<String>,
 }
@@ -756,6 +769,7 @@ impl NvmlMeter {
         NvmlMeter {
             nvml: None,
             gpus: Vec::new(),
+            module: Vec::new(),
             unavailable: Some(reason.into()),
         }
     }
@@ -771,7 +785,16 @@ impl NvmlMeter {
         };
         let selection = select(hints, &inventory);
         log.extend(selection.notes.iter().cloned());
-        let meter = lib.meter(&selection, now);
+        let mut meter = lib.meter(&selection, now);
+        for g in &meter.gpus {
+            let name = inventory
+                .iter()
+                .find(|i| i.uuid == g.uuid)
+                .map(|i| i.name.as_str());
+            if name.is_some_and(is_gpu_module) && matches!(g.mode, Mode::Counter { .. }) {
+                meter.module.push(g.uuid.clone());
+            }
+        }
         for g in &meter.gpus {
             let how = match g.mode {
                 Mode::Counter { .. } => "energy counter",
@@ -801,9 +824,21 @@ impl NvmlMeter {
             .map(|g| NvmlMeter {
                 nvml,
                 gpus: vec![g],
+                module: Vec::new(),
                 unavailable: None,
             })
             .collect()
+    }
+
+    /// The job's GPUs whose energy counter covers the whole module, Grace
+    /// CPU included: the CPU's energy is inside their figure.
+    pub fn module_gpus(&self) -> &[String] {
+        &self.module
+    }
+
+    /// Whether NVML could not be used at all (no GPU metered).
+    pub fn unavailable_only(&self) -> bool {
+        self.unavailable.is_some() && self.gpus.is_empty()
     }
 
     /// The GPUs being metered, by UUID.

@@ -18,6 +18,7 @@ use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
 use crate::ffi::identity::{FsIdentity, user_groups};
 use crate::footprint::{Row, merge_segments, read_csv, write_csv};
 use crate::job::{JobInfo, cpus_per_node};
+use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::cores::node_layout;
 use crate::measure::cpuset::{self, CpuSet, Evidence};
 use crate::measure::gpus::GpuHints;
@@ -73,6 +74,7 @@ pub(super) fn write_handoff(
         work_dir: env("SLURM_JOB_WORK_DIR").map(PathBuf::from),
         slurm_gpus: env("SLURM_JOB_GPUS"),
         cuda_visible: env("CUDA_VISIBLE_DEVICES"),
+        rocr_visible: env("ROCR_VISIBLE_DEVICES").or_else(|| env("HIP_VISIBLE_DEVICES")),
         epochs: choice.epochs,
         layout,
         cpus_on_node: env("SLURM_JOB_CPUS_PER_NODE").and_then(|v| cpus_per_node(&v)),
@@ -257,6 +259,7 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
     let mut plan = Plan::new(job_id.to_string(), job.node.clone(), cfg.clone());
     plan.shares = shares;
     plan.gpus = gpu_hints(&job);
+    plan.amd_gpus = amd_gpu_hints(&job);
     plan.user = Some(id);
     plan.epochs = job.epochs;
     plan.epoch_file = job
@@ -376,6 +379,19 @@ fn gpu_hints(job: &JobInfo) -> GpuHints {
             job.cuda_visible.clone()
         },
         job_pids: None,
+    }
+}
+
+/// The job's AMD GPUs as the prolog saw them; none when Slurm gave none.
+fn amd_gpu_hints(job: &JobInfo) -> AmdGpuHints {
+    let none = job.slurm_gpus.is_none() && job.rocr_visible.is_none();
+    AmdGpuHints {
+        slurm_gpus: job.slurm_gpus.clone(),
+        rocr_visible: if none {
+            Some(String::new())
+        } else {
+            job.rocr_visible.clone()
+        },
     }
 }
 
