@@ -299,11 +299,33 @@ impl LiveState {
             }),
             budget: standing.map(|s| s.budget.into()),
             over_budget: standing.is_some_and(|s| s.over),
-            over_budget_since: first_over
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            over_budget_since: first_over.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             alert: standing.and_then(Standing::alert),
         }
     }
+}
+
+/// The line `carbontrack epoch` prints (to the job's stderr, where its user
+/// looks) when the budget was first exceeded since the previous epoch mark:
+/// once, at the first mark after the crossing. `carbontrack run` says it
+/// itself, so a state of `local` is left alone.
+pub fn epoch_notice(state: &LiveState, previous_mark: Option<SystemTime>) -> Option<String> {
+    if !state.over_budget || state.job_id == "local" {
+        return None;
+    }
+    let since = state
+        .over_budget_since
+        .as_deref()
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())?;
+    // The state's times are whole seconds: a crossing in the same second as
+    // the previous mark counts as after it.
+    let new = previous_mark.is_none_or(|p| since + std::time::Duration::from_secs(1) > p);
+    new.then(|| {
+        format!(
+            "carbontrack: {}",
+            state.alert.as_deref().unwrap_or("over budget")
+        )
+    })
 }
 
 /// The live state file's name.
@@ -364,7 +386,10 @@ mod tests {
         ] {
             let e = parse_budget(text).unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
-            assert!(e.contains("--carbon-budget=") && e.contains("e.g. 500g"), "{e}");
+            assert!(
+                e.contains("--carbon-budget=") && e.contains("e.g. 500g"),
+                "{e}"
+            );
         }
     }
 
@@ -378,18 +403,47 @@ mod tests {
         // (budget, used, predicted) -> (over, used %, predicted %)
         for (budget, used, predicted, over, used_pc, pred_pc) in [
             (g500, A(0.1, 100.0), None, false, 20.0, None),
-            (g500, A(0.1, 100.0), Some((A(1.0, 400.0), ep)), false, 20.0, Some(80.0)),
-            (g500, A(0.1, 100.0), Some((A(1.0, 600.0), ep)), true, 20.0, Some(120.0)),
+            (
+                g500,
+                A(0.1, 100.0),
+                Some((A(1.0, 400.0), ep)),
+                false,
+                20.0,
+                Some(80.0),
+            ),
+            (
+                g500,
+                A(0.1, 100.0),
+                Some((A(1.0, 600.0), ep)),
+                true,
+                20.0,
+                Some(120.0),
+            ),
             (g500, A(9.0, 501.0), None, true, 100.2, None),
             // An energy budget looks at the energy, not the CO2e.
-            (kwh2, A(1.0, 9000.0), Some((A(1.5, 9999.0), ep)), false, 50.0, Some(75.0)),
-            (kwh2, A(1.0, 1.0), Some((A(2.5, 1.0), ep)), true, 50.0, Some(125.0)),
+            (
+                kwh2,
+                A(1.0, 9000.0),
+                Some((A(1.5, 9999.0), ep)),
+                false,
+                50.0,
+                Some(75.0),
+            ),
+            (
+                kwh2,
+                A(1.0, 1.0),
+                Some((A(2.5, 1.0), ep)),
+                true,
+                50.0,
+                Some(125.0),
+            ),
         ] {
             let s = assess(budget, used, predicted);
             assert_eq!(s.over, over, "{budget} {used:?} {predicted:?}");
             assert!((100.0 * s.used_fraction - used_pc).abs() < 1e-9, "{s:?}");
             assert_eq!(
-                s.predicted_fraction.map(|f| (100.0 * f * 1e6).round() / 1e6),
+                s.predicted_fraction
+                    .map(|f| (100.0 * f * 1e6).round() / 1e6),
                 pred_pc,
                 "{s:?}"
             );
@@ -457,10 +511,47 @@ mod tests {
         );
         let json = serde_json::to_string(&st).unwrap();
         assert!(json.contains(r#""over_budget":true"#), "{json}");
-        assert!(json.contains(r#""budget":{"text":"1g","unit":"g_co2e","amount":1.0}"#), "{json}");
+        assert!(
+            json.contains(r#""budget":{"text":"1g","unit":"g_co2e","amount":1.0}"#),
+            "{json}"
+        );
         assert!(json.contains(r#""from":"epochs""#), "{json}");
-        assert!(json.contains(r#""over_budget_since":"2024-05-01T00:00:00Z""#), "{json}");
+        assert!(
+            json.contains(r#""over_budget_since":"2024-05-01T00:00:00Z""#),
+            "{json}"
+        );
         let back: LiveState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, st);
+
+        // `carbontrack epoch` says it at the first mark after the crossing.
+        let secs = |n: u64| t + std::time::Duration::from_secs(n);
+        let under = LiveState {
+            over_budget: false,
+            over_budget_since: None,
+            alert: None,
+            ..st.clone()
+        };
+        let local = LiveState {
+            job_id: "local".into(),
+            ..st.clone()
+        };
+        for (state, previous, said) in [
+            (&st, None, true),
+            (
+                &st,
+                Some(secs(0) - std::time::Duration::from_secs(60)),
+                true,
+            ),
+            (&st, Some(t), true),
+            (&st, Some(secs(5)), false),
+            (&under, None, false),
+            (&local, None, false),
+        ] {
+            let n = epoch_notice(state, previous);
+            assert_eq!(n.is_some(), said, "{previous:?} {state:?}");
+            if let Some(n) = n {
+                assert!(n.starts_with("carbontrack: OVER BUDGET: predicted"), "{n}");
+            }
+        }
     }
 }

@@ -49,7 +49,11 @@ impl Profile {
     /// Constant power for `length` (what `suggest` assumes).
     pub fn flat(length: Duration) -> Profile {
         Profile {
-            spans: vec![(Duration::ZERO, length, Joules(length.as_secs_f64().max(1.0)))],
+            spans: vec![(
+                Duration::ZERO,
+                length,
+                Joules(length.as_secs_f64().max(1.0)),
+            )],
             length,
         }
     }
@@ -233,9 +237,7 @@ pub fn summary_line(
     let c = match choice {
         Ok(c) => c,
         Err(why) => {
-            return format!(
-                "Greener start: not computed for the {window} before the run: {why}."
-            );
+            return format!("Greener start: not computed for the {window} before the run: {why}.");
         }
     };
     if c.is_reference() {
@@ -356,25 +358,31 @@ mod tests {
         // 12 hours: dirty, a clean dip at hours 3-4, dirty again.
         let tab = table(
             0,
-            &[400.0, 400.0, 300.0, 100.0, 100.0, 300.0, 400.0, 400.0, 500.0, 500.0, 500.0, 500.0],
+            &[
+                400.0, 400.0, 300.0, 100.0, 100.0, 300.0, 400.0, 400.0, 500.0, 500.0, 500.0, 500.0,
+            ],
         );
         // (reference h, candidates h) -> (best h, saving, covered)
         type Row = (f64, Vec<f64>, Result<(f64, f64, usize), NoChoice>);
         let rows: Vec<Row> = vec![
             // Started at 8: 500 g/kWh; at 3, 100: -80 %.
-            (
-                8.0,
-                (0..8).map(f64::from).collect(),
-                Ok((3.0, 0.8, 8)),
-            ),
+            (8.0, (0..8).map(f64::from).collect(), Ok((3.0, 0.8, 8))),
             // Started at the dip: nothing beats it.
             (3.0, vec![0.0, 1.0, 2.0], Ok((3.0, 0.0, 3))),
             // Candidates past the file's end are skipped, not counted.
             (8.0, vec![9.0, 10.0, 11.0, 12.0], Ok((8.0, 0.0, 2))),
             // Off the hour: from 2.5, half an hour at 300 and 1.5 h at 100.
-            (8.0, vec![2.5], Ok((2.5, 1.0 - (0.5 * 300.0 + 1.5 * 100.0) / 2.0 / 500.0, 1))),
+            (
+                8.0,
+                vec![2.5],
+                Ok((2.5, 1.0 - (0.5 * 300.0 + 1.5 * 100.0) / 2.0 / 500.0, 1)),
+            ),
             // The reference itself not covered: no comparison.
-            (11.0, vec![3.0], Err(NoChoice::Reference(Uncovered(t(12.0))))),
+            (
+                11.0,
+                vec![3.0],
+                Err(NoChoice::Reference(Uncovered(t(12.0)))),
+            ),
             // No candidate covered.
             (
                 8.0,
@@ -400,7 +408,10 @@ mod tests {
         let p = Profile::measured(
             t(1.0),
             t(3.0),
-            &[(t(1.0), t(2.0), Joules(9000.0)), (t(2.0), t(3.0), Joules(1000.0))],
+            &[
+                (t(1.0), t(2.0), Joules(9000.0)),
+                (t(2.0), t(3.0), Joules(1000.0)),
+            ],
         );
         let c = best_start(&tab, &p, t(1.0), &[t(0.0), t(2.0), t(3.0)]).unwrap();
         // At 0: 0.9*100+0.1*500 = 140; at 3: 0.9*100 + 0.1*500 = 140; the earlier wins.
@@ -430,14 +441,23 @@ mod tests {
         let day = hours(24.0);
         let line = summary_line(Ok(&c), Some(340.0), day);
         assert!(
-            line.starts_with("Greener start: started at 2024-05-01 03:00 UTC: -38% CO2e (211 g instead of 340 g)"),
+            line.starts_with(
+                "Greener start: started at 2024-05-01 03:00 UTC: -38% CO2e (211 g instead of 340 g)"
+            ),
             "{line}"
         );
-        assert!(line.contains("best of 24 starts in the 24 h before"), "{line}");
-        assert!(line.contains("CATS"), "{line}");
-        let same = Choice { best: c.reference, ..c };
         assert!(
-            summary_line(Ok(&same), Some(340.0), day).contains("actual start was the greenest of the 25"),
+            line.contains("best of 24 starts in the 24 h before"),
+            "{line}"
+        );
+        assert!(line.contains("CATS"), "{line}");
+        let same = Choice {
+            best: c.reference,
+            ..c
+        };
+        assert!(
+            summary_line(Ok(&same), Some(340.0), day)
+                .contains("actual start was the greenest of the 25"),
         );
         let why = NoChoice::Reference(Uncovered(t(10.0)));
         assert_eq!(
