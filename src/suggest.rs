@@ -62,6 +62,15 @@ pub fn begin_arg(t: SystemTime, offset_s: i64) -> String {
     s.trim_end_matches('Z').to_string()
 }
 
+/// `24 h`, or humantime's form for a window not in whole hours.
+fn fmt_window(d: Duration) -> String {
+    if d.as_secs() % 3600 == 0 {
+        format!("{} h", d.as_secs() / 3600)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// What `suggest` prints.
 pub fn render(
     c: &Choice,
@@ -79,7 +88,7 @@ pub fn render(
             s,
             "Best start: now ({} UTC): no start in the next {} is greener ({} starts covered).",
             fmt_hour(now),
-            humantime::format_duration(within),
+            fmt_window(within),
             c.covered + 1
         );
     } else {
@@ -90,7 +99,7 @@ pub fn render(
             mins / 60,
             mins % 60,
             c.covered + 1,
-            humantime::format_duration(within)
+            fmt_window(within)
         );
     }
     let _ = writeln!(
@@ -239,7 +248,7 @@ mod tests {
         );
         assert_eq!(
             text,
-            "Best start: 2024-05-01 03:00 UTC, in 2h30m (of 7 starts covered in the next 1day).\n\
+            "Best start: 2024-05-01 03:00 UTC, in 2h30m (of 7 starts covered in the next 24 h).\n\
              Expected CO2e: 100 g per kWh over the 2h run, against 375 g per kWh starting now: -73%.\n\
              At 500 W (1.00 kWh, before PUE): 100 g CO2e, against 375 g starting now.\n\
              sbatch --begin=2024-05-01T05:00:00\n"

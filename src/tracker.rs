@@ -165,19 +165,15 @@ impl Observer for Live {
         let budget = plan.budget.map(|b| {
             let (used, predicted) =
                 used_and_predicted(plan, snap, &rows, &intensity, &marks, time_limit);
-            let standing = assess(
-                b,
-                used.unwrap_or(Amount {
-                    energy_kwh: 0.0,
-                    co2e_g: 0.0,
-                }),
-                predicted,
-            );
-            if standing.over && self.first_over.set(now).is_ok() && plan.alert_to_stderr {
+            // Nothing measured: neither within nor over.
+            let standing = used.map(|u| assess(b, u, predicted));
+            if let Some(st) = standing.filter(|s| s.over)
+                && self.first_over.set(now).is_ok()
+                && plan.alert_to_stderr
+                && let Some(a) = st.alert()
+            {
                 // The one line where the user sees it, the first time.
-                if let Some(a) = standing.alert() {
-                    eprintln!("carbontrack: {a}");
-                }
+                eprintln!("carbontrack: {a}");
             }
             let state_file = plan.state_file.as_deref();
             if let (Some(dir), Some(name)) = (
@@ -190,7 +186,8 @@ impl Observer for Live {
                     snap.duration.as_secs_f64(),
                     used,
                     predicted,
-                    Some(&standing),
+                    Some(b),
+                    standing.as_ref(),
                     self.first_over.get().copied(),
                 );
                 if let Ok(json) = serde_json::to_vec_pretty(&state) {
@@ -198,6 +195,7 @@ impl Observer for Live {
                 }
             }
             BudgetView {
+                budget: b,
                 standing,
                 first_over: self.first_over.get().copied(),
             }
@@ -230,7 +228,9 @@ struct Extras {
 }
 
 struct BudgetView {
-    standing: Standing,
+    budget: CarbonBudget,
+    /// `None` when nothing could be measured.
+    standing: Option<Standing>,
     first_over: Option<SystemTime>,
 }
 
@@ -501,14 +501,8 @@ impl Tracker {
             let (used, _) =
                 used_and_predicted(plan, &snapshot, &rows, &intensity, &marks, time_limit);
             BudgetView {
-                standing: assess(
-                    b,
-                    used.unwrap_or(Amount {
-                        energy_kwh: 0.0,
-                        co2e_g: 0.0,
-                    }),
-                    None,
-                ),
+                budget: b,
+                standing: used.map(|u| assess(b, u, None)),
                 first_over,
             }
         });
@@ -518,9 +512,10 @@ impl Tracker {
                 &plan.job_id,
                 SystemTime::now(),
                 snapshot.duration.as_secs_f64(),
-                Some(v.standing.used),
+                v.standing.map(|s| s.used),
                 None,
-                Some(&v.standing),
+                Some(v.budget),
+                v.standing.as_ref(),
                 first_over,
             );
             st.running = false;
@@ -793,10 +788,12 @@ fn greener_line(
     let profile = greener::Profile::measured(snap.start, snap.end, &energy_spans(snap));
     let candidates = greener::hours_before(snap.start, GREENER_LOOKBACK);
     let choice = greener::best_start(table, &profile, snap.start, &candidates);
-    let co2e = crate::footprint::total_of(rows).and_then(|t| t.co2e_g);
+    let Some(co2e) = crate::footprint::total_of(rows).and_then(|t| t.co2e_g) else {
+        return Some("Greener start: not computed: no energy was measured.".to_string());
+    };
     Some(greener::summary_line(
         choice.as_ref(),
-        co2e,
+        Some(co2e),
         GREENER_LOOKBACK,
     ))
 }
@@ -818,11 +815,15 @@ fn summary(
     let mut top = String::new();
     let mut tail = String::new();
     if let Some(b) = &extras.budget {
-        if let Some(a) = b.standing.alert() {
+        if let Some(a) = b.standing.as_ref().and_then(Standing::alert) {
             top = format!("{a}\n");
         }
         tail.push('\n');
-        for l in b.standing.lines(now.is_none()) {
+        let lines = match &b.standing {
+            Some(st) => st.lines(now.is_none()),
+            None => crate::carbon::budget::unknown_lines(b.budget),
+        };
+        for l in lines {
             tail.push_str(&l);
             tail.push('\n');
         }

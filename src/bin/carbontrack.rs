@@ -55,6 +55,9 @@ struct RunArgs {
     /// Sampling period, e.g. 500ms, 1s.
     #[arg(long)]
     interval: Option<String>,
+    /// How often the live figures (budget, state file) are refreshed, e.g. 60s.
+    #[arg(long)]
+    refresh: Option<String>,
     /// What to measure: a comma list of cpu,dram,gpu.
     #[arg(long)]
     components: Option<String>,
@@ -104,6 +107,7 @@ impl RunArgs {
     fn request(self) -> Result<RunRequest, String> {
         let keys = [
             ("interval", self.interval),
+            ("refresh", self.refresh),
             ("components", self.components),
             ("powercap", self.powercap),
             ("cgroup", self.cgroup),

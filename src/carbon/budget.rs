@@ -222,6 +222,15 @@ impl Standing {
     }
 }
 
+/// The summary's block when nothing could be measured: no verdict, since an
+/// unknown use is neither within nor over the budget.
+pub fn unknown_lines(budget: CarbonBudget) -> Vec<String> {
+    vec![
+        format!("Carbon budget: {}", budget.describe()),
+        "  Used: unknown (nothing could be measured)".to_string(),
+    ]
+}
+
 /// The budget as `status --json` gives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetJson {
@@ -283,6 +292,7 @@ impl LiveState {
         elapsed_s: f64,
         used: Option<Amount>,
         predicted: Option<(Amount, PredictedFrom)>,
+        budget: Option<CarbonBudget>,
         standing: Option<&Standing>,
         first_over: Option<SystemTime>,
     ) -> LiveState {
@@ -297,7 +307,7 @@ impl LiveState {
                 co2e_g: a.co2e_g,
                 from,
             }),
-            budget: standing.map(|s| s.budget.into()),
+            budget: budget.map(BudgetJson::from),
             over_budget: standing.is_some_and(|s| s.over),
             over_budget_since: first_over.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             alert: standing.and_then(Standing::alert),
@@ -506,6 +516,7 @@ mod tests {
             12.0,
             Some(A(0.001, 0.5)),
             s.predicted,
+            Some(s.budget),
             Some(&s),
             Some(t),
         );
