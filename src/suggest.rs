@@ -64,7 +64,7 @@ pub fn begin_arg(t: SystemTime, offset_s: i64) -> String {
 
 /// `24 h`, or humantime's form for a window not in whole hours.
 fn fmt_window(d: Duration) -> String {
-    if d.as_secs() % 3600 == 0 {
+    if d.as_secs().is_multiple_of(3600) {
         format!("{} h", d.as_secs() / 3600)
     } else {
         humantime::format_duration(d).to_string()

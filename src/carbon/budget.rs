@@ -285,13 +285,13 @@ pub struct LiveState {
 }
 
 impl LiveState {
-    /// The state of a run; `first_over` is when it first went over budget.
+    /// The state of a run; the prediction is the standing's (none where
+    /// nothing was measured); `first_over` is when it first went over budget.
     pub fn new(
         job_id: &str,
         now: SystemTime,
         elapsed_s: f64,
         used: Option<Amount>,
-        predicted: Option<(Amount, PredictedFrom)>,
         budget: Option<CarbonBudget>,
         standing: Option<&Standing>,
         first_over: Option<SystemTime>,
@@ -302,11 +302,13 @@ impl LiveState {
             running: true,
             elapsed_s,
             used,
-            predicted: predicted.map(|(a, from)| PredictedJson {
-                energy_kwh: a.energy_kwh,
-                co2e_g: a.co2e_g,
-                from,
-            }),
+            predicted: standing
+                .and_then(|s| s.predicted)
+                .map(|(a, from)| PredictedJson {
+                    energy_kwh: a.energy_kwh,
+                    co2e_g: a.co2e_g,
+                    from,
+                }),
             budget: budget.map(BudgetJson::from),
             over_budget: standing.is_some_and(|s| s.over),
             over_budget_since: first_over.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
@@ -515,7 +517,6 @@ mod tests {
             t,
             12.0,
             Some(A(0.001, 0.5)),
-            s.predicted,
             Some(s.budget),
             Some(&s),
             Some(t),

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::carbon::budget::{
     Amount, CarbonBudget, LiveState, PredictedFrom, STATE_FILE_ENV, assess, state_file_name,
+    unknown_lines,
 };
 use crate::carbon::intensity::Resolved;
 use crate::carbon::predict::project_to_limit;
@@ -154,10 +155,10 @@ pub fn budget_lines(
     let (Some(b), Some(t)) = (budget, footprint::total_of(rows)) else {
         return String::new();
     };
-    let used = Amount {
-        energy_kwh: t.energy_kwh.unwrap_or(0.0),
-        co2e_g: t.co2e_g.unwrap_or(0.0),
+    let (Some(energy_kwh), Some(co2e_g)) = (t.energy_kwh, t.co2e_g) else {
+        return format!("\n{}\n", unknown_lines(b).join("\n"));
     };
+    let used = Amount { energy_kwh, co2e_g };
     let elapsed = Duration::from_secs_f64(t.duration_s.max(0.0));
     let predicted = time_limit
         .zip(t.energy_j)
@@ -325,5 +326,45 @@ mod tests {
         assert!(text.contains("Projected to the time limit"), "{text}");
         assert!(text.contains("average power 1000 W"), "{text}");
         assert_eq!(render_rows("7", &[], None, SystemTime::now()), None);
+    }
+
+    #[test]
+    fn the_spool_view_shows_the_budget() {
+        // 1 kW for an hour: 1.5 kWh with PUE, 600 g at 400 g/kWh; four times
+        // that by the 4-hour limit.
+        let rows = vec![row("n1", "gpu", "GPU-a", Some(3.6e6))];
+        let b = crate::carbon::budget::parse_budget;
+        let four_h = Some(Duration::from_secs(4 * 3600));
+        for (budget, limit, want) in [
+            (
+                "2kg",
+                four_h,
+                "\nOVER BUDGET: predicted 2.40 kg CO2e to the time limit, over the carbon budget \
+                 of 2.00 kg CO2e (carbontrack does not stop the job)\nCarbon budget: 2.00 kg CO2e\n  \
+                 Used so far: 600 g CO2e (30% of the budget)\n  Predicted to the time limit: \
+                 2.40 kg CO2e (120% of the budget)\n",
+            ),
+            (
+                "10kWh",
+                four_h,
+                "\nCarbon budget: 10.0 kWh\n  Used so far: 1.50 kWh (15% of the budget)\n  \
+                 Predicted to the time limit: 6.00 kWh (60% of the budget)\n",
+            ),
+            (
+                "500g",
+                None,
+                "\nOVER BUDGET: 600 g CO2e used, over the carbon budget of 500 g CO2e \
+                 (carbontrack does not stop the job)\nCarbon budget: 500 g CO2e\n  Used so far: \
+                 600 g CO2e (120% of the budget)\n",
+            ),
+        ] {
+            assert_eq!(budget_lines(b(budget).ok(), &rows, limit), want, "{budget}");
+        }
+        assert_eq!(budget_lines(None, &rows, four_h), "");
+        let none = vec![row("n1", "gpu", "GPU-a", None)];
+        assert_eq!(
+            budget_lines(b("1g").ok(), &none, four_h),
+            "\nCarbon budget: 1.00 g CO2e\n  Used: unknown (nothing could be measured)\n"
+        );
     }
 }
