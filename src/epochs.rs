@@ -180,7 +180,12 @@ pub fn mark_epoch_from_env() -> anyhow::Result<()> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    OpenOptions::new()
+    // When the previous epoch was marked: a budget exceeded since is said now.
+    let previous = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.len() > 0)
+        .and_then(|m| m.modified().ok());
+    let marked = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
@@ -192,7 +197,15 @@ pub fn mark_epoch_from_env() -> anyhow::Result<()> {
                 "cannot append an epoch mark to {}",
                 Path::new(&path).display()
             )
-        })
+        });
+    if let Some(state) = std::env::var_os(crate::carbon::budget::STATE_FILE_ENV)
+        && let Ok(bytes) = crate::deliver::read_user_file(None, Path::new(&state), 1 << 20)
+        && let Ok(state) = serde_json::from_slice(&bytes)
+        && let Some(line) = crate::carbon::budget::epoch_notice(&state, previous)
+    {
+        eprintln!("{line}");
+    }
+    marked
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::carbon::budget::{CarbonBudget, parse_budget};
 use crate::measure::cores::NodeLayout;
 
 /// The hand-off record, written by `slurm_spank_job_prolog` into the spool.
@@ -30,6 +31,8 @@ pub struct JobInfo {
     pub rocr_visible: Option<String>,
     /// `--carbon-epochs=N`: total epochs, for prediction.
     pub epochs: Option<u32>,
+    /// `--carbon-budget=AMOUNT`.
+    pub budget: Option<CarbonBudget>,
     /// The node's CPU layout in Slurm's terms (slurm.conf's NodeName line),
     /// as the prolog read it, or why it could not: what Slurm's core ids of
     /// the job (`S_JOB_ALLOC_CORES`, read by the sampling step) are mapped
@@ -56,6 +59,7 @@ impl Default for JobInfo {
             cuda_visible: None,
             rocr_visible: None,
             epochs: None,
+            budget: None,
             layout: Err(NO_LAYOUT.to_string()),
             cpus_on_node: None,
         }
@@ -119,6 +123,9 @@ impl JobInfo {
         if let Some(n) = self.epochs {
             put("epochs", &n.to_string());
         }
+        if let Some(b) = self.budget {
+            put("budget", &b.to_string());
+        }
         match &self.layout {
             Ok(l) => put("node_layout", &l.to_string()),
             Err(why) => put("node_layout_unknown", why),
@@ -174,6 +181,13 @@ impl JobInfo {
                 Some(_) => Some(num(&kv, "epochs")?),
                 None => None,
             },
+            budget: match kv.get("budget") {
+                Some(b) => Some(parse_budget(b).map_err(|_| JobInfoError::BadValue {
+                    key: "budget",
+                    value: b.to_string(),
+                })?),
+                None => None,
+            },
             layout: match (kv.get("node_layout"), text("node_layout_unknown")) {
                 (Some(l), _) => Ok(l.parse().map_err(|_| JobInfoError::BadValue {
                     key: "node_layout",
@@ -222,6 +236,7 @@ mod tests {
             cuda_visible: Some("0,1".into()),
             rocr_visible: Some("1".into()),
             epochs: Some(10),
+            budget: Some(crate::carbon::budget::parse_budget("1.5kWh").unwrap()),
             layout: Ok("2x16x2".parse().unwrap()),
             cpus_on_node: Some(4),
         };

@@ -21,6 +21,7 @@ pub mod report;
 pub mod run;
 pub mod safe_fs;
 pub mod spool;
+pub mod suggest;
 pub mod tracker;
 pub mod units;
 pub mod userio;

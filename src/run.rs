@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::carbon::budget::{CarbonBudget, STATE_FILE_ENV};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
@@ -45,6 +46,9 @@ impl From<ExitStatus> for Ended {
 pub struct RunRequest {
     pub config: Config,
     pub epochs: Option<u32>,
+    /// `--carbon-budget`: shown against the run; said once on stderr when
+    /// first exceeded; the command is never stopped.
+    pub budget: Option<CarbonBudget>,
     /// The CSV's path; default `carbontrack-local.csv` in the current directory.
     pub output: Option<PathBuf>,
     pub command: Vec<OsString>,
@@ -125,6 +129,15 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     };
     plan.epochs = req.epochs;
     plan.epoch_file = Some(epoch_file.clone());
+    // With a budget, the command can read its state (`carbontrack status
+    // --json`) from a file of the caller's, removed at the end.
+    let state_file = req
+        .budget
+        .map(|_| std::env::temp_dir().join(format!("carbontrack-run-{}.json", std::process::id())));
+    let _state_cleanup = state_file.clone().map(RemoveOnDrop);
+    plan.budget = req.budget;
+    plan.state_file = state_file.clone();
+    plan.alert_to_stderr = true;
 
     let (tracker, log) = Tracker::start(plan).context("cannot start the sampler thread")?;
     for line in log {
@@ -133,6 +146,9 @@ pub fn run(req: RunRequest) -> Result<Ended> {
 
     let mut command = Command::new(program);
     command.args(args).env(EPOCH_FILE_ENV, &epoch_file);
+    if let Some(p) = &state_file {
+        command.env(STATE_FILE_ENV, p);
+    }
     let mut child = match signals::unblocked_child(&mut command).spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::carbon::budget::{Amount, CarbonBudget, LiveState, PredictedFrom, Standing, assess};
+use crate::carbon::greener;
 use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve, resolve_read};
-use crate::carbon::predict::EpochMark;
+use crate::carbon::predict::{EpochMark, project_to_limit};
 use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
 use crate::config::{Components, Config};
 use crate::epochs::Mark;
@@ -80,6 +82,14 @@ pub struct Plan {
     /// How long [`Tracker::finish`] waits for the final files to be written
     /// into the user's filesystem before leaving them (`Finished::late`).
     pub deliver_wait: Duration,
+    /// `--carbon-budget`: the summaries show the run against it.
+    pub budget: Option<CarbonBudget>,
+    /// Where the live state (`carbontrack status --json`) is kept, written
+    /// as the user at each refresh; only for a run with a budget.
+    pub state_file: Option<PathBuf>,
+    /// Say on stderr, once, when the budget is first exceeded
+    /// (`carbontrack run`, whose stderr is the user's).
+    pub alert_to_stderr: bool,
 }
 
 impl Plan {
@@ -104,6 +114,9 @@ impl Plan {
             refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
+            budget: None,
+            state_file: None,
+            alert_to_stderr: false,
         }
     }
 
@@ -125,12 +138,17 @@ struct Live {
     /// epoch marks) has started. Weak: the I/O thread holds the sampler's
     /// state, which holds this observer, and the tracker owns the thread.
     io: Arc<OnceLock<Weak<UserIo>>>,
+    /// When the budget was first exceeded (set once, read by `finish`).
+    first_over: Arc<OnceLock<SystemTime>>,
 }
 
 impl Observer for Live {
     fn on_refresh(&mut self, snap: &Snapshot) {
         let plan = &self.plan;
-        if plan.live_csv.is_none() && !matches!(plan.output, Output::WorkDir(_)) {
+        if plan.live_csv.is_none()
+            && !matches!(plan.output, Output::WorkDir(_))
+            && plan.budget.is_none()
+        {
             return;
         }
         let io = self.io.get().and_then(Weak::upgrade);
@@ -143,23 +161,126 @@ impl Observer for Live {
                 let _ = crate::spool::write_atomic(path, &csv);
             }
         }
-        let (Output::WorkDir(dir), Some(io)) =
-            (&plan.output, self.io.get().and_then(Weak::upgrade))
-        else {
+        let Some(io) = self.io.get().and_then(Weak::upgrade) else {
             return;
         };
+        let now = SystemTime::now();
         let time_limit = io.time_limit().unwrap_or(plan.time_limit);
+        let marks = io.marks();
+        let budget = plan.budget.map(|b| {
+            let (used, predicted) =
+                used_and_predicted(plan, snap, &rows, &intensity, &marks, time_limit);
+            // Nothing measured: neither within nor over.
+            let standing = used.map(|u| assess(b, u, predicted));
+            if let Some(st) = standing.filter(|s| s.over)
+                && self.first_over.set(now).is_ok()
+                && plan.alert_to_stderr
+                && let Some(a) = st.alert()
+            {
+                // The one line where the user sees it, the first time.
+                eprintln!("carbontrack: {a}");
+            }
+            let state_file = plan.state_file.as_deref();
+            if let (Some(dir), Some(name)) = (
+                state_file.and_then(std::path::Path::parent),
+                state_file.and_then(std::path::Path::file_name),
+            ) {
+                let state = LiveState::new(
+                    &plan.job_id,
+                    now,
+                    snap.duration.as_secs_f64(),
+                    used,
+                    Some(b),
+                    standing.as_ref(),
+                    self.first_over.get().copied(),
+                );
+                if let Ok(json) = serde_json::to_vec_pretty(&state) {
+                    io.offer_state(dir, name.to_string_lossy().into_owned(), json);
+                }
+            }
+            BudgetView {
+                budget: b,
+                standing,
+                first_over: self.first_over.get().copied(),
+            }
+        });
+        let Output::WorkDir(dir) = &plan.output else {
+            return;
+        };
         let text = summary(
             plan,
             snap,
             &rows,
             &intensity,
-            &io.marks(),
+            &marks,
             time_limit,
-            Some(SystemTime::now()),
+            Some(now),
+            &Extras {
+                budget,
+                greener: None,
+            },
         );
         io.offer_summary(dir, plan.txt_name(), text.into_bytes());
     }
+}
+
+/// What the summary says besides the footprint: the budget, a greener start.
+#[derive(Default)]
+struct Extras {
+    budget: Option<BudgetView>,
+    greener: Option<String>,
+}
+
+struct BudgetView {
+    budget: CarbonBudget,
+    /// `None` when nothing could be measured.
+    standing: Option<Standing>,
+    first_over: Option<SystemTime>,
+}
+
+/// The run so far (energy with PUE, CO2e) and its prediction: from the
+/// epochs when declared and marked, else to the time limit.
+fn used_and_predicted(
+    plan: &Plan,
+    snap: &Snapshot,
+    rows: &[Row],
+    intensity: &Resolved,
+    marks: &[Mark],
+    time_limit: Option<Duration>,
+) -> (Option<Amount>, Option<(Amount, PredictedFrom)>) {
+    let total = crate::footprint::total_of(rows);
+    let used = total.as_ref().and_then(|t| {
+        Some(Amount {
+            energy_kwh: t.energy_kwh?,
+            co2e_g: t.co2e_g?,
+        })
+    });
+    let pue = plan.config.pue;
+    let amount = |e: Joules| Amount {
+        energy_kwh: crate::carbon::facility_kwh(e, pue).0,
+        co2e_g: crate::carbon::co2e(e, pue, intensity.g_per_kwh).0,
+    };
+    let marks = epoch_marks(snap, marks);
+    let by_epochs = plan.epochs.and_then(|total| {
+        EpochProgress {
+            total_epochs: total,
+            before_pred: plan.config.epochs_before_pred,
+            start: EpochMark {
+                at: Duration::ZERO,
+                cumulative_energy: Joules::ZERO,
+            },
+            marks: &marks,
+        }
+        .latest()
+    });
+    let predicted = match by_epochs {
+        Some(p) => Some((amount(p.predicted_energy), PredictedFrom::Epochs)),
+        None => time_limit
+            .zip(total.and_then(|t| t.energy_j))
+            .and_then(|(limit, j)| project_to_limit(snap.duration, Joules(j), limit))
+            .map(|p| (amount(p.projected_energy), PredictedFrom::TimeLimit)),
+    };
+    (used, predicted)
 }
 
 /// A running measurement.
@@ -167,6 +288,7 @@ pub struct Tracker {
     sampler: Sampler,
     plan: Arc<Plan>,
     io: Option<Arc<UserIo>>,
+    first_over: Arc<OnceLock<SystemTime>>,
 }
 
 /// What a finished run produced.
@@ -188,6 +310,9 @@ pub struct Finished {
     /// The final files could not be written in time: the user's filesystem
     /// did not answer within `Plan::deliver_wait`.
     pub late: bool,
+    /// The final state file of a run with a budget (`Plan::state_file`'s
+    /// name, its bytes), for a caller writing the final files itself.
+    pub state: Option<(String, Vec<u8>)>,
     /// The user-filesystem thread, for a caller writing the final files
     /// itself ([`Finished::deliver`]).
     io: Option<Arc<UserIo>>,
@@ -328,9 +453,11 @@ impl Tracker {
         // The observer needs the I/O thread, which needs the sampler's
         // energy: the observer's slot is filled once both exist.
         let io_slot: Arc<OnceLock<Weak<UserIo>>> = Arc::default();
+        let first_over: Arc<OnceLock<SystemTime>> = Arc::default();
         let live = Live {
             plan: Arc::clone(&plan),
             io: Arc::clone(&io_slot),
+            first_over: Arc::clone(&first_over),
         };
         let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
         let hourly_file = match &plan.config.intensity {
@@ -340,6 +467,7 @@ impl Tracker {
         let needs_io = plan.epoch_file.is_some()
             || plan.time_limit_from_squeue
             || hourly_file.is_some()
+            || plan.budget.is_some()
             || !matches!(plan.output, Output::None);
         let io = if needs_io {
             let io = UserIo::start(Setup {
@@ -358,7 +486,15 @@ impl Tracker {
         } else {
             None
         };
-        Ok((Tracker { sampler, plan, io }, log))
+        Ok((
+            Tracker {
+                sampler,
+                plan,
+                io,
+                first_over,
+            },
+            log,
+        ))
     }
 
     /// The figures so far, without stopping.
@@ -417,7 +553,38 @@ impl Tracker {
             .and_then(|io| io.time_limit())
             .flatten()
             .or(plan.time_limit);
-        let summary = summary(plan, &snapshot, &rows, &intensity, &marks, time_limit, None);
+        let first_over = self.first_over.get().copied();
+        let budget = plan.budget.map(|b| {
+            let (used, _) =
+                used_and_predicted(plan, &snapshot, &rows, &intensity, &marks, time_limit);
+            BudgetView {
+                budget: b,
+                standing: used.map(|u| assess(b, u, None)),
+                first_over,
+            }
+        });
+        let state = budget.as_ref().and_then(|v| {
+            let name = plan.state_file.as_ref()?.file_name()?;
+            let mut st = LiveState::new(
+                &plan.job_id,
+                SystemTime::now(),
+                snapshot.duration.as_secs_f64(),
+                v.standing.map(|s| s.used),
+                Some(v.budget),
+                v.standing.as_ref(),
+                first_over,
+            );
+            st.running = false;
+            let json = serde_json::to_vec_pretty(&st).ok()?;
+            Some((name.to_string_lossy().into_owned(), json))
+        });
+        let extras = Extras {
+            budget,
+            greener: greener_line(plan, &snapshot, &rows, hourly.as_ref()),
+        };
+        let summary = summary(
+            plan, &snapshot, &rows, &intensity, &marks, time_limit, None, &extras,
+        );
         let mut done = Finished {
             snapshot,
             rows,
@@ -428,6 +595,7 @@ impl Tracker {
             problems,
             live_summary_problem,
             late: false,
+            state,
             io: self.io,
         };
         let files = match &plan.output {
@@ -567,6 +735,7 @@ impl Finished {
             problems,
             live_summary_problem: None,
             late: false,
+            state: None,
             io,
         }
     }
@@ -649,8 +818,87 @@ fn epoch_marks(snap: &Snapshot, marks: &[Mark]) -> Vec<EpochMark> {
         .collect()
 }
 
-/// The summary text: the live one as of `now`, or the final one (`None`).
+/// The look-back of the final summary's greener start.
+const GREENER_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+
+/// The final summary's greener-start line, with an hourly file only: the
+/// run's own profile moved over the 24 h before its start.
+fn greener_line(
+    plan: &Plan,
+    snap: &Snapshot,
+    rows: &[Row],
+    hourly: Option<&HourlyRead>,
+) -> Option<String> {
+    if !matches!(plan.config.intensity, IntensitySpec::File(_)) {
+        return None;
+    }
+    let table = match hourly.map(|h| h.as_ref().as_ref()) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            return Some(format!(
+                "Greener start: not computed: the intensity file could not be read ({e})."
+            ));
+        }
+        None => return None,
+    };
+    let profile = greener::Profile::measured(snap.start, snap.end, &energy_spans(snap));
+    let candidates = greener::hours_before(snap.start, GREENER_LOOKBACK);
+    let choice = greener::best_start(table, &profile, snap.start, &candidates);
+    let Some(co2e) = crate::footprint::total_of(rows).and_then(|t| t.co2e_g) else {
+        return Some("Greener start: not computed: no energy was measured.".to_string());
+    };
+    Some(greener::summary_line(
+        choice.as_ref(),
+        Some(co2e),
+        GREENER_LOOKBACK,
+    ))
+}
+
+/// The summary text: the live one as of `now`, or the final one (`None`),
+/// with the budget (a line at the top once over it) and a greener start.
+#[allow(clippy::too_many_arguments)]
 fn summary(
+    plan: &Plan,
+    snap: &Snapshot,
+    rows: &[Row],
+    intensity: &Resolved,
+    marks: &[Mark],
+    time_limit: Option<Duration>,
+    now: Option<SystemTime>,
+    extras: &Extras,
+) -> String {
+    let body = summary_body(plan, snap, rows, intensity, marks, time_limit, now);
+    let mut top = String::new();
+    let mut tail = String::new();
+    if let Some(b) = &extras.budget {
+        if let Some(a) = b.standing.as_ref().and_then(Standing::alert) {
+            top = format!("{a}\n");
+        }
+        tail.push('\n');
+        let lines = match &b.standing {
+            Some(st) => st.lines(now.is_none()),
+            None => crate::carbon::budget::unknown_lines(b.budget),
+        };
+        for l in lines {
+            tail.push_str(&l);
+            tail.push('\n');
+        }
+        if let Some(t) = b.first_over {
+            tail.push_str(&format!(
+                "  The prediction first exceeded the budget at {}.\n",
+                humantime::format_rfc3339_seconds(t)
+            ));
+        }
+    }
+    if let Some(g) = &extras.greener {
+        tail.push('\n');
+        tail.push_str(g);
+        tail.push('\n');
+    }
+    format!("{top}{body}{tail}")
+}
+
+fn summary_body(
     plan: &Plan,
     snap: &Snapshot,
     rows: &[Row],

@@ -40,6 +40,8 @@ struct State {
     poll_now: bool,
     /// The newest live summary not yet written: `(dir, name, bytes)`.
     summary: Option<(PathBuf, String, Vec<u8>)>,
+    /// The newest live state file (a job with a budget) not yet written.
+    state: Option<(PathBuf, String, Vec<u8>)>,
     /// Final files to write, in order, and where their answer goes.
     finals: Option<Finals>,
     /// Answer to the last `finals`.
@@ -172,6 +174,17 @@ impl UserIo {
         }
     }
 
+    /// Hands over the live state file (`carbontrack-<jobid>.json`) to
+    /// write, as [`UserIo::offer_summary`] does the summary.
+    pub fn offer_state(&self, dir: &Path, name: String, bytes: Vec<u8>) {
+        let mut s = lock(&self.shared);
+        if s.polling {
+            s.state = Some((dir.to_path_buf(), name, bytes));
+            drop(s);
+            self.shared.wake.notify_all();
+        }
+    }
+
     /// The marks so far and the time limit, if looked up.
     pub fn marks(&self) -> Vec<Mark> {
         lock(&self.shared).marks.clone()
@@ -282,10 +295,10 @@ fn run(shared: &Shared, mut setup: Setup) {
     let mut next_reload = Instant::now();
     loop {
         // What to do now, taken under the lock, done outside it.
-        let (summary, finals, poll, reload, query) = {
+        let (summary, finals, poll, reload, query, state) = {
             let mut s = lock(shared);
             loop {
-                if s.summary.is_some() || s.finals.is_some() {
+                if s.summary.is_some() || s.finals.is_some() || s.state.is_some() {
                     break;
                 }
                 let now = Instant::now();
@@ -312,7 +325,14 @@ fn run(shared: &Shared, mut setup: Setup) {
                 && (s.reload_now || (poll && Instant::now() >= next_reload));
             s.reload_now = false;
             let query = s.time_limit.is_none() && setup.squeue_job.is_some();
-            (s.summary.take(), s.finals.take(), poll, reload, query)
+            (
+                s.summary.take(),
+                s.finals.take(),
+                poll,
+                reload,
+                query,
+                s.state.take(),
+            )
         };
         if reload && let Some(path) = &setup.hourly_file {
             next_reload = Instant::now() + setup.reload_every;
@@ -349,6 +369,11 @@ fn run(shared: &Shared, mut setup: Setup) {
         if query && let Some(job) = setup.squeue_job.take() {
             let limit = squeue_time_limit(&job);
             lock(shared).time_limit = Some(limit);
+        }
+        // The state before the summary: a job reading it acts on it. Its
+        // failures are the summary's (same directory, same user).
+        if let Some((dir, name, bytes)) = state {
+            let _ = as_user(setup.user.as_ref(), &dir, &name, &bytes);
         }
         if let Some((dir, name, bytes)) = summary {
             let written = as_user(setup.user.as_ref(), &dir, &name, &bytes);

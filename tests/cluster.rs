@@ -89,6 +89,10 @@ const CHECKS: &[(&str, Check)] = &[
         "without_a_cpuset_the_core_allocation_gives_each_job_its_share",
         tracked::core_allocation_without_cpuset,
     ),
+    (
+        "a_carbon_budget_exceeded_is_said_once_and_the_job_reads_it_and_a_greener_start_is_shown",
+        tracked::budget_and_greener_start,
+    ),
     // Last: it restarts the cluster twice.
     (
         "without_contain_the_batch_step_samples_and_srun_steps_do_not",
@@ -224,7 +228,11 @@ fn options_in_help(c: &Cluster, _: &Hardware) {
     for tool in ["sbatch", "srun", "salloc"] {
         let out = c.as_user(tool, &["--help"]).output().expect("help runs");
         let help = String::from_utf8_lossy(&out.stdout);
-        for opt in ["--carbon-track=yes|no", "--carbon-epochs=N"] {
+        for opt in [
+            "--carbon-track=yes|no",
+            "--carbon-epochs=N",
+            "--carbon-budget=AMOUNT",
+        ] {
             assert!(help.contains(opt), "{tool} --help lacks {opt}:\n{help}");
         }
     }
@@ -241,6 +249,11 @@ fn bad_values_refused(c: &Cluster, _: &Hardware) {
         e.contains(
             "carbontrack: --carbon-epochs takes a whole number of epochs of at least 1, not `-3`"
         ),
+        "{e}"
+    );
+    let e = c.refused(&["--carbon-budget=-2kg"]);
+    assert!(
+        e.contains("carbontrack: --carbon-budget=-2kg: not a positive number with a unit"),
         "{e}"
     );
 }

@@ -262,3 +262,159 @@ fn epoch_marks_give_a_prediction() {
         "{stderr}"
     );
 }
+
+/// An hourly file of `timestamp,g_per_kwh` rows: 400 g/kWh from `from` to
+/// `to` (hour indices), except 100 in `clean`.
+fn hourly_file(path: &Path, from: u64, to: u64, clean: &[u64]) {
+    let mut csv = String::from("timestamp,g_per_kwh\n");
+    for h in from..to {
+        let g = if clean.contains(&h) { 100 } else { 400 };
+        csv.push_str(&format!("{},{g}\n", h * 3600));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+fn this_hour() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+}
+
+fn fmt_hour(h: u64) -> String {
+    let s =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(h * 3600)).to_string();
+    format!("{} {}", &s[..10], &s[11..16])
+}
+
+/// `run --carbon-budget` with epochs predicting far past it: one line on
+/// stderr when it is first exceeded, the command reads its own state
+/// (`carbontrack status --json`: over_budget true) and goes on to the end;
+/// the final summary holds the budget. With an hourly file covering the 24 h
+/// before, the summary names the clean hour as the greener start.
+#[test]
+fn a_budget_exceeded_is_said_once_and_the_command_reads_it() {
+    let tmp = TempDir::new("run-budget").unwrap();
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let now = this_hour();
+    let file = tmp.path().join("hourly.csv");
+    hourly_file(&file, now - 30, now + 3, &[now - 10]);
+    // 50 W for 1 s an epoch: 1000 epochs predict 50 kJ, 8.8 g CO2e at 400
+    // g/kWh with PUE 1.58; 0.1 g is used long before the end.
+    let script =
+        format!("for i in 1 2 3; do sleep 1; {BIN} epoch; done; sleep 1.5; {BIN} status --json");
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "100ms",
+            "--refresh",
+            "1s",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--intensity",
+            &format!("file:{}", file.display()),
+            "--epochs",
+            "1000",
+            "--carbon-budget",
+            "0.1g",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("carbontrack: OVER BUDGET: predicted"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("for all epochs, over the carbon budget of 0.100 g CO2e"),
+        "{stderr}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["job_id"], "local", "{stdout}");
+    assert_eq!(v["over_budget"], true, "{stdout}");
+    assert_eq!(v["budget"]["unit"], "g_co2e", "{stdout}");
+    assert_eq!(v["predicted"]["from"], "epochs", "{stdout}");
+    // The prediction: 1000 epochs of about 50 J, with PUE and 400 g/kWh.
+    let predicted = v["predicted"]["co2e_g"].as_f64().unwrap();
+    let truth = 1000.0 * 50.0 * 1.58 / 3.6e6 * 400.0;
+    assert!(
+        (predicted - truth).abs() / truth < 0.15,
+        "predicted {predicted} g, about {truth} g: {stdout}"
+    );
+    assert!(v["used"]["co2e_g"].as_f64().unwrap() < 0.1, "{stdout}");
+    assert!(stderr.contains("Carbon budget: 0.100 g CO2e"), "{stderr}");
+    assert!(
+        stderr.contains("The prediction first exceeded the budget at "),
+        "{stderr}"
+    );
+    let greener = format!(
+        "Greener start: started at {} UTC: -75% CO2e",
+        fmt_hour(now - 10)
+    );
+    assert!(stderr.contains(&greener), "no `{greener}` in:\n{stderr}");
+}
+
+/// `carbontrack suggest` over a forecast: the clean hours 5 and 6 hours
+/// ahead, 75% less than starting now, and the `sbatch --begin=` for them
+/// (in UTC here: TZ=UTC). A window the file does not cover: exit 1, saying so.
+#[test]
+fn suggest_finds_the_clean_hours_of_a_forecast() {
+    let tmp = TempDir::new("run-suggest").unwrap();
+    let now = this_hour();
+    let file = tmp.path().join("forecast.csv");
+    hourly_file(&file, now - 2, now + 30, &[now + 5, now + 6]);
+    let spec = format!("file:{}", file.display());
+    let out = Command::new(BIN)
+        .args(["suggest", "--duration", "2h", "--intensity", &spec])
+        .args(["--power", "300"])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("Best start: {} UTC, in ", fmt_hour(now + 5))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Expected CO2e: 100 g per kWh over the 2h run, against 400 g per kWh starting now: -75%."),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("At 300 W (0.600 kWh, before PUE): 60.0 g CO2e, against 240 g starting now."),
+        "{stdout}"
+    );
+    let begin = fmt_hour(now + 5).replace(' ', "T") + ":00";
+    assert!(
+        stdout.contains(&format!("sbatch --begin={begin}\n")),
+        "{stdout}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["suggest", "--duration", "40h", "--intensity", &spec])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the file has no figure for") && stderr.contains("needs hourly figures"),
+        "{stderr}"
+    );
+}

@@ -43,6 +43,9 @@ enum Command {
     Report(carbontrack::report::cli::ReportArgs),
     /// A running job's energy so far and its projection to the time limit.
     Status(carbontrack::report::cli::StatusArgs),
+    /// The greenest start in the coming window for a job of a given length,
+    /// from an hourly intensity file, and the `sbatch --begin=` for it.
+    Suggest(carbontrack::suggest::SuggestArgs),
 }
 
 /// The flags of `carbontrack run`: the plugstack keys that mean something for
@@ -52,6 +55,9 @@ struct RunArgs {
     /// Sampling period, e.g. 500ms, 1s.
     #[arg(long)]
     interval: Option<String>,
+    /// How often the live figures (budget, state file) are refreshed, e.g. 60s.
+    #[arg(long)]
+    refresh: Option<String>,
     /// What to measure: a comma list of cpu,dram,gpu.
     #[arg(long)]
     components: Option<String>,
@@ -85,6 +91,10 @@ struct RunArgs {
     /// Total epochs of the training run, for prediction from epoch marks.
     #[arg(long)]
     epochs: Option<String>,
+    /// Carbon budget (500g, 2kg CO2e or 1.5kWh): shown against the run and
+    /// said once when first exceeded; the command is never stopped.
+    #[arg(long)]
+    carbon_budget: Option<String>,
     /// Where the footprint CSV goes.
     #[arg(short, long, default_value = "carbontrack-local.csv")]
     output: PathBuf,
@@ -97,6 +107,7 @@ impl RunArgs {
     fn request(self) -> Result<RunRequest, String> {
         let keys = [
             ("interval", self.interval),
+            ("refresh", self.refresh),
             ("components", self.components),
             ("powercap", self.powercap),
             ("cgroup", self.cgroup),
@@ -120,9 +131,15 @@ impl RunArgs {
             .as_deref()
             .map(config::parse_epochs)
             .transpose()?;
+        let budget = self
+            .carbon_budget
+            .as_deref()
+            .map(carbontrack::carbon::budget::parse_budget)
+            .transpose()?;
         Ok(RunRequest {
             config: cfg,
             epochs,
+            budget,
             output: Some(self.output),
             command: self.command,
         })
@@ -159,5 +176,6 @@ fn main() -> ExitCode {
         Command::Flush(a) => carbontrack::report::cli::flush_main(&a),
         Command::Report(a) => carbontrack::report::cli::report_main(&a),
         Command::Status(a) => carbontrack::report::cli::status_main(&a),
+        Command::Suggest(a) => carbontrack::suggest::suggest_main(&a),
     }
 }

@@ -2,8 +2,10 @@
 //! carbontracker-style prediction. Pure functions; the only I/O is reading a
 //! site's intensity file and, from the epilog only, the live source.
 
+pub mod budget;
 pub mod constants;
 pub mod equivalents;
+pub mod greener;
 pub mod intensity;
 pub mod live;
 pub mod predict;

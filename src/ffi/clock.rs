@@ -1,4 +1,5 @@
-//! The calling thread's CPU time, which std does not expose.
+//! The calling thread's CPU time, and the local time zone's offset, which
+//! std does not expose.
 
 use std::time::Duration;
 
@@ -23,6 +24,20 @@ pub fn thread_cpu_time() -> Option<Duration> {
     let secs = u64::try_from(ts.tv_sec).ok()?;
     let nanos = u32::try_from(ts.tv_nsec).ok()?;
     Some(Duration::new(secs, nanos))
+}
+
+/// Seconds east of UTC of the local time zone (the process's `TZ`, else
+/// `/etc/localtime`) at `unix_secs`: what `sbatch --begin=YYYY-MM-DDTHH:MM:SS`
+/// is read in. `None` where the C library cannot say.
+pub fn local_utc_offset(unix_secs: i64) -> Option<i64> {
+    let t: libc::time_t = unix_secs;
+    // SAFETY: an all-zero `tm` is a valid value of a plain C struct (its
+    // `tm_zone` pointer null); it is only written by the call below.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` and `tm` are valid for the call and outlive it;
+    // localtime_r is the reentrant form, writing only into `tm`.
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    (!r.is_null()).then_some(tm.tm_gmtoff)
 }
 
 #[cfg(test)]

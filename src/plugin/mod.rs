@@ -198,6 +198,7 @@ impl Plugin {
             choice: JobChoice {
                 track: None,
                 epochs: None,
+                budget: None,
             },
             sampling_decided: false,
             tracking: None,

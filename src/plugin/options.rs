@@ -1,6 +1,7 @@
-//! The user's options, `--carbon-track[=yes|no]` and `--carbon-epochs=N`, and
-//! what a job asked for with them.
+//! The user's options, `--carbon-track[=yes|no]`, `--carbon-epochs=N` and
+//! `--carbon-budget=AMOUNT`, and what a job asked for with them.
 
+use crate::carbon::budget::{CarbonBudget, parse_budget};
 use crate::config::{parse_epochs, parse_track_choice};
 
 /// Whether an option takes a value; the numbers are getopt's, which Slurm
@@ -28,10 +29,11 @@ pub struct OptionSpec {
 pub enum UserOption {
     Track,
     Epochs,
+    Budget,
 }
 
 impl UserOption {
-    pub const ALL: [UserOption; 2] = [UserOption::Track, UserOption::Epochs];
+    pub const ALL: [UserOption; 3] = [UserOption::Track, UserOption::Epochs, UserOption::Budget];
 
     pub fn spec(self) -> OptionSpec {
         match self {
@@ -50,6 +52,15 @@ impl UserOption {
                 has_arg: HasArg::Required,
                 val: 2,
             },
+            UserOption::Budget => OptionSpec {
+                name: "carbon-budget",
+                arginfo: "AMOUNT",
+                usage: "Carbon budget of the job (500g, 2kg CO2e or 1.5kWh): carbontrack's \
+                        summary and `carbontrack status` say when the prediction exceeds it; \
+                        the job is never stopped.",
+                has_arg: HasArg::Required,
+                val: 3,
+            },
         }
     }
 
@@ -63,6 +74,7 @@ impl UserOption {
 pub struct JobChoice {
     pub track: Option<bool>,
     pub epochs: Option<u32>,
+    pub budget: Option<CarbonBudget>,
 }
 
 impl JobChoice {
@@ -74,6 +86,10 @@ impl JobChoice {
             UserOption::Epochs => {
                 let v = value.ok_or("--carbon-epochs needs a value, e.g. --carbon-epochs=10")?;
                 self.epochs = Some(parse_epochs(v)?);
+            }
+            UserOption::Budget => {
+                let v = value.ok_or("--carbon-budget needs a value, e.g. --carbon-budget=500g")?;
+                self.budget = Some(parse_budget(v)?);
             }
         }
         Ok(())
@@ -89,6 +105,9 @@ impl JobChoice {
         }
         if let Some(n) = self.epochs {
             parts.push(format!("--carbon-epochs={n}"));
+        }
+        if let Some(b) = self.budget {
+            parts.push(format!("--carbon-budget={b}"));
         }
         parts.join(" ")
     }
@@ -126,5 +145,19 @@ mod tests {
         // A refused value leaves the earlier one in place.
         assert_eq!(c.track, Some(false));
         assert_eq!(c.epochs, Some(12));
+
+        c.set(UserOption::Budget, Some("2kg")).unwrap();
+        assert_eq!(
+            c.describe(),
+            "--carbon-track=no --carbon-epochs=12 --carbon-budget=2000g"
+        );
+        let e = c.set(UserOption::Budget, Some("lots")).unwrap_err();
+        assert!(
+            e.contains("--carbon-budget=lots") && e.contains("500g"),
+            "{e}"
+        );
+        let e = c.set(UserOption::Budget, None).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        assert!(c.budget.is_some());
     }
 }

@@ -119,7 +119,7 @@ fn init_registers_both_options_in_every_context() {
         p.init(&host, &args(&["mode=always"]));
         assert_eq!(
             *host.registered.borrow(),
-            ["carbon-track", "carbon-epochs"],
+            ["carbon-track", "carbon-epochs", "carbon-budget"],
             "{ctx:?}"
         );
         assert_eq!(p.config().unwrap().mode, crate::config::Mode::Always);
@@ -156,7 +156,7 @@ fn arguments_are_read_once_per_process() {
     p.job_prolog(&host, &bad);
     assert_eq!(host.lines(Level::Error).len(), 1);
     // Options are still registered so the user's job is not refused.
-    assert_eq!(host.registered.borrow().len(), 2);
+    assert_eq!(host.registered.borrow().len(), 3);
 }
 
 #[test]
@@ -216,18 +216,22 @@ fn prolog_reads_epochs_and_a_bare_track_flag() {
     let mut host = FakeHost::new(Context::JobScript);
     host.given.insert("carbon-track", None);
     host.given.insert("carbon-epochs", Some("30".into()));
+    host.given.insert("carbon-budget", Some("2KG".into()));
     let mut p = Plugin::new();
     p.job_prolog(&host, &[]);
     assert_eq!(
         p.choice(),
         JobChoice {
             track: Some(true),
-            epochs: Some(30)
+            epochs: Some(30),
+            budget: crate::carbon::budget::parse_budget("2kg").ok(),
         }
     );
     assert_eq!(
         host.lines(Level::Info),
-        ["job 42: tracked (--carbon-track=yes --carbon-epochs=30, mode optin)"]
+        [
+            "job 42: tracked (--carbon-track=yes --carbon-epochs=30 --carbon-budget=2000g, mode optin)"
+        ]
     );
 }
 
@@ -243,11 +247,15 @@ fn option_callback_refuses_bad_values_with_a_message() {
     let e = p.option_given(epochs, Some("-3")).unwrap_err();
     assert!(e.contains("--carbon-epochs") && e.contains("-3"), "{e}");
     assert!(p.option_given(99, None).is_err());
+    let budget = UserOption::Budget.spec().val;
+    let e = p.option_given(budget, Some("-1kg")).unwrap_err();
+    assert!(e.contains("--carbon-budget=-1kg"), "{e}");
     assert_eq!(
         p.choice(),
         JobChoice {
             track: Some(true),
-            epochs: Some(5)
+            epochs: Some(5),
+            budget: None,
         }
     );
 }

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::carbon::budget::{STATE_FILE_ENV, state_file_name};
 use crate::carbon::summary::{notes, render_final_from_rows};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::{EPOCH_FILE_ENV, epoch_file};
@@ -76,6 +77,7 @@ pub(super) fn write_handoff(
         cuda_visible: env("CUDA_VISIBLE_DEVICES"),
         rocr_visible: env("ROCR_VISIBLE_DEVICES").or_else(|| env("HIP_VISIBLE_DEVICES")),
         epochs: choice.epochs,
+        budget: choice.budget,
         layout,
         cpus_on_node: env("SLURM_JOB_CPUS_PER_NODE").and_then(|v| cpus_per_node(&v)),
     };
@@ -134,6 +136,15 @@ pub(super) fn export_epoch_file(host: &dyn Host, cfg: &Config) {
                 Level::Error,
                 &format!("job {job_id}: cannot set {EPOCH_FILE_ENV}: {e}"),
             );
+        }
+        if job.budget.is_some() {
+            let state = dir.join(state_file_name(&job_id.to_string()));
+            if let Err(e) = host.set_job_env(STATE_FILE_ENV, &state.to_string_lossy()) {
+                host.log(
+                    Level::Error,
+                    &format!("job {job_id}: cannot set {STATE_FILE_ENV}: {e}"),
+                );
+            }
         }
     }
 }
@@ -262,6 +273,7 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
     plan.amd_gpus = amd_gpu_hints(&job);
     plan.user = Some(id);
     plan.epochs = job.epochs;
+    plan.budget = job.budget;
     plan.epoch_file = job
         .work_dir
         .as_deref()
@@ -272,6 +284,9 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         (Some(d), true) => Output::WorkDir(d.clone()),
         _ => Output::None,
     };
+    if let (Some(d), true, Some(_)) = (&job.work_dir, writes_user_files, job.budget) {
+        plan.state_file = Some(d.join(state_file_name(&job_id.to_string())));
+    }
     // The node's footprint may have earlier segments: the plugin joins them
     // and writes the final files itself.
     plan.final_files = false;
@@ -479,15 +494,13 @@ impl Tracking {
                 .write_job_file(job_id, USER_FILES_RECORD, &b)
                 .ok()
         });
-        let delivery = done.deliver(
-            dir,
-            vec![
-                (names[0].clone(), csv.clone()),
-                (names[1].clone(), summary.into_bytes()),
-            ],
-            DELIVER_WAIT,
-            record.clone(),
-        );
+        let mut files = vec![
+            (names[0].clone(), csv.clone()),
+            (names[1].clone(), summary.into_bytes()),
+        ];
+        // A job with a budget: its state file says it has ended.
+        files.extend(done.state.clone());
+        let delivery = done.deliver(dir, files, DELIVER_WAIT, record.clone());
         if matches!(delivery, Delivery::Written(_) | Delivery::Failed(_))
             && let Some(r) = &record
         {

@@ -158,6 +158,11 @@ pub struct StatusArgs {
     pub config: ConfigFlags,
     /// The job (default: $SLURM_JOB_ID).
     pub job_id: Option<u32>,
+    /// The job's live state as JSON (used, predicted, budget, over_budget),
+    /// for a job with --carbon-budget; inside the job or `carbontrack run`,
+    /// from $CARBONTRACK_STATE_FILE.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn log_line(line: String) {
@@ -308,6 +313,9 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
 }
 
 pub fn status_main(a: &StatusArgs) -> ExitCode {
+    if a.json {
+        return status::json_main(a);
+    }
     let job = match a.job_id.or_else(|| {
         std::env::var("SLURM_JOB_ID")
             .ok()

@@ -863,3 +863,116 @@ pub fn core_allocation_without_cpuset(c: &Cluster, hw: &Hardware) {
     assert_matches_truth(hw, &rows);
     assert!(share_line(&log, job.id).contains("(cores 0-1 "), "{log}");
 }
+
+/// Issue 17 (items 2 and 3): a job with `--carbon-budget=1g` whose epochs
+/// predict far more (10000 epochs) and an hourly intensity file covering the
+/// 24 h before it, with one clean hour 10 h back. While it runs the live
+/// summary's first line says it is over budget, the job reads its own state
+/// (`carbontrack status --json`: over_budget true), `carbontrack epoch` says
+/// it once on the job's stderr, and the job ends normally (carbontrack never
+/// cancels). The final summary says where the budget went and that starting
+/// in the clean hour would have emitted 75% less.
+pub fn budget_and_greener_start(c: &Cluster, hw: &Hardware) {
+    let bin = env!("CARGO_BIN_EXE_carbontrack");
+    let now_h = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600;
+    let clean = now_h - 10;
+    let mut csv = String::from("timestamp,g_per_kwh\n");
+    for h in now_h - 30..now_h + 4 {
+        let g = if h == clean { 100 } else { 400 };
+        csv.push_str(&format!("{},{g}\n", h * 3600));
+    }
+    let file = c.dir.join("intensity-budget.csv");
+    std::fs::write(&file, csv).unwrap();
+    tracked_args(c, hw, &[&format!("intensity=file:{}", file.display())]);
+    let mark = c.log_mark();
+    let script = format!(
+        "#!/bin/bash\nfor e in 1 2 3 4; do sleep 2.5; {bin} epoch; done\nsleep 2.5\n\
+         {bin} status --json > state-$SLURM_JOB_ID.json\necho status=$?\n"
+    );
+    let id = c
+        .submit_in(
+            &c.work_dir(),
+            &[
+                "--carbon-track=yes",
+                "--carbon-epochs=10000",
+                "--carbon-budget=1g",
+            ],
+            &script,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let txt = user_file(c, None, id.0, "txt");
+    let live = wait_for("the budget line at the top of the live summary", || {
+        let t = std::fs::read_to_string(&txt).ok()?;
+        (c.job_state(id.0) == "RUNNING" && t.starts_with("OVER BUDGET: predicted")).then_some(t)
+    });
+    assert!(
+        live.lines()
+            .next()
+            .unwrap()
+            .contains("over the carbon budget of 1.00 g CO2e"),
+        "{live}"
+    );
+    assert!(live.contains("Predicted for all epochs: "), "{live}");
+
+    let ended = c.wait_ended(id);
+    let output = c.output_of(id.0);
+    assert_eq!(ended.state, "COMPLETED", "{output}");
+    assert!(output.contains("status=0"), "{output}");
+    // One line where the user sees it: the job's own output.
+    let said: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("carbontrack: OVER BUDGET: predicted"))
+        .collect();
+    assert_eq!(said.len(), 1, "{output}");
+
+    let state = std::fs::read_to_string(c.work_dir().join(format!("state-{}.json", id.0))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&state).unwrap_or_else(|e| panic!("{e}: {state}"));
+    assert_eq!(v["over_budget"], true, "{state}");
+    assert_eq!(v["running"], true, "{state}");
+    assert_eq!(v["budget"]["text"], "1g", "{state}");
+    assert_eq!(v["predicted"]["from"], "epochs", "{state}");
+    assert!(v["predicted"]["co2e_g"].as_f64().unwrap() > 1.0, "{state}");
+    let used = v["used"]["co2e_g"].as_f64().unwrap();
+    assert!(used > 0.0 && used < 1.0, "{state}");
+
+    let summary = std::fs::read_to_string(&txt).unwrap();
+    assert!(summary.contains("Carbon budget: 1.00 g CO2e"), "{summary}");
+    assert!(
+        summary.contains("The run stayed within its budget."),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("The prediction first exceeded the budget at "),
+        "{summary}"
+    );
+    let hour = humantime::format_rfc3339_seconds(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(clean * 3600),
+    )
+    .to_string();
+    let greener = format!(
+        "Greener start: started at {} {} UTC: -75% CO2e",
+        &hour[..10],
+        &hour[11..16]
+    );
+    assert!(summary.contains(&greener), "no `{greener}` in:\n{summary}");
+    let (text, rows) = footprint(&user_file(c, None, id.0, "csv"));
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert!(
+        (total.intensity_g_per_kwh.unwrap() - 400.0).abs() < 1e-6,
+        "{text}"
+    );
+    // The final state: ended, within the budget.
+    let fin = std::fs::read_to_string(user_file(c, None, id.0, "json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&fin).unwrap();
+    assert_eq!(
+        (v["running"].clone(), v["over_budget"].clone()),
+        (false.into(), false.into()),
+        "{fin}"
+    );
+    assert_quiet_log(&c.log_of_job(mark, id.0), id.0);
+}
