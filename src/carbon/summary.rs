@@ -351,6 +351,61 @@ pub fn render_final(i: &SummaryInput) -> String {
     s
 }
 
+/// carbontracker's "Predicted consumption for N epoch(s):" block, on its own,
+/// as `carbontrack run --pid` prints it once `before_pred` epochs are done
+/// (the Python API's `epoch_end`); `None` before then or without epochs.
+pub fn render_predicted_block(i: &SummaryInput) -> Option<String> {
+    let p = i.epochs?.first()?;
+    let mut s = String::new();
+    let _ = writeln!(s, "Predicted consumption for {} epoch(s):", p.total_epochs);
+    consumption(&mut s, i, p.predicted_time, p.predicted_energy, true);
+    let _ = writeln!(
+        s,
+        "  (the mean of the first {} epoch(s) x {}; an epoch runs from the end of the one before)",
+        p.epochs_done, p.total_epochs
+    );
+    Some(s)
+}
+
+/// carbontracker's "Actual consumption for K epoch(s):" block: from the start
+/// to the end of the last completed epoch; with no epoch completed,
+/// "Actual consumption:" for the whole run. An incomplete total says so.
+pub fn render_actual_block(i: &SummaryInput) -> String {
+    let mut s = String::new();
+    let total = total_of(i.rows);
+    let Some(whole) = total.as_ref().and_then(|t| t.energy_j).map(Joules) else {
+        let _ = writeln!(
+            s,
+            "Actual consumption: unavailable (nothing could be measured)."
+        );
+        return s;
+    };
+    let last = i
+        .epochs
+        .and_then(|ep| ep.marks.last().map(|m| (ep.start, *m, ep.marks.len())));
+    match last {
+        Some((start, m, done)) => {
+            let _ = writeln!(s, "Actual consumption for {done} epoch(s):");
+            let time = m.at.saturating_sub(start.at);
+            consumption(
+                &mut s,
+                i,
+                time,
+                m.cumulative_energy - start.cumulative_energy,
+                true,
+            );
+        }
+        None => {
+            let _ = writeln!(s, "Actual consumption:");
+            consumption(&mut s, i, i.elapsed, whole, true);
+        }
+    }
+    if let Some(t) = total.filter(|t| t.status != "ok") {
+        let _ = writeln!(s, "  ({}; {})", t.status, incompleteness(i.rows));
+    }
+    s
+}
+
 /// The per-component energy lines and the total; returns the measured total.
 fn energy_block(s: &mut String, i: &SummaryInput, title: &str) -> Option<Joules> {
     let _ = writeln!(s, "{title} at the devices (before PUE), per component:");
