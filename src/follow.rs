@@ -76,11 +76,12 @@ pub fn follow(req: &RunRequest, pid: u32) -> Result<Ended> {
         if process_start(pid) != Some(started) {
             break;
         }
-        if !predicted && req.epochs.is_some() {
-            if let Some(block) = tracker.predicted_block() {
-                eprint!("\n{block}");
-                predicted = true;
-            }
+        if !predicted
+            && req.epochs.is_some()
+            && let Some(block) = tracker.predicted_block()
+        {
+            eprint!("\n{block}");
+            predicted = true;
         }
     }
 

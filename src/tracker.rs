@@ -383,10 +383,15 @@ impl Tracker {
             .flatten()
             .or(plan.time_limit);
         let summary = summary(plan, &snapshot, &rows, &intensity, &marks, time_limit, None);
-        let (actual_block, predicted_block) =
-            with_input(plan, &snapshot, &rows, &intensity, &marks, time_limit, |i| {
-                (render_actual_block(i), render_predicted_block(i))
-            });
+        let (actual_block, predicted_block) = with_input(
+            plan,
+            &snapshot,
+            &rows,
+            &intensity,
+            &marks,
+            time_limit,
+            |i| (render_actual_block(i), render_predicted_block(i)),
+        );
         let mut done = Finished {
             snapshot,
             rows,
@@ -632,10 +637,18 @@ fn summary(
     time_limit: Option<Duration>,
     now: Option<SystemTime>,
 ) -> String {
-    with_input(plan, snap, rows, intensity, marks, time_limit, |input| match now {
-        Some(now) => render_live(input, now),
-        None => render_final(input),
-    })
+    with_input(
+        plan,
+        snap,
+        rows,
+        intensity,
+        marks,
+        time_limit,
+        |input| match now {
+            Some(now) => render_live(input, now),
+            None => render_final(input),
+        },
+    )
 }
 
 /// What the summaries are rendered from.
