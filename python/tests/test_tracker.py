@@ -232,3 +232,10 @@ def test_carbontrackers_argument_checks(monkeypatch, carbontrack_bin):
                           ignore_errors=True)
     assert (t.monitor_epochs, t.components, t.update_interval) == (5, "cpu,dram", 2)
     t.deleted = True  # never started: nothing to stop
+
+
+def test_verbose_0_prints_nothing(tmp_path, hardware):
+    out = run_script(tmp_path, README_LOOP.replace("SECONDS", "0.3").replace(
+        "CarbonTracker(epochs=max_epochs)", "CarbonTracker(epochs=max_epochs, verbose=0)"))
+    assert out.returncode == 0, out.stderr
+    assert [x for x in out.stderr.splitlines() if not x.startswith("training:")] == [], out.stderr
