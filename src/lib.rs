@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod epochs;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod follow;
 pub mod footprint;
 pub mod hostlist;
 pub mod job;

@@ -52,6 +52,9 @@ pub struct RunRequest {
     /// The CSV's path; default `carbontrack-local.csv` in the current directory.
     pub output: Option<PathBuf>,
     pub command: Vec<OsString>,
+    /// Follow this running process instead of running `command`
+    /// (`carbontrack run --pid`, [`crate::follow`]).
+    pub pid: Option<u32>,
 }
 
 /// This machine's name, for the CSV's `node` column.
@@ -66,9 +69,9 @@ pub fn hostname() -> String {
 /// The CPU attribution for a command: the cpuset of the cgroup it runs in when
 /// that is narrower than the machine (inside a Slurm allocation, say), else
 /// the whole machine.
-fn shares_for_this_process(cfg: &Config) -> PackageShares {
+pub(crate) fn shares_for_process(cfg: &Config, proc_cgroup: &Path) -> PackageShares {
     let topo = cpuset::package_of_cpus(&cfg.cpu_topology).ok();
-    let own = std::fs::read_to_string("/proc/self/cgroup")
+    let own = std::fs::read_to_string(proc_cgroup)
         .map_err(|e| e.to_string())
         .and_then(|c| cpuset::own_cpuset(&cfg.cgroup, &c).map_err(|e| e.to_string()));
     match (&own, &topo) {
@@ -79,33 +82,12 @@ fn shares_for_this_process(cfg: &Config) -> PackageShares {
     }
 }
 
-/// Runs the command under measurement and returns how it ended. Measurement
-/// problems are reported on stderr and never change the command's outcome.
-pub fn run(req: RunRequest) -> Result<Ended> {
-    let (program, args) = req
-        .command
-        .split_first()
-        .context("no command given after `--`")?;
-    // Block the forwarded signals (and SIGCHLD, to wake up when the command
-    // ends) before any thread starts, so that every thread inherits the mask
-    // and they all arrive here, in order.
-    let mut wanted = signals::FORWARDED.to_vec();
-    wanted.push(libc::SIGCHLD);
-    let blocked = signals::block(&wanted).context("cannot block signals for forwarding")?;
-
-    let epoch_file =
-        std::env::temp_dir().join(format!("carbontrack-run-{}.epochs", std::process::id()));
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&epoch_file)
-        .with_context(|| format!("cannot create the epoch file {}", epoch_file.display()))?;
-    let _cleanup = RemoveOnDrop(epoch_file.clone());
-
+/// The plan of a local run: CPU attribution from the cgroup named in
+/// `proc_cgroup` (`/proc/<pid>/cgroup`), GPUs from the environment, the CSV
+/// where the request says.
+pub(crate) fn local_plan(req: &RunRequest, proc_cgroup: &Path, epoch_file: PathBuf) -> Plan {
     let mut plan = Plan::new("local", hostname(), req.config.clone());
-    plan.shares = shares_for_this_process(&req.config);
+    plan.shares = shares_for_process(&req.config, proc_cgroup);
     plan.gpus = GpuHints {
         slurm_gpus: std::env::var("SLURM_STEP_GPUS")
             .or_else(|_| std::env::var("SLURM_JOB_GPUS"))
@@ -128,17 +110,39 @@ pub fn run(req: RunRequest) -> Result<Ended> {
         ),
     };
     plan.epochs = req.epochs;
-    plan.epoch_file = Some(epoch_file.clone());
+    plan.epoch_file = Some(epoch_file);
+    plan.budget = req.budget;
+    plan.alert_to_stderr = true;
+    plan
+}
+
+/// Runs the command under measurement and returns how it ended. Measurement
+/// problems are reported on stderr and never change the command's outcome.
+pub fn run(req: RunRequest) -> Result<Ended> {
+    if let Some(pid) = req.pid {
+        return crate::follow::follow(&req, pid);
+    }
+    let (program, args) = req
+        .command
+        .split_first()
+        .context("no command given after `--`")?;
+    // Block the forwarded signals (and SIGCHLD, to wake up when the command
+    // ends) before any thread starts, so that every thread inherits the mask
+    // and they all arrive here, in order.
+    let mut wanted = signals::FORWARDED.to_vec();
+    wanted.push(libc::SIGCHLD);
+    let blocked = signals::block(&wanted).context("cannot block signals for forwarding")?;
+
+    let (epoch_file, _cleanup) = new_epoch_file()?;
+
+    let mut plan = local_plan(&req, Path::new("/proc/self/cgroup"), epoch_file.clone());
     // With a budget, the command can read its state (`carbontrack status
     // --json`) from a file of the caller's, removed at the end.
     let state_file = req
         .budget
         .map(|_| std::env::temp_dir().join(format!("carbontrack-run-{}.json", std::process::id())));
     let _state_cleanup = state_file.clone().map(RemoveOnDrop);
-    plan.budget = req.budget;
     plan.state_file = state_file.clone();
-    plan.alert_to_stderr = true;
-
     let (tracker, log) = Tracker::start(plan).context("cannot start the sampler thread")?;
     for line in log {
         eprintln!("carbontrack: {line}");
@@ -189,7 +193,22 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     Ok(status.into())
 }
 
-struct RemoveOnDrop(PathBuf);
+/// A fresh epoch file of this process's own in the temporary directory,
+/// removed when the guard is dropped.
+pub(crate) fn new_epoch_file() -> Result<(PathBuf, RemoveOnDrop)> {
+    let epoch_file =
+        std::env::temp_dir().join(format!("carbontrack-run-{}.epochs", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&epoch_file)
+        .with_context(|| format!("cannot create the epoch file {}", epoch_file.display()))?;
+    Ok((epoch_file.clone(), RemoveOnDrop(epoch_file)))
+}
+
+pub(crate) struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

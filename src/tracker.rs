@@ -15,7 +15,10 @@ use crate::carbon::budget::{Amount, CarbonBudget, LiveState, PredictedFrom, Stan
 use crate::carbon::greener;
 use crate::carbon::intensity::{EnergySpan, IntensitySpec, Resolved, resolve, resolve_read};
 use crate::carbon::predict::{EpochMark, project_to_limit};
-use crate::carbon::summary::{EpochProgress, SummaryInput, render_final, render_live};
+use crate::carbon::summary::{
+    EpochProgress, SummaryInput, render_actual_block, render_final, render_live,
+    render_predicted_block,
+};
 use crate::config::{Components, Config};
 use crate::epochs::Mark;
 use crate::ffi::identity::FsIdentity;
@@ -299,6 +302,11 @@ pub struct Finished {
     pub intensity: Resolved,
     pub csv: Vec<u8>,
     pub summary: String,
+    /// carbontracker's "Actual consumption" block (`carbontrack run --pid`).
+    pub actual_block: String,
+    /// carbontracker's "Predicted consumption" block, when epochs enough were
+    /// marked.
+    pub predicted_block: Option<String>,
     /// Files written for the user.
     pub delivered: Vec<PathBuf>,
     /// One line each: what went wrong on the way (nothing fatal).
@@ -502,6 +510,21 @@ impl Tracker {
         self.sampler.snapshot()
     }
 
+    /// carbontracker's "Predicted consumption" block, once the plan's
+    /// `epochs_before_pred` epochs are marked (`carbontrack run --pid`).
+    pub fn predicted_block(&self) -> Option<String> {
+        let marks = self.io.as_ref()?.marks();
+        if marks.len() < self.plan.config.epochs_before_pred.max(1) as usize {
+            return None;
+        }
+        let hourly = self.io.as_ref().and_then(|io| io.hourly());
+        let snap = self.sampler.snapshot();
+        let (rows, intensity) = rows_of(&self.plan, &snap, hourly.as_ref());
+        with_input(&self.plan, &snap, &rows, &intensity, &marks, None, |i| {
+            render_predicted_block(i)
+        })
+    }
+
     /// Rows of the footprint so far (for a live copy in the spool).
     pub fn rows_so_far(&self) -> Vec<Row> {
         let hourly = self.io.as_ref().and_then(|io| io.hourly());
@@ -585,12 +608,23 @@ impl Tracker {
         let summary = summary(
             plan, &snapshot, &rows, &intensity, &marks, time_limit, None, &extras,
         );
+        let (actual_block, predicted_block) = with_input(
+            plan,
+            &snapshot,
+            &rows,
+            &intensity,
+            &marks,
+            time_limit,
+            |i| (render_actual_block(i), render_predicted_block(i)),
+        );
         let mut done = Finished {
             snapshot,
             rows,
             intensity,
             csv,
             summary,
+            actual_block,
+            predicted_block,
             delivered: Vec::new(),
             problems,
             live_summary_problem,
@@ -731,6 +765,8 @@ impl Finished {
             ),
             csv: Vec::new(),
             summary: String::new(),
+            actual_block: String::new(),
+            predicted_block: None,
             delivered: Vec::new(),
             problems,
             live_summary_problem: None,
@@ -907,6 +943,30 @@ fn summary_body(
     time_limit: Option<Duration>,
     now: Option<SystemTime>,
 ) -> String {
+    with_input(
+        plan,
+        snap,
+        rows,
+        intensity,
+        marks,
+        time_limit,
+        |input| match now {
+            Some(now) => render_live(input, now),
+            None => render_final(input),
+        },
+    )
+}
+
+/// What the summaries are rendered from.
+fn with_input<R>(
+    plan: &Plan,
+    snap: &Snapshot,
+    rows: &[Row],
+    intensity: &Resolved,
+    marks: &[Mark],
+    time_limit: Option<Duration>,
+    render: impl FnOnce(&SummaryInput) -> R,
+) -> R {
     let marks = epoch_marks(snap, marks);
     let input = SummaryInput {
         job_id: &plan.job_id,
@@ -926,10 +986,7 @@ fn summary_body(
         }),
         attribution: plan.shares.method(),
     };
-    match now {
-        Some(now) => render_live(&input, now),
-        None => render_final(&input),
-    }
+    render(&input)
 }
 
 #[cfg(test)]

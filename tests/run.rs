@@ -418,3 +418,90 @@ fn suggest_finds_the_clean_hours_of_a_forecast() {
         "{stderr}"
     );
 }
+
+/// `carbontrack run --pid`: follows a process it did not start (the Python
+/// API's mode), names its epoch file on stdout, prints carbontracker's
+/// predicted block once enough epochs are marked, and ends with the process.
+#[test]
+fn follows_a_running_process_until_it_exits() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = TempDir::new("run-pid").unwrap();
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let mut followed = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut tracker = Command::new(BIN)
+        .args(["run", "--pid", &followed.id().to_string()])
+        .args(["--interval", "100ms", "--components", "cpu,dram"])
+        .args([
+            "--epochs",
+            "4",
+            "--epochs-before-pred",
+            "2",
+            "--intensity",
+            "100",
+        ])
+        .arg("--powercap")
+        .arg(rapl.root())
+        .args(["-o", "fp.csv"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(tracker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let epoch_file = line
+        .trim()
+        .strip_prefix("CARBONTRACK_EPOCH_FILE=")
+        .unwrap_or_else(|| panic!("no epoch file announced: {line:?}"))
+        .to_string();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(700));
+        let mark = Command::new(BIN)
+            .arg("epoch")
+            .env("CARBONTRACK_EPOCH_FILE", &epoch_file)
+            .status()
+            .unwrap();
+        assert!(mark.success());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    followed.kill().unwrap();
+    // Not reaped yet: a zombie counts as gone.
+    let out = tracker.wait_with_output().unwrap();
+    followed.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let pred = stderr
+        .find("Predicted consumption for 4 epoch(s):")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let actual = stderr
+        .find("Actual consumption for 2 epoch(s):")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(pred < actual, "{stderr}");
+
+    let rows = read_csv(std::fs::File::open(tmp.path().join("fp.csv")).unwrap()).unwrap();
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "ok", "{rows:#?}");
+    let (t0, t1) = (parse_time(&total.start), parse_time(&total.end));
+    let truth = rapl.truth("package-0", t0, t1) + rapl.truth("package-0/dram", t0, t1);
+    within(total.energy_j.unwrap(), truth, 0.01, "total");
+    assert!((2.0..3.5).contains(&total.duration_s), "{total:?}");
+    assert!(
+        !Path::new(&epoch_file).exists(),
+        "the epoch file is removed at the end"
+    );
+
+    // A process that is not there: said, and nothing measured.
+    let out = run(
+        &["run", "--pid", "999999999", "--report", "none"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process 999999999 to follow"));
+    // A PID and a command: one or the other.
+    let out = run(&["run", "--pid", "1", "--", "true"], tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+}

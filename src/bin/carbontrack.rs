@@ -98,8 +98,14 @@ struct RunArgs {
     /// Where the footprint CSV goes.
     #[arg(short, long, default_value = "carbontrack-local.csv")]
     output: PathBuf,
+    /// Follow this running process instead of running a command: ends when
+    /// it exits or on SIGTERM/SIGINT; prints CARBONTRACK_EPOCH_FILE=<path> on
+    /// stdout once sampling has begun, and carbontracker's predicted and
+    /// actual blocks on stderr (the Python API's mode).
+    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    pid: Option<u32>,
     /// The command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[arg(last = true, required_unless_present = "pid", num_args = 1..)]
     command: Vec<OsString>,
 }
 
@@ -142,6 +148,7 @@ impl RunArgs {
             budget,
             output: Some(self.output),
             command: self.command,
+            pid: self.pid,
         })
     }
 }

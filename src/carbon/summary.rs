@@ -351,6 +351,61 @@ pub fn render_final(i: &SummaryInput) -> String {
     s
 }
 
+/// carbontracker's "Predicted consumption for N epoch(s):" block, on its own,
+/// as `carbontrack run --pid` prints it once `before_pred` epochs are done
+/// (the Python API's `epoch_end`); `None` before then or without epochs.
+pub fn render_predicted_block(i: &SummaryInput) -> Option<String> {
+    let p = i.epochs?.first()?;
+    let mut s = String::new();
+    let _ = writeln!(s, "Predicted consumption for {} epoch(s):", p.total_epochs);
+    consumption(&mut s, i, p.predicted_time, p.predicted_energy, true);
+    let _ = writeln!(
+        s,
+        "  (the mean of the first {} epoch(s) x {}; an epoch runs from the end of the one before)",
+        p.epochs_done, p.total_epochs
+    );
+    Some(s)
+}
+
+/// carbontracker's "Actual consumption for K epoch(s):" block: from the start
+/// to the end of the last completed epoch; with no epoch completed,
+/// "Actual consumption:" for the whole run. An incomplete total says so.
+pub fn render_actual_block(i: &SummaryInput) -> String {
+    let mut s = String::new();
+    let total = total_of(i.rows);
+    let Some(whole) = total.as_ref().and_then(|t| t.energy_j).map(Joules) else {
+        let _ = writeln!(
+            s,
+            "Actual consumption: unavailable (nothing could be measured)."
+        );
+        return s;
+    };
+    let last = i
+        .epochs
+        .and_then(|ep| ep.marks.last().map(|m| (ep.start, *m, ep.marks.len())));
+    match last {
+        Some((start, m, done)) => {
+            let _ = writeln!(s, "Actual consumption for {done} epoch(s):");
+            let time = m.at.saturating_sub(start.at);
+            consumption(
+                &mut s,
+                i,
+                time,
+                m.cumulative_energy - start.cumulative_energy,
+                true,
+            );
+        }
+        None => {
+            let _ = writeln!(s, "Actual consumption:");
+            consumption(&mut s, i, i.elapsed, whole, true);
+        }
+    }
+    if let Some(t) = total.filter(|t| t.status != "ok") {
+        let _ = writeln!(s, "  ({}; {})", t.status, incompleteness(i.rows));
+    }
+    s
+}
+
 /// The per-component energy lines and the total; returns the measured total.
 fn energy_block(s: &mut String, i: &SummaryInput, title: &str) -> Option<Joules> {
     let _ = writeln!(s, "{title} at the devices (before PUE), per component:");
@@ -766,6 +821,79 @@ mod tests {
         ] {
             assert!(l.contains(&want), "missing `{want}` in:\n{text}");
         }
+    }
+
+    /// The blocks `carbontrack run --pid` prints, in carbontracker's shape.
+    #[test]
+    fn carbontracker_blocks() {
+        let rows = rows(100_000.0, Some(320_000.0));
+        let intensity = world();
+        let marks = [mark(300, 90_000.0), mark(630, 190_000.0)];
+        let input = SummaryInput {
+            job_id: "local",
+            rows: &rows,
+            elapsed: Duration::from_secs(3600),
+            time_limit: None,
+            pue: 1.58,
+            intensity: &intensity,
+            epochs: Some(EpochProgress {
+                total_epochs: 4,
+                before_pred: 2,
+                start: mark(0, 0.0),
+                marks: &marks,
+            }),
+            attribution: None,
+        };
+        // 4 × 95 kJ = 380 kJ → 0.16678 kWh, 74.2 g; 4 × 315 s = 21m 00s
+        assert_eq!(
+            lines(&render_predicted_block(&input).unwrap()),
+            [
+                "Predicted consumption for 4 epoch(s):",
+                "Time: 21m 00s",
+                "Energy: 0.167 kWh (with PUE 1.58)",
+                "CO2eq: 74.2 g",
+                "This is equivalent to:",
+                "0.695 km travelled by car (EEA 2024, new EU passenger cars)",
+                "0.0316 litres of petrol burnt (US EPA GHG Equivalencies, 8,887 g CO2/US gallon)",
+                "(the mean of the first 2 epoch(s) x 4; an epoch runs from the end of the one before)",
+            ]
+        );
+        // To the end of epoch 2: 190 kJ → 0.083389 kWh, 37.1 g, 10m 30s.
+        let actual = render_actual_block(&input);
+        let l = lines(&actual);
+        assert_eq!(
+            l[..4],
+            [
+                "Actual consumption for 2 epoch(s):",
+                "Time: 10m 30s",
+                "Energy: 0.0834 kWh (with PUE 1.58)",
+                "CO2eq: 37.1 g"
+            ]
+        );
+        // One epoch short of a prediction; no epoch at all: the whole run,
+        // and an incomplete total says so.
+        let one = SummaryInput {
+            epochs: Some(EpochProgress {
+                marks: &marks[..1],
+                ..input.epochs.unwrap()
+            }),
+            ..input
+        };
+        assert_eq!(render_predicted_block(&one), None);
+        let partial = self::rows(100_000.0, None);
+        let none = SummaryInput {
+            epochs: None,
+            rows: &partial,
+            ..input
+        };
+        let text = render_actual_block(&none);
+        let l = lines(&text);
+        assert_eq!(l[..2], ["Actual consumption:", "Time: 1h 00m 00s"]);
+        assert_eq!(
+            l.last(),
+            Some(&"(incomplete: 1 of 2 rows unavailable (gpu); a lower bound)"),
+            "{text}"
+        );
     }
 
     #[test]
