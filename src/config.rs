@@ -111,7 +111,7 @@ pub struct Config {
     /// Root-only file holding the ElectricityMaps API key (`electricitymaps:`).
     pub intensity_key: Option<PathBuf>,
     /// Base URL of the ElectricityMaps API or of a site proxy to it; `None`:
-    /// [`crate::carbon::live::DEFAULT_URL`].
+    /// [`crate::carbon::base_url::DEFAULT_URL`].
     pub intensity_url: Option<String>,
     /// How long a fetched live history is reused before asking again.
     pub intensity_ttl: Duration,
@@ -320,7 +320,7 @@ impl Config {
                 self.intensity_key = Some(PathBuf::from(v));
             }
             "intensity_url" => {
-                crate::carbon::live::BaseUrl::parse(v)?;
+                crate::carbon::base_url::BaseUrl::parse(v)?;
                 self.intensity_url = Some(v.to_string());
             }
             "intensity_ttl" => {

@@ -2,6 +2,7 @@
 //! carbontracker-style prediction. Pure functions; the only I/O is reading a
 //! site's intensity file and, from the epilog only, the live source.
 
+pub mod base_url;
 pub mod budget;
 pub mod constants;
 pub mod equivalents;
