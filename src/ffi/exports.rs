@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use super::spank::{Spank, log};
 use super::sys;
-use crate::plugin::{Callback, Context, Level, Plugin};
+use crate::plugin::{Callback, Context, Host, Level, OptionSpec, Plugin, Step};
 
 /// Slurm reads the bytes of this symbol, so it is an array, not a pointer.
 #[unsafe(no_mangle)]
@@ -235,4 +235,62 @@ pub(super) unsafe extern "C" fn option_callback(
             }
         }
     })
+}
+
+/// The plugin's view of Slurm through a callback's handle. Here, beside the
+/// callbacks, so that the handle's module needs nothing of this one.
+impl Host for Spank<'_> {
+    fn context(&self) -> Context {
+        Spank::context()
+    }
+    fn slurm_conf(&self) -> Option<crate::ffi::slurm_conf::SlurmConf> {
+        crate::ffi::slurm_conf::current()
+    }
+    fn job_id(&self) -> Option<u32> {
+        Spank::job_id(self).ok()
+    }
+    fn step(&self) -> Option<Step> {
+        self.step_id().ok().map(Step::from_raw)
+    }
+    fn register_option(&self, spec: &OptionSpec) -> Result<(), String> {
+        Spank::register_option(self, spec, Some(option_callback)).map_err(|e| e.to_string())
+    }
+    fn option_value(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, String> {
+        self.getopt(spec).map_err(|e| e.to_string())
+    }
+    fn log(&self, level: Level, msg: &str) {
+        log(level, msg);
+    }
+    fn uid(&self) -> Option<u32> {
+        Spank::uid(self).ok()
+    }
+    fn gid(&self) -> Option<u32> {
+        Spank::gid(self).ok()
+    }
+    fn node_count(&self) -> Option<u32> {
+        Spank::node_count(self).ok()
+    }
+    fn node_id(&self) -> Option<u32> {
+        Spank::node_id(self).ok()
+    }
+    fn ncpus(&self) -> Option<u32> {
+        Spank::ncpus(self).ok()
+    }
+    fn alloc_cores(&self) -> Option<String> {
+        Spank::alloc_cores(self).ok().flatten()
+    }
+    fn task_pid(&self) -> Option<u32> {
+        Spank::task_pid(self).ok()
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        match Spank::context() {
+            // In a step, the job's environment is Slurm's copy, not ours.
+            Context::Remote => self.getenv(name).ok().flatten(),
+            // The prolog's environment is the process's own (slurm-facts.md).
+            _ => std::env::var(name).ok(),
+        }
+    }
+    fn set_job_env(&self, name: &str, value: &str) -> Result<(), String> {
+        self.setenv(name, value, true).map_err(|e| e.to_string())
+    }
 }

@@ -4,7 +4,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::marker::PhantomData;
 
 use super::sys::{self, API, SlurmApi};
-use crate::plugin::{Context, HasArg, Host, Level, OptionSpec, Step};
+use crate::plugin::{Context, HasArg, Level, OptionSpec};
 
 /// A SPANK call that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,8 +265,13 @@ impl<'a> Spank<'a> {
         }
     }
 
-    /// Registers an option (only valid inside `slurm_spank_init`).
-    pub fn register_option(&self, spec: &OptionSpec) -> Result<(), SpankError> {
+    /// Registers an option (only valid inside `slurm_spank_init`); Slurm
+    /// calls `cb` with its value.
+    pub fn register_option(
+        &self,
+        spec: &OptionSpec,
+        cb: sys::spank_opt_cb_f,
+    ) -> Result<(), SpankError> {
         let f = api()
             .and_then(|a| a.spank_option_register.as_ref().ok())
             .ok_or(SpankError::Unavailable("spank_option_register"))?;
@@ -279,7 +284,7 @@ impl<'a> Spank<'a> {
             usage: cstring(spec.usage)?.into_raw(),
             has_arg: spec.has_arg as c_int,
             val: spec.val,
-            cb: Some(super::exports::option_callback),
+            cb,
         }));
         // SAFETY: `opt` points to a valid, never-freed spank_option whose
         // strings are NUL-terminated and never freed.
@@ -324,62 +329,6 @@ impl<'a> Spank<'a> {
             sys::ESPANK_ERROR => Ok(None),
             rc => Err(error("spank_option_getopt", rc)),
         }
-    }
-}
-
-impl Host for Spank<'_> {
-    fn context(&self) -> Context {
-        Spank::context()
-    }
-    fn slurm_conf(&self) -> Option<crate::ffi::slurm_conf::SlurmConf> {
-        crate::ffi::slurm_conf::current()
-    }
-    fn job_id(&self) -> Option<u32> {
-        Spank::job_id(self).ok()
-    }
-    fn step(&self) -> Option<Step> {
-        self.step_id().ok().map(Step::from_raw)
-    }
-    fn register_option(&self, spec: &OptionSpec) -> Result<(), String> {
-        Spank::register_option(self, spec).map_err(|e| e.to_string())
-    }
-    fn option_value(&self, spec: &OptionSpec) -> Result<Option<Option<String>>, String> {
-        self.getopt(spec).map_err(|e| e.to_string())
-    }
-    fn log(&self, level: Level, msg: &str) {
-        log(level, msg);
-    }
-    fn uid(&self) -> Option<u32> {
-        Spank::uid(self).ok()
-    }
-    fn gid(&self) -> Option<u32> {
-        Spank::gid(self).ok()
-    }
-    fn node_count(&self) -> Option<u32> {
-        Spank::node_count(self).ok()
-    }
-    fn node_id(&self) -> Option<u32> {
-        Spank::node_id(self).ok()
-    }
-    fn ncpus(&self) -> Option<u32> {
-        Spank::ncpus(self).ok()
-    }
-    fn alloc_cores(&self) -> Option<String> {
-        Spank::alloc_cores(self).ok().flatten()
-    }
-    fn task_pid(&self) -> Option<u32> {
-        Spank::task_pid(self).ok()
-    }
-    fn env(&self, name: &str) -> Option<String> {
-        match Spank::context() {
-            // In a step, the job's environment is Slurm's copy, not ours.
-            Context::Remote => self.getenv(name).ok().flatten(),
-            // The prolog's environment is the process's own (slurm-facts.md).
-            _ => std::env::var(name).ok(),
-        }
-    }
-    fn set_job_env(&self, name: &str, value: &str) -> Result<(), String> {
-        self.setenv(name, value, true).map_err(|e| e.to_string())
     }
 }
 
