@@ -46,6 +46,8 @@ pub struct RunRequest {
     pub epochs: Option<u32>,
     /// The CSV's path; default `carbontrack-local.csv` in the current directory.
     pub output: Option<PathBuf>,
+    /// Where the power timeline (SVG) goes; none without `--plot`.
+    pub plot: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -116,6 +118,7 @@ pub fn run(req: RunRequest) -> Result<Ended> {
                 .unwrap_or_else(|| PathBuf::from("carbontrack-local.csv")),
         ),
     };
+    plan.plot = req.plot.clone();
     plan.epochs = req.epochs;
     plan.epoch_file = Some(epoch_file.clone());
 
@@ -158,7 +161,12 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     let done = tracker.finish();
     eprint!("\n{}", done.summary);
     for p in &done.delivered {
-        eprintln!("carbontrack: footprint written to {}", p.display());
+        let what = if p.extension().is_some_and(|e| e == "svg") {
+            "power timeline"
+        } else {
+            "footprint"
+        };
+        eprintln!("carbontrack: {what} written to {}", p.display());
     }
     for p in &done.problems {
         eprintln!("carbontrack: {p}");

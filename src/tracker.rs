@@ -39,6 +39,11 @@ pub enum Output {
     Csv(PathBuf),
 }
 
+/// The name of a job's power timeline beside its CSV.
+pub fn svg_name(job_id: &str) -> String {
+    format!("carbontrack-{job_id}.svg")
+}
+
 /// Everything a tracker needs to know, decided by its caller.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -76,6 +81,10 @@ pub struct Plan {
     /// How long [`Tracker::finish`] waits for the final files to be written
     /// into the user's filesystem before leaving them (`Finished::late`).
     pub deliver_wait: Duration,
+    /// Where the power timeline goes with `Output::Csv` (`carbontrack run
+    /// --plot FILE`); with `Output::WorkDir` it is always written, as
+    /// `carbontrack-<job>.svg`.
+    pub plot: Option<PathBuf>,
 }
 
 impl Plan {
@@ -99,6 +108,7 @@ impl Plan {
             refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
+            plot: None,
         }
     }
 
@@ -183,6 +193,12 @@ pub struct Finished {
     /// The final files could not be written in time: the user's filesystem
     /// did not answer within `Plan::deliver_wait`.
     pub late: bool,
+    /// The power timeline of `rows` ([`Finished::svg`]).
+    pub svg: String,
+    /// What the timeline is drawn with besides the snapshot.
+    marks: Vec<Mark>,
+    time_limit: Option<Duration>,
+    plan: Arc<Plan>,
     /// The user-filesystem thread, for a caller writing the final files
     /// itself ([`Finished::deliver`]).
     io: Option<Arc<UserIo>>,
@@ -370,31 +386,39 @@ impl Tracker {
             problems,
             live_summary_problem,
             late: false,
+            svg: String::new(),
+            marks,
+            time_limit,
+            plan: Arc::clone(&self.plan),
             io: self.io,
         };
-        let files = match &plan.output {
-            _ if !plan.final_files => None,
-            Output::None => None,
-            Output::WorkDir(dir) => Some((
+        done.svg = done.render_svg(&done.rows, None);
+        let groups = match &plan.output {
+            _ if !plan.final_files => Vec::new(),
+            Output::None => Vec::new(),
+            Output::WorkDir(dir) => vec![(
                 dir.clone(),
                 vec![
                     (plan.csv_name(), done.csv.clone()),
                     (plan.txt_name(), done.summary.clone().into_bytes()),
+                    (svg_name(&plan.job_id), done.svg.clone().into_bytes()),
                 ],
-            )),
+            )],
             Output::Csv(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| plan.csv_name());
-                Some((dir.to_path_buf(), vec![(name, done.csv.clone())]))
+                let (dir, name) = split_path(path, plan.csv_name());
+                let mut groups = vec![(dir, vec![(name, done.csv.clone())])];
+                if let Some(plot) = &plan.plot {
+                    let (dir, name) = split_path(plot, svg_name(&plan.job_id));
+                    let svg = (name, done.svg.clone().into_bytes());
+                    match groups.iter_mut().find(|(d, _)| *d == dir) {
+                        Some((_, files)) => files.push(svg),
+                        None => groups.push((dir, vec![svg])),
+                    }
+                }
+                groups
             }
         };
-        if let Some((dir, files)) = files {
+        for (dir, files) in groups {
             match done.deliver(&dir, files, plan.deliver_wait, None) {
                 Delivery::Written(paths) => {
                     done.delivered = paths;
@@ -480,7 +504,56 @@ fn mark_cut_short(rows: &mut [Row], snap: &Snapshot, asked: SystemTime, interval
     }
 }
 
+/// A file's directory (`.` for a bare name) and name (`default` for none).
+fn split_path(path: &std::path::Path, default: String) -> (PathBuf, String) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(default);
+    (dir.to_path_buf(), name)
+}
+
 impl Finished {
+    /// The power timeline of this run's snapshot, its legend's figures from
+    /// `rows` (the plugin's rows joined with earlier segments' differ from
+    /// the snapshot's); `note` goes under the title.
+    pub fn render_svg(&self, rows: &[Row], note: Option<&str>) -> String {
+        let (snap, plan) = (&self.snapshot, &self.plan);
+        let points: Vec<_> = snap.timeline.iter().collect();
+        let marks = epoch_marks(snap, &self.marks);
+        let at: Vec<Duration> = marks.iter().map(|m| m.at).collect();
+        let prediction = plan.epochs.and_then(|total| {
+            let p = EpochProgress {
+                total_epochs: total,
+                before_pred: plan.config.epochs_before_pred,
+                start: EpochMark {
+                    at: Duration::ZERO,
+                    cumulative_energy: Joules::ZERO,
+                },
+                marks: &marks,
+            }
+            .first()?;
+            Some((p.total_epochs, p.epochs_done, p.predicted_time))
+        });
+        crate::report::plot::render(&crate::report::plot::PlotInput {
+            job_id: &plan.job_id,
+            node: &plan.node,
+            start: snap.start,
+            elapsed: snap.duration,
+            points: &points,
+            epochs: &at,
+            time_limit: self.time_limit,
+            prediction,
+            rows,
+            pue: plan.config.pue,
+            note,
+        })
+    }
+
     fn empty(plan: &Plan, problems: Vec<String>, io: Option<Arc<UserIo>>) -> Finished {
         let now = SystemTime::now();
         Finished {
@@ -509,6 +582,10 @@ impl Finished {
             problems,
             live_summary_problem: None,
             late: false,
+            svg: String::new(),
+            marks: Vec::new(),
+            time_limit: None,
+            plan: Arc::new(plan.clone()),
             io,
         }
     }

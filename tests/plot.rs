@@ -4,8 +4,7 @@
 //! for a component that was not measured. The PNGs are left in
 //! `target/plot-check/` for a person to look at.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use carbontrack::carbon::intensity::Resolved;
@@ -14,83 +13,27 @@ use carbontrack::measure::sampler::TimelinePoint;
 use carbontrack::measure::{Component, DeviceEnergy, Status};
 use carbontrack::report::plot::{PlotInput, SERIES, render};
 use carbontrack::units::{GramsPerKwh, Joules, Watts};
+use carbontrack_fixtures::svg_render::{self, Picture, hex};
 
-/// Renders `svg` to PNG with rsvg-convert; returns the RGBA pixels, width
-/// and height.
-pub fn rasterise(svg: &str, name: &str) -> (Vec<u8>, u32, u32) {
+/// Renders `svg` with rsvg-convert into `target/tmp/plot-check/NAME.png`.
+fn rasterise(svg: &str, name: &str) -> Picture {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plot-check");
     std::fs::create_dir_all(&dir).unwrap();
     let svg_path = dir.join(format!("{name}.svg"));
-    let png_path = dir.join(format!("{name}.png"));
     std::fs::write(&svg_path, svg).unwrap();
-    let out = Command::new("rsvg-convert")
-        .arg("--format=png")
-        .arg("--background-color=white")
-        .arg("-o")
-        .arg(&png_path)
-        .arg(&svg_path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run rsvg-convert ({e}): install librsvg2-bin (scripts/install-deps)")
-        });
-    assert!(
-        out.status.success(),
-        "rsvg-convert refused {}: {}",
-        svg_path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    decode(&png_path)
+    svg_render::rasterise(&svg_path, &dir.join(format!("{name}.png")))
 }
 
-pub fn decode(path: &Path) -> (Vec<u8>, u32, u32) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    let rgba: Vec<u8> = match info.color_type {
-        png::ColorType::Rgba => buf[..info.buffer_size()].to_vec(),
-        png::ColorType::Rgb => buf[..info.buffer_size()]
-            .chunks(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        other => panic!("unexpected PNG colour type {other:?}"),
-    };
-    (rgba, info.width, info.height)
-}
-
-fn hex(c: &str) -> [u8; 3] {
-    let v = u32::from_str_radix(c.trim_start_matches('#'), 16).unwrap();
-    [(v >> 16) as u8, (v >> 8) as u8, v as u8]
-}
-
-/// Pixels of exactly `colour` inside the chart area (x 80..930, y 78..400 of
-/// the 960 × 560 picture, scaled to the PNG's size).
-fn pixels_of(img: &(Vec<u8>, u32, u32), colour: [u8; 3]) -> usize {
-    let (px, w, h) = img;
-    let (sx, sy) = (f64::from(*w) / 960.0, f64::from(*h) / 560.0);
-    let (x0, x1) = ((82.0 * sx) as u32, (928.0 * sx) as u32);
-    let (y0, y1) = ((80.0 * sy) as u32, (398.0 * sy) as u32);
-    let mut n = 0;
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let i = ((y * w + x) * 4) as usize;
-            if px[i..i + 3] == colour {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-/// Share of pixels that are not white.
-fn inked(img: &(Vec<u8>, u32, u32)) -> f64 {
-    let (px, w, h) = img;
-    let ink = px
-        .chunks(4)
-        .filter(|p| p[0] < 250 || p[1] < 250 || p[2] < 250)
-        .count();
-    ink as f64 / (f64::from(*w) * f64::from(*h))
+/// Pixels of exactly `colour` inside the chart area (x 82..928, y 80..398 of
+/// the 960 × 560 picture).
+fn pixels_of(img: &Picture, colour: [u8; 3]) -> usize {
+    img.count(
+        colour,
+        82.0 / 960.0,
+        80.0 / 560.0,
+        928.0 / 960.0,
+        398.0 / 560.0,
+    )
 }
 
 fn t0() -> SystemTime {
@@ -171,9 +114,17 @@ fn the_timeline_renders_with_one_area_per_measured_component() {
             note: None,
         });
         let img = rasterise(&svg, name);
-        assert!(img.1 >= 960 && img.2 >= 560, "{}x{}", img.1, img.2);
-        let ink = inked(&img);
-        assert!(ink > 0.15, "{name}: the picture is nearly blank ({ink:.3} inked)");
+        assert!(
+            img.width >= 960 && img.height >= 560,
+            "{}x{}",
+            img.width,
+            img.height
+        );
+        let ink = img.inked();
+        assert!(
+            ink > 0.15,
+            "{name}: the picture is nearly blank ({ink:.3} inked)"
+        );
         for s in SERIES {
             let n = pixels_of(&img, hex(s.colour));
             let measured = s.component != "gpu" || gpu;

@@ -88,6 +88,9 @@ struct RunArgs {
     /// Where the footprint CSV goes.
     #[arg(short, long, default_value = "carbontrack-local.csv")]
     output: PathBuf,
+    /// Also draw the power timeline (SVG) into this file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<OsString>,
@@ -124,6 +127,7 @@ impl RunArgs {
             config: cfg,
             epochs,
             output: Some(self.output),
+            plot: self.plot,
             command: self.command,
         })
     }

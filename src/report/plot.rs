@@ -245,7 +245,10 @@ pub fn escape(s: &str) -> String {
 /// The picture, as an SVG document.
 pub fn render(i: &PlotInput) -> String {
     let bins = bins(i.points, i.start, MAX_BINS);
-    let elapsed = i.elapsed.as_secs_f64().max(bins.last().map_or(0.0, |b| b.end));
+    let elapsed = i
+        .elapsed
+        .as_secs_f64()
+        .max(bins.last().map_or(0.0, |b| b.end));
     let fits = |d: Duration| elapsed > 0.0 && d.as_secs_f64() <= elapsed * MAX_STRETCH;
     let limit_drawn = i.time_limit.filter(|&d| fits(d));
     let predicted_drawn = i.prediction.filter(|p| fits(p.2));
@@ -472,7 +475,13 @@ pub fn render(i: &PlotInput) -> String {
         }
     );
 
-    legend(&mut s, i, &drawn, limit_drawn.is_some(), predicted_drawn.is_some());
+    legend(
+        &mut s,
+        i,
+        &drawn,
+        limit_drawn.is_some(),
+        predicted_drawn.is_some(),
+    );
     s.push_str("</svg>\n");
     s
 }
@@ -562,7 +571,12 @@ fn legend(s: &mut String, i: &PlotInput, drawn: &[usize], limit: bool, predicted
     }
 
     yl += 26.0;
-    let total = i.rows.iter().find(|r| r.is_total()).cloned().or_else(|| total_of(i.rows));
+    let total = i
+        .rows
+        .iter()
+        .find(|r| r.is_total())
+        .cloned()
+        .or_else(|| total_of(i.rows));
     let line = match total.as_ref().and_then(|t| t.energy_kwh.map(|k| (t, k))) {
         Some((t, kwh)) => {
             let mut l = format!("Total: {} kWh with PUE {}", fmt_kwh(kwh), i.pue);
@@ -715,7 +729,14 @@ mod tests {
     fn merging_keeps_the_energy_and_the_bound() {
         let t0 = SystemTime::UNIX_EPOCH;
         let points: Vec<TimelinePoint> = (0..1000)
-            .map(|k| point(60 * k, 60, Some(100.0 + k as f64), (k % 2 == 0).then_some(50.0)))
+            .map(|k| {
+                point(
+                    60 * k,
+                    60,
+                    Some(100.0 + k as f64),
+                    (k % 2 == 0).then_some(50.0),
+                )
+            })
             .collect();
         let b = bins(&points, t0, MAX_BINS);
         assert!(b.len() <= MAX_BINS, "{}", b.len());
