@@ -480,6 +480,7 @@ impl Tracking {
         let names = [
             format!("carbontrack-{job_id}.csv"),
             format!("carbontrack-{job_id}.txt"),
+            svg_name(&job_id.to_string()),
         ];
         // Written before asking, so that if the work dir does not answer the
         // Epilog (or `carbontrack flush`) delivers the files later; removed
@@ -503,7 +504,7 @@ impl Tracking {
             vec![
                 (names[0].clone(), csv.clone()),
                 (names[1].clone(), summary.into_bytes()),
-                (svg_name(&job_id.to_string()), svg.into_bytes()),
+                (names[2].clone(), svg.into_bytes()),
             ],
             DELIVER_WAIT,
             record.clone(),
@@ -527,7 +528,7 @@ impl Tracking {
                     "job {job_id}: {}{}; the footprint is kept in {}",
                     errors.first().map(String::as_str).unwrap_or_default(),
                     if errors.len() > 1 {
-                        format!(" (nor {})", names[1])
+                        format!(" (nor {})", names[1..errors.len()].join(" nor "))
                     } else {
                         String::new()
                     },
