@@ -556,7 +556,7 @@ impl Finished {
 
     fn empty(plan: &Plan, problems: Vec<String>, io: Option<Arc<UserIo>>) -> Finished {
         let now = SystemTime::now();
-        Finished {
+        let mut done = Finished {
             snapshot: Snapshot {
                 start: now,
                 end: now,
@@ -587,7 +587,10 @@ impl Finished {
             time_limit: None,
             plan: Arc::new(plan.clone()),
             io,
-        }
+        };
+        // A picture that says nothing was measured, never an empty file.
+        done.svg = done.render_svg(&[], None);
+        done
     }
 
     /// Writes `files` into `dir` as the plan's user on the user-filesystem
@@ -809,9 +812,10 @@ mod tests {
             );
             let said: Vec<&str> = done.problems.iter().map(String::as_str).collect();
             if final_files {
-                assert_eq!(said.len(), 2, "{said:#?}");
+                assert_eq!(said.len(), 3, "{said:#?}");
                 assert!(said[0].contains("carbontrack-7.csv"), "{said:#?}");
                 assert!(said[1].contains("carbontrack-7.txt"), "{said:#?}");
+                assert!(said[2].contains("carbontrack-7.svg"), "{said:#?}");
             } else {
                 assert!(said.is_empty(), "{said:#?}");
             }

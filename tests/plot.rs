@@ -179,3 +179,40 @@ fn a_week_long_timeline_stays_small_and_renders() {
     assert!(svg.contains(" kW<"), "kW ticks expected");
     assert!(svg.contains(">7d<"), "day ticks expected");
 }
+
+#[test]
+fn a_timeline_with_nothing_measured_says_so() {
+    let mut rows = rows(&timeline(false), false);
+    for r in &mut rows {
+        r.energy_j = None;
+        r.energy_kwh = None;
+        r.co2e_g = None;
+        r.status = "unavailable: no RAPL".into();
+    }
+    let svg = render(&PlotInput {
+        job_id: "9",
+        node: "n",
+        start: t0(),
+        elapsed: Duration::from_secs(600),
+        points: &[],
+        epochs: &[],
+        time_limit: Some(Duration::from_secs(900)),
+        prediction: None,
+        rows: &rows,
+        pue: 1.58,
+        note: Some("The power shown is the last step's; the totals cover every step of the job"),
+    });
+    let img = rasterise(&svg, "nothing");
+    assert!(img.inked() > 0.02, "blank");
+    for s in SERIES {
+        assert_eq!(pixels_of(&img, hex(s.colour)), 0, "{} drawn", s.label);
+    }
+    for want in [
+        "No power was measured",
+        "CPU: not measured",
+        "Total: unavailable",
+        "the totals cover every step",
+    ] {
+        assert!(svg.contains(want), "no `{want}`:\n{svg}");
+    }
+}

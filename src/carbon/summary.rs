@@ -809,7 +809,8 @@ mod tests {
         let actual_four = "Actual for 4 completed epoch(s): Time: 21m 40s, Energy: 0.176 kWh, \
                            CO2eq: 78.1 g";
         // (declared N, before_pred, marks, lines wanted, text not wanted)
-        let cases: [(u32, u32, &[EpochMark], Vec<&str>, Vec<&str>); 6] = [
+        type Case<'a> = (u32, u32, &'a [EpochMark], Vec<&'a str>, Vec<&'a str>);
+        let cases: [Case; 6] = [
             (
                 10,
                 1,

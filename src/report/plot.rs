@@ -163,7 +163,7 @@ pub fn bins(points: &[TimelinePoint], start: SystemTime, max: usize) -> Vec<Bin>
 /// The step of a linear axis from 0 to `max`: 1, 2 or 5 × 10^k, the smallest
 /// that needs at most `max_ticks` steps.
 pub fn nice_step(max: f64, max_ticks: u32) -> f64 {
-    if !(max > 0.0) || !max.is_finite() {
+    if max.is_nan() || max <= 0.0 || max.is_infinite() {
         return 1.0;
     }
     let rough = max / f64::from(max_ticks.max(1));
@@ -305,11 +305,20 @@ pub fn render(i: &PlotInput) -> String {
         fmt_duration(Duration::from_secs_f64(elapsed))
     );
     if drawn.len() > 1 {
-        let names: Vec<&str> = drawn.iter().map(|&k| SERIES[k].label).collect();
-        let _ = write!(sub, "; stacked from the bottom: {}", names.join(", "));
+        let names: Vec<&str> = drawn
+            .iter()
+            .map(|&k| SERIES[k].label.trim_end_matches(" (all)"))
+            .collect();
+        let _ = write!(sub, ". Stacked bottom up: {}", names.join(", "));
     }
-    if let Some(n) = i.note {
-        let _ = write!(sub, ". {n}");
+    // What one step stands for: the longest average drawn.
+    let step = bins.iter().map(|b| b.end - b.start).fold(0.0_f64, f64::max);
+    if step > 0.0 {
+        let _ = write!(
+            sub,
+            "; each step a {} average",
+            fmt_duration(Duration::from_secs_f64(step))
+        );
     }
     let _ = writeln!(
         s,
@@ -482,6 +491,14 @@ pub fn render(i: &PlotInput) -> String {
         limit_drawn.is_some(),
         predicted_drawn.is_some(),
     );
+    if let Some(n) = i.note {
+        let _ = writeln!(
+            s,
+            r##"<text x="{X0}" y="{:.1}" font-size="12" font-style="italic" fill="#555">{}</text>"##,
+            HEIGHT - 10.0,
+            escape(n)
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -554,7 +571,10 @@ fn legend(s: &mut String, i: &PlotInput, drawn: &[usize], limit: bool, predicted
                 fmt_kwh(measured.iter().sum::<f64>() / JOULES_PER_KWH)
             )
         };
-        let fill = if series.component == "dram" {
+        let fill = if !of.is_empty() && measured.is_empty() {
+            // Hollow: nothing of it is in the chart.
+            "none"
+        } else if series.component == "dram" {
             "url(#hatch)"
         } else {
             series.colour
