@@ -51,6 +51,8 @@ pub struct RunRequest {
     pub budget: Option<CarbonBudget>,
     /// The CSV's path; default `carbontrack-local.csv` in the current directory.
     pub output: Option<PathBuf>,
+    /// Where the power timeline (SVG) goes; none without `--plot`.
+    pub plot: Option<PathBuf>,
     pub command: Vec<OsString>,
     /// Follow this running process instead of running `command`
     /// (`carbontrack run --pid`, [`crate::follow`]).
@@ -109,6 +111,7 @@ pub(crate) fn local_plan(req: &RunRequest, proc_cgroup: &Path, epoch_file: PathB
                 .unwrap_or_else(|| PathBuf::from("carbontrack-local.csv")),
         ),
     };
+    plan.plot = req.plot.clone();
     plan.epochs = req.epochs;
     plan.epoch_file = Some(epoch_file);
     plan.budget = req.budget;
@@ -185,7 +188,12 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     let done = tracker.finish();
     eprint!("\n{}", done.summary);
     for p in &done.delivered {
-        eprintln!("carbontrack: footprint written to {}", p.display());
+        let what = if p.extension().is_some_and(|e| e == "svg") {
+            "power timeline"
+        } else {
+            "footprint"
+        };
+        eprintln!("carbontrack: {what} written to {}", p.display());
     }
     for p in &done.problems {
         eprintln!("carbontrack: {p}");

@@ -46,6 +46,11 @@ pub enum Output {
     Csv(PathBuf),
 }
 
+/// The name of a job's power timeline beside its CSV.
+pub fn svg_name(job_id: &str) -> String {
+    format!("carbontrack-{job_id}.svg")
+}
+
 /// Everything a tracker needs to know, decided by its caller.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -93,6 +98,10 @@ pub struct Plan {
     /// Say on stderr, once, when the budget is first exceeded
     /// (`carbontrack run`, whose stderr is the user's).
     pub alert_to_stderr: bool,
+    /// Where the power timeline goes with `Output::Csv` (`carbontrack run
+    /// --plot FILE`); with `Output::WorkDir` it is always written, as
+    /// `carbontrack-<job>.svg`.
+    pub plot: Option<PathBuf>,
 }
 
 impl Plan {
@@ -120,6 +129,7 @@ impl Plan {
             budget: None,
             state_file: None,
             alert_to_stderr: false,
+            plot: None,
         }
     }
 
@@ -321,6 +331,12 @@ pub struct Finished {
     /// The final state file of a run with a budget (`Plan::state_file`'s
     /// name, its bytes), for a caller writing the final files itself.
     pub state: Option<(String, Vec<u8>)>,
+    /// The power timeline of `rows` ([`Finished::svg`]).
+    pub svg: String,
+    /// What the timeline is drawn with besides the snapshot.
+    marks: Vec<Mark>,
+    time_limit: Option<Duration>,
+    plan: Arc<Plan>,
     /// The user-filesystem thread, for a caller writing the final files
     /// itself ([`Finished::deliver`]).
     io: Option<Arc<UserIo>>,
@@ -630,31 +646,39 @@ impl Tracker {
             live_summary_problem,
             late: false,
             state,
+            svg: String::new(),
+            marks,
+            time_limit,
+            plan: Arc::clone(&self.plan),
             io: self.io,
         };
-        let files = match &plan.output {
-            _ if !plan.final_files => None,
-            Output::None => None,
-            Output::WorkDir(dir) => Some((
+        done.svg = done.render_svg(&done.rows, None);
+        let groups = match &plan.output {
+            _ if !plan.final_files => Vec::new(),
+            Output::None => Vec::new(),
+            Output::WorkDir(dir) => vec![(
                 dir.clone(),
                 vec![
                     (plan.csv_name(), done.csv.clone()),
                     (plan.txt_name(), done.summary.clone().into_bytes()),
+                    (svg_name(&plan.job_id), done.svg.clone().into_bytes()),
                 ],
-            )),
+            )],
             Output::Csv(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| plan.csv_name());
-                Some((dir.to_path_buf(), vec![(name, done.csv.clone())]))
+                let (dir, name) = split_path(path, plan.csv_name());
+                let mut groups = vec![(dir, vec![(name, done.csv.clone())])];
+                if let Some(plot) = &plan.plot {
+                    let (dir, name) = split_path(plot, svg_name(&plan.job_id));
+                    let svg = (name, done.svg.clone().into_bytes());
+                    match groups.iter_mut().find(|(d, _)| *d == dir) {
+                        Some((_, files)) => files.push(svg),
+                        None => groups.push((dir, vec![svg])),
+                    }
+                }
+                groups
             }
         };
-        if let Some((dir, files)) = files {
+        for (dir, files) in groups {
             match done.deliver(&dir, files, plan.deliver_wait, None) {
                 Delivery::Written(paths) => {
                     done.delivered = paths;
@@ -740,10 +764,59 @@ fn mark_cut_short(rows: &mut [Row], snap: &Snapshot, asked: SystemTime, interval
     }
 }
 
+/// A file's directory (`.` for a bare name) and name (`default` for none).
+fn split_path(path: &std::path::Path, default: String) -> (PathBuf, String) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(default);
+    (dir.to_path_buf(), name)
+}
+
 impl Finished {
+    /// The power timeline of this run's snapshot, its legend's figures from
+    /// `rows` (the plugin's rows joined with earlier segments' differ from
+    /// the snapshot's); `note` goes under the title.
+    pub fn render_svg(&self, rows: &[Row], note: Option<&str>) -> String {
+        let (snap, plan) = (&self.snapshot, &self.plan);
+        let points: Vec<_> = snap.timeline.iter().collect();
+        let marks = epoch_marks(snap, &self.marks);
+        let at: Vec<Duration> = marks.iter().map(|m| m.at).collect();
+        let prediction = plan.epochs.and_then(|total| {
+            let p = EpochProgress {
+                total_epochs: total,
+                before_pred: plan.config.epochs_before_pred,
+                start: EpochMark {
+                    at: Duration::ZERO,
+                    cumulative_energy: Joules::ZERO,
+                },
+                marks: &marks,
+            }
+            .first()?;
+            Some((p.total_epochs, p.epochs_done, p.predicted_time))
+        });
+        crate::report::plot::render(&crate::report::plot::PlotInput {
+            job_id: &plan.job_id,
+            node: &plan.node,
+            start: snap.start,
+            elapsed: snap.duration,
+            points: &points,
+            epochs: &at,
+            time_limit: self.time_limit,
+            prediction,
+            rows,
+            pue: plan.config.pue,
+            note,
+        })
+    }
+
     fn empty(plan: &Plan, problems: Vec<String>, io: Option<Arc<UserIo>>) -> Finished {
         let now = SystemTime::now();
-        Finished {
+        let mut done = Finished {
             snapshot: Snapshot {
                 start: now,
                 end: now,
@@ -772,8 +845,15 @@ impl Finished {
             live_summary_problem: None,
             late: false,
             state: None,
+            svg: String::new(),
+            marks: Vec::new(),
+            time_limit: None,
+            plan: Arc::new(plan.clone()),
             io,
-        }
+        };
+        // A picture that says nothing was measured, never an empty file.
+        done.svg = done.render_svg(&[], None);
+        done
     }
 
     /// Writes `files` into `dir` as the plan's user on the user-filesystem
@@ -1095,9 +1175,10 @@ mod tests {
             );
             let said: Vec<&str> = done.problems.iter().map(String::as_str).collect();
             if final_files {
-                assert_eq!(said.len(), 2, "{said:#?}");
+                assert_eq!(said.len(), 3, "{said:#?}");
                 assert!(said[0].contains("carbontrack-7.csv"), "{said:#?}");
                 assert!(said[1].contains("carbontrack-7.txt"), "{said:#?}");
+                assert!(said[2].contains("carbontrack-7.svg"), "{said:#?}");
             } else {
                 assert!(said.is_empty(), "{said:#?}");
             }

@@ -350,6 +350,7 @@ fn frozen_work_dir(t: &T) {
     let (id, running) = t.start(&mount.mnt, "--gres=gpu:1");
     let csv = src.join(format!("carbontrack-{}.csv", id.0));
     let txt = src.join(format!("carbontrack-{}.txt", id.0));
+    let svg = src.join(format!("carbontrack-{}.svg", id.0));
     wait_for("the live summary", Duration::from_secs(30), || {
         txt.exists().then_some(())
     });
@@ -385,6 +386,12 @@ fn frozen_work_dir(t: &T) {
     });
     assert!(pending.accounting_done, "{pending:?}");
     let files = pending.user_files.clone().expect("the user's files queued");
+    // The power timeline waits with them.
+    let queued_svg = files
+        .svg
+        .clone()
+        .expect("the timeline queued with the files");
+    assert!(queued_svg.starts_with("<svg "), "{queued_svg}");
     let rows = read_csv(files.csv.as_bytes()).unwrap();
     common::assert_short_statuses(&rows);
     for r in rows.iter().filter(|r| !r.is_total()) {
@@ -453,11 +460,12 @@ fn frozen_work_dir(t: &T) {
     );
     assert!(record().is_none(), "the record is gone once delivered");
     let uid = fs::metadata(&src).unwrap().uid();
-    for f in [&csv, &txt] {
+    for f in [&csv, &txt, &svg] {
         let m = fs::symlink_metadata(f).unwrap();
         assert!(m.is_file() && m.uid() == uid, "{}: {m:?}", f.display());
     }
     assert_eq!(fs::read_to_string(&csv).unwrap(), files.csv);
+    assert_eq!(fs::read_to_string(&svg).unwrap(), queued_svg);
     let before = fs::metadata(&csv).unwrap().modified().unwrap();
     let o = t.carbontrack(&["flush"]);
     assert!(o.status.success(), "{}", out(&o));

@@ -497,6 +497,26 @@ fn two_nodes_one_total(t: &T) {
     assert_rows_match_truth(&t.hw, &rows, &["ct1", "ct2"]);
     let total = rows.last().unwrap();
     assert_eq!(total.node, "all");
+    // One power timeline per node, each the user's like the CSV, each
+    // drawn by a real renderer; no combined one.
+    let work = t.c.work_dir();
+    let owner = |p: &Path| {
+        fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .uid()
+    };
+    let csv_owner = owner(&work.join(format!("carbontrack-{id}.csv")));
+    for node in ["ct1", "ct2"] {
+        let svg = work.join(format!("carbontrack-{id}-{node}.svg"));
+        assert_eq!(owner(&svg), csv_owner, "{}", svg.display());
+        let text = fs::read_to_string(&svg).unwrap();
+        assert!(text.contains(&format!("Job {id} on {node}")), "{text}");
+        let png = std::env::temp_dir().join(format!("ct-multinode-{id}-{node}.png"));
+        let img = carbontrack_fixtures::svg_render::rasterise(&svg, &png);
+        assert!(img.inked() > 0.1, "{} is nearly blank", png.display());
+        let _ = fs::remove_file(&png);
+    }
+    assert!(!work.join(format!("carbontrack-{id}.svg")).exists());
     // Complete as far as nodes go; without a cpuset in this cluster the CPU
     // rows come from Slurm's core allocation on each node, and the total
     // sums up whatever the rows say.

@@ -10,6 +10,7 @@ use carbontrack::footprint::{Row, read_csv};
 use carbontrack_fixtures::fake_nvml::fake_nvml;
 use carbontrack_fixtures::powercap::{PackageSpec, PowercapSpec, PowercapTree, ZoneSpec};
 use carbontrack_fixtures::profile::Profile;
+use carbontrack_fixtures::svg_render;
 use carbontrack_fixtures::tempdir::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_carbontrack");
@@ -236,6 +237,8 @@ fn epoch_marks_give_a_prediction() {
     let tmp = TempDir::new("run-epochs").unwrap();
     let rapl = powercap(&tmp.path().join("powercap"));
     let script = format!("for i in 1 2 3; do sleep 1; {BIN} epoch; done");
+    // The timeline goes to a directory of its own, apart from the CSV.
+    std::fs::create_dir(tmp.path().join("plots")).unwrap();
     let out = run(
         &[
             "run",
@@ -247,6 +250,8 @@ fn epoch_marks_give_a_prediction() {
             "cpu",
             "--epochs",
             "10",
+            "--plot",
+            "plots/timeline.svg",
             "--",
             "sh",
             "-c",
@@ -261,6 +266,57 @@ fn epoch_marks_give_a_prediction() {
         stderr.contains("Actual for 3 completed epoch(s)"),
         "{stderr}"
     );
+    // `--plot FILE`: the power timeline, with the three epoch ends and the
+    // prediction, that a real renderer draws with the CPU's area in it.
+    assert!(
+        stderr.contains("power timeline written to plots/timeline.svg"),
+        "{stderr}"
+    );
+    let svg_path = tmp.path().join("plots/timeline.svg");
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("epoch ends (3)"), "{svg}");
+    assert!(
+        svg.contains("predicted end of 10 epochs (after 1)"),
+        "{svg}"
+    );
+    assert!(svg.contains("CPU: "), "{svg}");
+    assert!(!svg.contains("GPU"), "no GPU was measured: {svg}");
+    let img = svg_render::rasterise(&svg_path, &tmp.path().join("timeline.png"));
+    let cpu = svg_render::hex(carbontrack::report::plot::SERIES[0].colour);
+    let area = img.count(cpu, 0.09, 0.15, 0.96, 0.71);
+    assert!(area > 5_000, "the CPU area has {area} pixels");
+}
+
+#[test]
+fn without_plot_no_timeline_is_written() {
+    let tmp = TempDir::new("run-noplot").unwrap();
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "100ms",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--",
+            "true",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success());
+    let svgs = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "svg")
+        })
+        .count();
+    assert_eq!(svgs, 0);
 }
 
 /// An hourly file of `timestamp,g_per_kwh` rows: 400 g/kWh from `from` to

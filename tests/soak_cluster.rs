@@ -678,7 +678,7 @@ fn check(
             "job {}: ledger rows",
             a.raw
         );
-        for ext in ["csv", "txt"] {
+        for ext in ["csv", "txt", "svg"] {
             let f = work.join(format!("carbontrack-{}.{ext}", a.raw));
             assert!(
                 f.is_file(),
@@ -706,9 +706,13 @@ fn check(
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("carbontrack-"))
         .count();
-    assert_eq!(user_files, 2 * tracked.len(), "a CSV and a .txt per job");
+    assert_eq!(
+        user_files,
+        3 * tracked.len(),
+        "a CSV, a .txt and an .svg per job"
+    );
     println!(
-        "  {} tracked jobs: one segment, one ledger row, one CSV and .txt each",
+        "  {} tracked jobs: one segment, one ledger row, one CSV, .txt and .svg each",
         tracked.len()
     );
     if let Some((id, pid)) = outlived {

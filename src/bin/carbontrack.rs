@@ -104,6 +104,9 @@ struct RunArgs {
     /// actual blocks on stderr (the Python API's mode).
     #[arg(long, value_name = "PID", conflicts_with = "command")]
     pid: Option<u32>,
+    /// Also draw the power timeline (SVG) into this file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required_unless_present = "pid", num_args = 1..)]
     command: Vec<OsString>,
@@ -147,6 +150,7 @@ impl RunArgs {
             epochs,
             budget,
             output: Some(self.output),
+            plot: self.plot,
             command: self.command,
             pid: self.pid,
         })

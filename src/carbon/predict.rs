@@ -84,6 +84,18 @@ pub struct EpochPrediction {
 }
 
 impl EpochPrediction {
+    /// The same mean epoch for `epochs` epochs instead of `total_epochs`:
+    /// what this prediction says `epochs` epochs cost, set beside their
+    /// actual figures when a run stops early.
+    pub fn for_epochs(&self, epochs: u32) -> EpochPrediction {
+        EpochPrediction {
+            total_epochs: epochs,
+            predicted_time: self.mean_epoch_time * epochs,
+            predicted_energy: Joules(self.mean_epoch_energy.0 * f64::from(epochs)),
+            ..*self
+        }
+    }
+
     pub fn co2e(&self, pue: f64, intensity: GramsPerKwh) -> GramsCo2e {
         super::co2e(self.predicted_energy, pue, intensity)
     }

@@ -295,60 +295,82 @@ pub fn render_final(i: &SummaryInput) -> String {
     }
     if let Some(ep) = i.epochs {
         s.push('\n');
-        match ep.first() {
-            Some(first) => {
-                let _ = writeln!(
-                    s,
-                    "Predicted against actual, for {} epoch(s):",
-                    ep.total_epochs
-                );
-                let _ = writeln!(
-                    s,
-                    "  Predicted after {} epoch(s): Time: {}, Energy: {} kWh, CO2eq: {}",
-                    first.epochs_done,
-                    fmt_duration(first.predicted_time),
-                    fmt_kwh(facility_kwh(i, first.predicted_energy)),
-                    fmt_grams(co2e(i, first.predicted_energy))
-                );
-                let done = ep.marks.len();
-                if let Some(last) = ep.marks.last() {
-                    let time = last.at.saturating_sub(ep.start.at);
-                    let energy = last.cumulative_energy - ep.start.cumulative_energy;
-                    let _ = writeln!(
-                        s,
-                        "  Actual for {done} completed epoch(s): Time: {}, Energy: {} kWh, CO2eq: {}",
-                        fmt_duration(time),
-                        fmt_kwh(facility_kwh(i, energy)),
-                        fmt_grams(co2e(i, energy))
-                    );
-                    if done as u32 == ep.total_epochs && first.predicted_energy.0 > 0.0 {
-                        let _ = writeln!(
-                            s,
-                            "  The prediction's energy was {} the actual.",
-                            fmt_error(first.predicted_energy.0, energy.0)
-                        );
-                    } else if (done as u32) < ep.total_epochs {
-                        let _ = writeln!(
-                            s,
-                            "  Only {done} of {} epochs were completed.",
-                            ep.total_epochs
-                        );
-                    }
-                }
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "No epoch prediction: {} of {} epoch(s) completed, {} needed.",
-                    ep.marks.len(),
-                    ep.total_epochs,
-                    ep.before_pred.max(1)
-                );
-            }
-        }
+        against_actual(&mut s, i, &ep);
     }
     notes_block(&mut s, i);
     s
+}
+
+/// The final summary's "predicted against actual" block. Like is set beside
+/// like: the first prediction's mean epoch, times the `k` epochs actually
+/// completed, beside the actual figures of those `k`; then, on a line of its
+/// own, what it predicted for all `N` declared epochs. A run that stopped
+/// after 4 of 10 epochs is not held against a 10-epoch prediction.
+fn against_actual(s: &mut String, i: &SummaryInput, ep: &EpochProgress) {
+    let done = u32::try_from(ep.marks.len()).unwrap_or(u32::MAX);
+    let (Some(first), Some(last)) = (ep.first(), ep.marks.last()) else {
+        let _ = writeln!(
+            s,
+            "No epoch prediction: {done} of {} epoch(s) completed, {} needed.",
+            ep.total_epochs,
+            ep.before_pred.max(1)
+        );
+        return;
+    };
+    let figures = |time: Duration, energy: Joules| {
+        format!(
+            "Time: {}, Energy: {} kWh, CO2eq: {}",
+            fmt_duration(time),
+            fmt_kwh(facility_kwh(i, energy)),
+            fmt_grams(co2e(i, energy))
+        )
+    };
+    let for_done = first.for_epochs(done);
+    let _ = writeln!(
+        s,
+        "Predicted against actual, for the {done} completed epoch(s) of {}:",
+        ep.total_epochs
+    );
+    let _ = writeln!(
+        s,
+        "  Predicted after {} epoch(s), for {done} epoch(s): {}",
+        first.epochs_done,
+        figures(for_done.predicted_time, for_done.predicted_energy)
+    );
+    let time = last.at.saturating_sub(ep.start.at);
+    let energy = last.cumulative_energy - ep.start.cumulative_energy;
+    let _ = writeln!(
+        s,
+        "  Actual for {done} completed epoch(s): {}",
+        figures(time, energy)
+    );
+    if for_done.predicted_energy.0 > 0.0 {
+        let _ = writeln!(
+            s,
+            "  The prediction's energy was {} the actual.",
+            fmt_error(for_done.predicted_energy.0, energy.0)
+        );
+    }
+    if done < ep.total_epochs {
+        let _ = writeln!(
+            s,
+            "  Predicted after {} epoch(s), for all {} epoch(s): {}",
+            first.epochs_done,
+            ep.total_epochs,
+            figures(first.predicted_time, first.predicted_energy)
+        );
+        let _ = writeln!(
+            s,
+            "  Only {done} of {} epochs were completed.",
+            ep.total_epochs
+        );
+    } else if done > ep.total_epochs {
+        let _ = writeln!(
+            s,
+            "  {done} epochs were marked, more than the {} declared (--carbon-epochs).",
+            ep.total_epochs
+        );
+    }
 }
 
 /// carbontracker's "Predicted consumption for N epoch(s):" block, on its own,
@@ -812,15 +834,150 @@ mod tests {
             "Energy: 0.184 kWh (with PUE 1.58)",
             "CO2eq: 82.0 g",
             "0.768 km travelled by car (EEA 2024, new EU passenger cars)",
-            "Predicted against actual, for 4 epoch(s):",
+            "Predicted against actual, for the 4 completed epoch(s) of 4:",
             // 4 × 90 kJ = 360 kJ → 0.158 kWh, 70.3 g
-            "Predicted after 1 epoch(s): Time: 20m 00s, Energy: 0.158 kWh, CO2eq: 70.3 g",
+            "Predicted after 1 epoch(s), for 4 epoch(s): Time: 20m 00s, Energy: 0.158 kWh, CO2eq: 70.3 g",
             // 400 kJ → 0.17556 kWh, 78.1 g
             "Actual for 4 completed epoch(s): Time: 21m 40s, Energy: 0.176 kWh, CO2eq: 78.1 g",
             "The prediction's energy was 10% below the actual.",
         ] {
             assert!(l.contains(&want), "missing `{want}` in:\n{text}");
         }
+    }
+
+    /// Like with like: the prediction for the epochs actually completed
+    /// beside their actuals, and the prediction for all N on its own line;
+    /// honest when no prediction was ever made.
+    #[test]
+    fn final_summary_sets_the_prediction_for_the_completed_epochs_beside_them() {
+        let rows = rows(100_000.0, Some(320_000.0));
+        let intensity = world();
+        // Epochs of 300, 330, 330, 340 s and 90, 100, 105, 105 kJ.
+        let marks = [
+            mark(300, 90_000.0),
+            mark(630, 190_000.0),
+            mark(960, 295_000.0),
+            mark(1300, 400_000.0),
+        ];
+        let for_four = "Predicted after 1 epoch(s), for 4 epoch(s): Time: 20m 00s, \
+                        Energy: 0.158 kWh, CO2eq: 70.3 g";
+        let actual_four = "Actual for 4 completed epoch(s): Time: 21m 40s, Energy: 0.176 kWh, \
+                           CO2eq: 78.1 g";
+        // (declared N, before_pred, marks, lines wanted, text not wanted)
+        type Case<'a> = (u32, u32, &'a [EpochMark], Vec<&'a str>, Vec<&'a str>);
+        let cases: [Case; 6] = [
+            (
+                10,
+                1,
+                &marks,
+                vec![
+                    "Predicted against actual, for the 4 completed epoch(s) of 10:",
+                    for_four,
+                    actual_four,
+                    "The prediction's energy was 10% below the actual.",
+                    // 10 × 90 kJ = 900 kJ → 0.395 kWh, 176 g; 10 × 300 s.
+                    "Predicted after 1 epoch(s), for all 10 epoch(s): Time: 50m 00s, \
+                     Energy: 0.395 kWh, CO2eq: 176 g",
+                    "Only 4 of 10 epochs were completed.",
+                ],
+                vec!["for 10 epoch(s): Time", "No epoch prediction"],
+            ),
+            (
+                4,
+                1,
+                &marks,
+                vec![
+                    "Predicted against actual, for the 4 completed epoch(s) of 4:",
+                    for_four,
+                    actual_four,
+                ],
+                vec!["for all", "Only"],
+            ),
+            (
+                // After 2 epochs (mean 315 s, 95 kJ), 2 completed of 10.
+                10,
+                2,
+                &marks[..2],
+                vec![
+                    // 2 × 95 kJ = 190 kJ → 0.0834 kWh, 37.1 g: the actual exactly.
+                    "Predicted after 2 epoch(s), for 2 epoch(s): Time: 10m 30s, \
+                     Energy: 0.0834 kWh, CO2eq: 37.1 g",
+                    "Actual for 2 completed epoch(s): Time: 10m 30s, Energy: 0.0834 kWh, \
+                     CO2eq: 37.1 g",
+                    "The prediction's energy was equal to the actual.",
+                    "Predicted after 2 epoch(s), for all 10 epoch(s): Time: 52m 30s, \
+                     Energy: 0.417 kWh, CO2eq: 186 g",
+                ],
+                vec![],
+            ),
+            (
+                10,
+                1,
+                &[],
+                vec!["No epoch prediction: 0 of 10 epoch(s) completed, 1 needed."],
+                vec!["Predicted", "Actual for"],
+            ),
+            (
+                10,
+                2,
+                &marks[..1],
+                vec!["No epoch prediction: 1 of 10 epoch(s) completed, 2 needed."],
+                vec!["Predicted", "Actual for"],
+            ),
+            (
+                3,
+                1,
+                &marks,
+                vec![
+                    for_four,
+                    actual_four,
+                    "4 epochs were marked, more than the 3 declared (--carbon-epochs).",
+                ],
+                vec!["for all", "Only"],
+            ),
+        ];
+        for (total, before_pred, marks, want, not) in cases {
+            let input = SummaryInput {
+                job_id: "42",
+                rows: &rows,
+                elapsed: Duration::from_secs(3600),
+                time_limit: None,
+                pue: 1.58,
+                intensity: &intensity,
+                epochs: Some(EpochProgress {
+                    total_epochs: total,
+                    before_pred,
+                    start: mark(0, 0.0),
+                    marks,
+                }),
+                attribution: None,
+            };
+            let text = render_final(&input);
+            let l = lines(&text);
+            for w in want {
+                assert!(
+                    l.contains(&w),
+                    "N={total} k={}: missing `{w}` in:\n{text}",
+                    marks.len()
+                );
+            }
+            for n in not {
+                assert!(!text.contains(n), "N={total}: unexpected `{n}` in:\n{text}");
+            }
+        }
+        // Epochs never declared: no prediction block at all.
+        let input = SummaryInput {
+            job_id: "42",
+            rows: &rows,
+            elapsed: Duration::from_secs(3600),
+            time_limit: None,
+            pue: 1.58,
+            intensity: &intensity,
+            epochs: None,
+            attribution: None,
+        };
+        let text = render_final(&input);
+        assert!(!text.contains("epoch"), "{text}");
     }
 
     /// The blocks `carbontrack run --pid` prints, in carbontracker's shape.

@@ -29,7 +29,7 @@ use crate::plugin::{Host, Level, SlurmConf, Step};
 use crate::report::epilog::{USER_FILES_RECORD, UserFiles};
 use crate::run::hostname;
 use crate::spool::Spool;
-use crate::tracker::{Output, Plan, Tracker};
+use crate::tracker::{Output, Plan, Tracker, svg_name};
 use crate::userio::Delivery;
 
 /// Where Slurm reads its configuration when `SLURM_CONF` is not set.
@@ -158,6 +158,10 @@ pub(super) struct Tracking {
     /// Whether this node writes the user's files (a job on one node); on
     /// several nodes the epilog joins the nodes' parts first.
     writes_user_files: bool,
+    /// Whether this node writes its own power timeline,
+    /// `carbontrack-<jobid>-<node>.svg` (a job on several nodes: each
+    /// node's sampler keeps its own timeline).
+    writes_node_plot: bool,
     /// Held for as long as this step samples.
     _lock: File,
 }
@@ -280,6 +284,8 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         .map(|d| epoch_file(d, &job_id.to_string()));
     let writes_user_files =
         single_node && cfg.report == ReportTarget::Workdir && job.work_dir.is_some();
+    let writes_node_plot =
+        !single_node && cfg.report == ReportTarget::Workdir && job.work_dir.is_some();
     plan.output = match (&job.work_dir, writes_user_files) {
         (Some(d), true) => Output::WorkDir(d.clone()),
         _ => Output::None,
@@ -325,6 +331,7 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         spool,
         config: cfg.clone(),
         writes_user_files,
+        writes_node_plot,
         _lock: lock,
     })
 }
@@ -425,14 +432,15 @@ impl Tracking {
             .read_file(&path)
             .ok()
             .and_then(|b| read_csv(&b[..]).ok());
-        let (rows, summary) = match earlier {
+        let (rows, summary, svg) = match earlier {
             Some(prev) if !prev.is_empty() => {
                 let rows = merge_segments(&prev, &done.rows);
                 let summary =
                     render_final_from_rows(&self.job.job_id.to_string(), self.config.pue, &rows);
-                (rows, summary)
+                let svg = done.render_svg(&rows, Some(EARLIER_SEGMENTS));
+                (rows, summary, svg)
             }
-            _ => (done.rows.clone(), done.summary.clone()),
+            _ => (done.rows.clone(), done.summary.clone(), done.svg.clone()),
         };
         let mut csv = Vec::new();
         if let Err(e) = write_csv(&mut csv, &rows) {
@@ -468,6 +476,32 @@ impl Tracking {
         for n in notes(&rows).iter().filter(|n| !n.is_attribution()) {
             host.log(Level::Info, &format!("job {job_id}: {n}"));
         }
+        if self.writes_node_plot
+            && let Some(dir) = &self.job.work_dir
+        {
+            let name = node_svg_name(job_id, &self.job.node);
+            let files = vec![(name.clone(), svg.into_bytes())];
+            match done.deliver(dir, files, DELIVER_WAIT, None) {
+                Delivery::Written(_) => {}
+                Delivery::Failed(e) | Delivery::Retry(e) => host.log(
+                    Level::Error,
+                    &format!(
+                        "job {job_id}: {}; this node's power timeline is not written",
+                        e.first().map(String::as_str).unwrap_or(&name)
+                    ),
+                ),
+                Delivery::Late(waited) => host.log(
+                    Level::Error,
+                    &format!(
+                        "job {job_id}: work dir {} is not answering (no reply in {:.0} s); \
+                         this node's power timeline {name} is not written",
+                        dir.display(),
+                        waited.as_secs_f64()
+                    ),
+                ),
+            }
+            return;
+        }
         if !self.writes_user_files {
             return;
         }
@@ -477,6 +511,7 @@ impl Tracking {
         let names = [
             format!("carbontrack-{job_id}.csv"),
             format!("carbontrack-{job_id}.txt"),
+            svg_name(&job_id.to_string()),
         ];
         // Written before asking, so that if the work dir does not answer the
         // Epilog (or `carbontrack flush`) delivers the files later; removed
@@ -488,6 +523,7 @@ impl Tracking {
             dir: dir.clone(),
             csv: String::from_utf8_lossy(&csv).into_owned(),
             txt: summary.clone(),
+            svg: Some(svg.clone()),
         };
         let record = serde_json::to_vec(&files).ok().and_then(|b| {
             self.spool
@@ -497,6 +533,7 @@ impl Tracking {
         let mut files = vec![
             (names[0].clone(), csv.clone()),
             (names[1].clone(), summary.into_bytes()),
+            (names[2].clone(), svg.into_bytes()),
         ];
         // A job with a budget: its state file says it has ended.
         files.extend(done.state.clone());
@@ -520,7 +557,7 @@ impl Tracking {
                     "job {job_id}: {}{}; the footprint is kept in {}",
                     errors.first().map(String::as_str).unwrap_or_default(),
                     if errors.len() > 1 {
-                        format!(" (nor {})", names[1])
+                        format!(" (nor {})", names[1..errors.len()].join(" nor "))
                     } else {
                         String::new()
                     },
@@ -556,6 +593,28 @@ impl Tracking {
             ),
         }
     }
+}
+
+/// Under the title of a timeline that covers the last step only: without
+/// `PrologFlags=Contain` each step samples in turn, and only the last one's
+/// timeline is at hand when the footprint is joined.
+const EARLIER_SEGMENTS: &str =
+    "The power shown is the last step's; the totals cover every step of the job";
+
+/// The power timeline of one node of a job on several nodes. Characters a
+/// file name should not hold (a node name never has them) become `_`.
+pub fn node_svg_name(job_id: u32, node: &str) -> String {
+    let node: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("carbontrack-{job_id}-{node}.svg")
 }
 
 /// How long the extern step waits for the work dir at the end, on the

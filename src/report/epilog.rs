@@ -150,6 +150,11 @@ pub struct UserFiles {
     pub dir: PathBuf,
     pub csv: String,
     pub txt: String,
+    /// The power timeline, `carbontrack-<jobid>.svg`, where one was drawn
+    /// (a one-node job's extern step draws it; a record without one, or one
+    /// written before the timeline existed, delivers the CSV and summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svg: Option<String>,
 }
 
 /// Where one delivery attempt got to.
@@ -700,6 +705,8 @@ fn promote_live_copies(config: &Config, spool: &Spool, job: &EpilogJob, multi: b
                     config.pue,
                     &rows,
                 ),
+                // The live copy keeps no timeline.
+                svg: None,
             };
             if let Ok(b) = serde_json::to_vec(&files) {
                 let _ = spool.write_job_file(id, USER_FILES_RECORD, &b);
@@ -1015,10 +1022,16 @@ fn write_user_files(
         gid: u.gid,
         groups: u.groups.clone(),
     };
-    let files = [
+    let mut files = vec![
         (format!("carbontrack-{job}.csv"), u.csv.clone().into_bytes()),
         (format!("carbontrack-{job}.txt"), u.txt.clone().into_bytes()),
     ];
+    if let Some(svg) = &u.svg {
+        files.push((
+            crate::tracker::svg_name(&job.to_string()),
+            svg.clone().into_bytes(),
+        ));
+    }
     let dir = u.dir.clone();
     // One run (an Epilog, a flush) gives a directory that did not answer no
     // second try, and stops trying any after a few: 200 queued jobs under

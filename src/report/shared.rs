@@ -536,6 +536,8 @@ fn complete_locked(
             dir: work.clone(),
             csv: String::from_utf8_lossy(&csv).into_owned(),
             txt: summary(id, config, &all, &missing),
+            // Each node's extern step writes its own timeline.
+            svg: None,
         });
         pending.user_files_done = false;
     }

@@ -251,11 +251,13 @@ pub fn footprint_matches_truth(c: &Cluster, hw: &Hardware) {
     }
     let total = rows.last().unwrap();
     assert!(total.duration_s >= 15.0, "{total:?}");
-    for f in [&csv, &txt] {
+    let svg = user_file(c, None, id.0, "svg");
+    for f in [&csv, &txt, &svg] {
         let m = std::fs::symlink_metadata(f).unwrap();
         assert!(m.is_file(), "{}", f.display());
         assert_eq!(m.uid(), uid, "{} not the user's", f.display());
     }
+    assert_timeline_renders(hw, &svg, &["cpu", "dram", "gpu"]);
     let summary = std::fs::read_to_string(&txt).unwrap();
     assert!(!summary.contains("(running;"), "final summary:\n{summary}");
     assert_eq!(sampling_lines(&log, id.0).len(), 1, "{log}");
@@ -277,6 +279,43 @@ pub fn footprint_matches_truth(c: &Cluster, hw: &Hardware) {
         "{samples} samples at 500 ms over {} s: {result}",
         total.duration_s
     );
+}
+
+/// The job's power timeline, drawn by a real renderer (rsvg-convert): not
+/// blank, and an area in each measured component's colour. With
+/// `CT_TEST_PLOT_DIR` set, the SVG and PNG are kept there for a person to
+/// look at.
+fn assert_timeline_renders(hw: &Hardware, svg: &Path, components: &[&str]) {
+    let keep = std::env::var_os("CT_TEST_PLOT_DIR").map(PathBuf::from);
+    let dir = keep.clone().unwrap_or_else(|| hw.dir().to_path_buf());
+    let _ = std::fs::create_dir_all(&dir);
+    let stem = svg.file_stem().unwrap().to_string_lossy().into_owned();
+    let png = dir.join(format!("{stem}.png"));
+    if keep.is_some() {
+        std::fs::copy(svg, dir.join(format!("{stem}.svg"))).unwrap();
+    }
+    let img = carbontrack_fixtures::svg_render::rasterise(svg, &png);
+    assert!(img.inked() > 0.1, "{} is nearly blank", png.display());
+    for s in carbontrack::report::plot::SERIES {
+        // The chart's area (x 80..930, y 78..400 of 960 × 560).
+        let n = img.count(
+            carbontrack_fixtures::svg_render::hex(s.colour),
+            0.09,
+            0.15,
+            0.96,
+            0.71,
+        );
+        if components.contains(&s.component) {
+            assert!(
+                n > 500,
+                "{}: the {} area has {n} pixels",
+                png.display(),
+                s.label
+            );
+        } else {
+            assert_eq!(n, 0, "{}: {} drawn", png.display(), s.label);
+        }
+    }
 }
 
 pub fn untracked_leave_nothing(c: &Cluster, hw: &Hardware) {
@@ -758,6 +797,16 @@ pub fn epochs_predict_and_zone_intensity(c: &Cluster, hw: &Hardware) {
     assert!(
         summary.contains("Actual for 3 completed epoch(s)"),
         "final summary:\n{summary}"
+    );
+    // The timeline marks the three epochs and the prediction for all 10.
+    let svg = std::fs::read_to_string(user_file(c, None, id.0, "svg")).unwrap();
+    for want in ["epoch ends (3)", "predicted end of 10 epochs (after 1)"] {
+        assert!(svg.contains(want), "no `{want}` in the timeline:\n{svg}");
+    }
+    assert_timeline_renders(
+        hw,
+        &user_file(c, None, id.0, "svg"),
+        &["cpu", "dram", "gpu"],
     );
 
     let (text, rows) = footprint(&user_file(c, None, id.0, "csv"));
