@@ -130,6 +130,10 @@ pub struct Config {
     /// filesystem every node mounts (`shared=`). `None`: each node's Epilog
     /// only sees its own part, so a multi-node job gets no job total.
     pub shared: Option<PathBuf>,
+    /// node_exporter's textfile-collector directory (`prometheus=`): a
+    /// running job's power and energy are written there at each refresh
+    /// (src/prometheus.rs). `None`: off.
+    pub prometheus: Option<PathBuf>,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -158,6 +162,7 @@ impl Default for Config {
             epochs_before_pred: 1,
             refresh: Duration::from_secs(60),
             shared: None,
+            prometheus: None,
             test_panic: None,
         }
     }
@@ -215,6 +220,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "shared",
         "an absolute directory on a filesystem all nodes share, root-owned (for multi-node job totals), or none",
+    ),
+    (
+        "prometheus",
+        "an absolute, root-owned directory node_exporter's textfile collector reads, or none",
     ),
 ];
 
@@ -340,6 +349,12 @@ impl Config {
             }
             "shared" => {
                 self.shared = match v {
+                    "none" => None,
+                    _ => Some(abs_dir(v)?),
+                }
+            }
+            "prometheus" => {
+                self.prometheus = match v {
                     "none" => None,
                     _ => Some(abs_dir(v)?),
                 }
@@ -480,6 +495,22 @@ mod tests {
             let msg = Config::from_args(args.clone()).unwrap_err().to_string();
             assert!(msg.contains(needle), "{args:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn prometheus_takes_an_absolute_directory_or_none() {
+        let c = Config::from_args(["prometheus=/var/lib/prometheus/node-exporter"]).unwrap();
+        assert_eq!(
+            c.prometheus,
+            Some(PathBuf::from("/var/lib/prometheus/node-exporter"))
+        );
+        assert_eq!(Config::default().prometheus, None);
+        assert_eq!(Config::from_args(["prometheus=none"]).unwrap().prometheus, None);
+        let e = Config::from_args(["prometheus=textfiles"]).unwrap_err();
+        assert!(
+            e.to_string().contains("not an absolute path") && e.accepted.starts_with("prometheus="),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
+use crate::prometheus::Exporter;
 use crate::units::Joules;
 use crate::userio::{Delivery, HourlyRead, Setup, UserIo};
 
@@ -71,6 +72,9 @@ pub struct Plan {
     pub live_csv: Option<PathBuf>,
     /// How often the live summary is rewritten.
     pub refresh: Duration,
+    /// The job's node_exporter textfile, rewritten at each refresh too
+    /// (`prometheus=`); `None`: none.
+    pub prometheus: Option<Exporter>,
     /// How long stopping may wait for the sampler thread.
     pub join_timeout: Duration,
     /// How long [`Tracker::finish`] waits for the final files to be written
@@ -97,6 +101,7 @@ impl Plan {
             time_limit_from_squeue: false,
             live_csv: None,
             refresh: config_refresh,
+            prometheus: None,
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
         }
@@ -120,10 +125,21 @@ struct Live {
     /// epoch marks) has started. Weak: the I/O thread holds the sampler's
     /// state, which holds this observer, and the tracker owns the thread.
     io: Arc<OnceLock<Weak<UserIo>>>,
+    /// The job's Prometheus file, and the first reason it could not be
+    /// written (said once, at the end).
+    prometheus: Option<Exporter>,
+    prometheus_problem: Arc<OnceLock<String>>,
 }
 
 impl Observer for Live {
     fn on_refresh(&mut self, snap: &Snapshot) {
+        if let Some(x) = &mut self.prometheus
+            && let Err(e) = x.refresh(snap)
+        {
+            let _ = self
+                .prometheus_problem
+                .set(format!("Prometheus file not written: {e}"));
+        }
         let plan = &self.plan;
         if plan.live_csv.is_none() && !matches!(plan.output, Output::WorkDir(_)) {
             return;
@@ -162,6 +178,7 @@ pub struct Tracker {
     sampler: Sampler,
     plan: Arc<Plan>,
     io: Option<Arc<UserIo>>,
+    prometheus_problem: Arc<OnceLock<String>>,
 }
 
 /// What a finished run produced.
@@ -270,9 +287,12 @@ impl Tracker {
         // The observer needs the I/O thread, which needs the sampler's
         // energy: the observer's slot is filled once both exist.
         let io_slot: Arc<OnceLock<Weak<UserIo>>> = Arc::default();
+        let prometheus_problem: Arc<OnceLock<String>> = Arc::default();
         let live = Live {
             plan: Arc::clone(&plan),
             io: Arc::clone(&io_slot),
+            prometheus: plan.prometheus.clone(),
+            prometheus_problem: Arc::clone(&prometheus_problem),
         };
         let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
         let hourly_file = match &plan.config.intensity {
@@ -300,7 +320,15 @@ impl Tracker {
         } else {
             None
         };
-        Ok((Tracker { sampler, plan, io }, log))
+        Ok((
+            Tracker {
+                sampler,
+                plan,
+                io,
+                prometheus_problem,
+            },
+            log,
+        ))
     }
 
     /// The figures so far, without stopping.
@@ -338,6 +366,7 @@ impl Tracker {
             problems.push(format!("sampling stopped early: {p}"));
         }
         problems.extend(snapshot.given_up.iter().cloned());
+        problems.extend(self.prometheus_problem.get().cloned());
         let plan = &self.plan;
         let (marks, epoch_problem, write_problem) = match &self.io {
             Some(io) => io.last_poll(EPOCH_WAIT),

@@ -287,6 +287,7 @@ pub fn epilog(
         ));
     }
     let multi = job.nodes.len() > 1;
+    sweep_prometheus(config, job.job_id, log);
     promote_live_copies(config, &spool, job, multi, log);
     let shared = match (&config.shared, multi) {
         (Some(dir), _) => match Spool::open(dir) {
@@ -369,6 +370,42 @@ pub fn epilog(
         );
     }
     report
+}
+
+/// Removes the job's node_exporter file if its step left one (it died), and
+/// other jobs' files nobody has refreshed for a long while (`prometheus=`).
+fn sweep_prometheus(config: &Config, job_id: u32, log: Log) {
+    let Some(dir) = &config.prometheus else {
+        return;
+    };
+    let swept = crate::prometheus::check_dir(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            crate::prometheus::sweep(
+                &dir,
+                Some(job_id),
+                crate::prometheus::stale_after(config.refresh),
+                SystemTime::now(),
+            )
+            .map_err(|e| format!("{}: {e}", dir.display()))
+        });
+    match swept {
+        Ok(jobs) => {
+            let others: Vec<String> = jobs
+                .iter()
+                .filter(|&&j| j != job_id)
+                .map(u32::to_string)
+                .collect();
+            if !others.is_empty() {
+                log(format!(
+                    "carbontrack: job {job_id}: removed stale Prometheus files of jobs {} from {}",
+                    others.join(","),
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) => log(format!("carbontrack: job {job_id}: prometheus= directory: {e}")),
+    }
 }
 
 /// A job on this node only: its footprint becomes the total.
