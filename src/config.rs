@@ -134,6 +134,10 @@ pub struct Config {
     /// running job's power and energy are written there at each refresh
     /// (src/prometheus.rs). `None`: off.
     pub prometheus: Option<PathBuf>,
+    /// How long `carbontrack flush` keeps re-checking a delivered segment
+    /// and merges it back if another writer replaced the field
+    /// (src/report/watch.rs); zero: not at all.
+    pub accounting_watch: Duration,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -163,6 +167,7 @@ impl Default for Config {
             refresh: Duration::from_secs(60),
             shared: None,
             prometheus: None,
+            accounting_watch: Duration::from_secs(86_400),
             test_panic: None,
         }
     }
@@ -224,6 +229,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "prometheus",
         "an absolute, root-owned directory node_exporter's textfile collector reads, or none",
+    ),
+    (
+        "accounting_watch",
+        "a duration up to 30days, e.g. 1d, 12h, or none",
     ),
 ];
 
@@ -357,6 +366,19 @@ impl Config {
                 self.prometheus = match v {
                     "none" => None,
                     _ => Some(abs_dir(v)?),
+                }
+            }
+            "accounting_watch" => {
+                self.accounting_watch = match v {
+                    "none" | "0" => Duration::ZERO,
+                    _ => {
+                        let d =
+                            humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                        if d > Duration::from_secs(30 * 86_400) {
+                            return Err(format!("`{v}` is out of range"));
+                        }
+                        d
+                    }
                 }
             }
             "refresh" => {
@@ -511,6 +533,18 @@ mod tests {
             e.to_string().contains("not an absolute path") && e.accepted.starts_with("prometheus="),
             "{e}"
         );
+    }
+
+    #[test]
+    fn accounting_watch_takes_a_duration_or_none() {
+        assert_eq!(Config::default().accounting_watch, Duration::from_secs(86_400));
+        let c = Config::from_args(["accounting_watch=12h"]).unwrap();
+        assert_eq!(c.accounting_watch, Duration::from_secs(43_200));
+        let c = Config::from_args(["accounting_watch=none"]).unwrap();
+        assert_eq!(c.accounting_watch, Duration::ZERO);
+        for bad in ["accounting_watch=60days", "accounting_watch=soon"] {
+            assert!(Config::from_args([bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]
