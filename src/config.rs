@@ -372,8 +372,7 @@ impl Config {
                 self.accounting_watch = match v {
                     "none" | "0" => Duration::ZERO,
                     _ => {
-                        let d =
-                            humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                        let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
                         if d > Duration::from_secs(30 * 86_400) {
                             return Err(format!("`{v}` is out of range"));
                         }
@@ -527,7 +526,10 @@ mod tests {
             Some(PathBuf::from("/var/lib/prometheus/node-exporter"))
         );
         assert_eq!(Config::default().prometheus, None);
-        assert_eq!(Config::from_args(["prometheus=none"]).unwrap().prometheus, None);
+        assert_eq!(
+            Config::from_args(["prometheus=none"]).unwrap().prometheus,
+            None
+        );
         let e = Config::from_args(["prometheus=textfiles"]).unwrap_err();
         assert!(
             e.to_string().contains("not an absolute path") && e.accepted.starts_with("prometheus="),
@@ -537,7 +539,10 @@ mod tests {
 
     #[test]
     fn accounting_watch_takes_a_duration_or_none() {
-        assert_eq!(Config::default().accounting_watch, Duration::from_secs(86_400));
+        assert_eq!(
+            Config::default().accounting_watch,
+            Duration::from_secs(86_400)
+        );
         let c = Config::from_args(["accounting_watch=12h"]).unwrap();
         assert_eq!(c.accounting_watch, Duration::from_secs(43_200));
         let c = Config::from_args(["accounting_watch=none"]).unwrap();

@@ -107,21 +107,22 @@ pub fn format(labels: &JobLabels, series: &[Series]) -> String {
         escape_label(&labels.partition),
         escape_label(&labels.node),
     );
-    let mut metric = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Series) -> Option<f64>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for s in series {
-            let Some(v) = value(s).filter(|v| v.is_finite()) else {
-                continue;
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{{base},component=\"{}\",device=\"{}\"}} {v}",
-                escape_label(&s.component),
-                escape_label(&s.device),
-            );
-        }
-    };
+    let mut metric =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&Series) -> Option<f64>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for s in series {
+                let Some(v) = value(s).filter(|v| v.is_finite()) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{{base},component=\"{}\",device=\"{}\"}} {v}",
+                    escape_label(&s.component),
+                    escape_label(&s.device),
+                );
+            }
+        };
     metric(
         POWER,
         "gauge",
@@ -138,10 +139,7 @@ pub fn format(labels: &JobLabels, series: &[Series]) -> String {
 }
 
 /// Power over the stretch between two snapshots' figures of one device.
-fn power_between(
-    before: Option<(Duration, Joules)>,
-    now: (Duration, Joules),
-) -> Option<Watts> {
+fn power_between(before: Option<(Duration, Joules)>, now: (Duration, Joules)) -> Option<Watts> {
     let (t0, e0) = before.unwrap_or((Duration::ZERO, Joules::ZERO));
     let dt = now.0.checked_sub(t0)?;
     if dt.is_zero() || now.1.0 < e0.0 {
@@ -371,7 +369,11 @@ mod tests {
                 energy: Some(Joules(f64::NAN)),
             }],
         );
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 1, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            1,
+            "{text}"
+        );
         assert!(text.contains("user=\"x\\\"} 1\\ncarbontrack_job_power_watts{job_id=\\\"1\""));
     }
 
@@ -426,13 +428,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = crate::safe_fs::tests::temp("prom");
         let mut x = Exporter::new(dir.clone(), 42, labels());
-        let devs = |cpu, gpu| [(Component::Cpu, "package-0", cpu), (Component::Gpu, "GPU-a", gpu)];
+        let devs = |cpu, gpu| {
+            [
+                (Component::Cpu, "package-0", cpu),
+                (Component::Gpu, "GPU-a", gpu),
+            ]
+        };
         x.refresh(&snap(2.0, &devs(Some(200.0), None))).unwrap();
         x.refresh(&snap(4.0, &devs(Some(500.0), None))).unwrap();
         let text = fs::read_to_string(x.path()).unwrap();
-        assert!(text.contains("component=\"cpu\",device=\"package-0\"} 150\n"), "{text}");
-        assert!(text.contains("component=\"cpu\",device=\"package-0\"} 500\n"), "{text}");
-        assert!(!text.contains("GPU-a"), "an unmeasured GPU has no series: {text}");
+        assert!(
+            text.contains("component=\"cpu\",device=\"package-0\"} 150\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("component=\"cpu\",device=\"package-0\"} 500\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("GPU-a"),
+            "an unmeasured GPU has no series: {text}"
+        );
         let mode = fs::metadata(x.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
         assert_eq!(
@@ -448,15 +464,28 @@ mod tests {
         fs::write(dir.join("carbontrack-job-x.prom"), "").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("carbontrack-job-45.prom")).unwrap();
         let later = SystemTime::now() + Duration::from_secs(30);
-        assert_eq!(sweep(&dir, Some(42), Duration::from_secs(300), later).unwrap(), [42]);
+        assert_eq!(
+            sweep(&dir, Some(42), Duration::from_secs(300), later).unwrap(),
+            [42]
+        );
         let much_later = SystemTime::now() + Duration::from_secs(600);
-        assert_eq!(sweep(&dir, None, Duration::from_secs(300), much_later).unwrap(), [43, 44]);
+        assert_eq!(
+            sweep(&dir, None, Duration::from_secs(300), much_later).unwrap(),
+            [43, 44]
+        );
         let mut left: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["apt.prom", "carbontrack-job-45.prom", "carbontrack-job-x.prom"]);
+        assert_eq!(
+            left,
+            [
+                "apt.prom",
+                "carbontrack-job-45.prom",
+                "carbontrack-job-x.prom"
+            ]
+        );
         assert!(!remove(&dir, 42).unwrap());
         let _ = fs::remove_dir_all(&dir);
     }

@@ -43,7 +43,8 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// A jobstats record as its EpilogSlurmctld writes it (`JS1:` and the
 /// base64 of a gzipped JSON document).
-const JS1: &str = "JS1:H4sIAAAAAAACA6tWystPSS1WslKoVkouMYTQBaUgAcPaWh0FpZL8ksSc+JLM3FSQkFEtAD2iTJUxAAAA";
+const JS1: &str =
+    "JS1:H4sIAAAAAAACA6tWystPSS1WslKoVkouMYTQBaUgAcPaWh0FpZL8ksSc+JLM3FSQkFEtAD2iTJUxAAAA";
 /// What another site script writes.
 const SITE_TEXT: &str = "site-audit:checked";
 
@@ -247,45 +248,60 @@ fn segments(text: &str) -> usize {
 /// replaces it (`replace`), or one that appends to it (`append`).
 fn install_other_writer(c: &Cluster) {
     let script = c.dir.join("etc/epilog-slurmctld.sh");
+    let writer = c.dir.join("etc/other-writer.sh");
     let log = c.dir.join("log/other-writer.log");
     let conf = c.slurm_conf();
+    // slurmctld ends what its EpilogSlurmctld leaves running: the writer
+    // gets a session of its own.
     fs::write(
         &script,
         format!(
             r#"#!/bin/bash
-export SLURM_CONF={conf}
-case $SLURM_JOB_NAME in other-*) mode=${{SLURM_JOB_NAME#other-}} ;; *) exit 0 ;; esac
-field() {{ sacct -n -X -P -j "$SLURM_JOB_ID" -o "$1"; }}
-(
-	for _ in $(seq 1 240); do
-		field AdminComment,SystemComment | grep -q 'carbontrack:v1' && break
-		sleep 0.25
-	done
-	case $mode in
-	jobstats) v='{JS1}' ;;
-	replace) v='{SITE_TEXT}' ;;
-	append) v="$(field AdminComment) {SITE_TEXT}" ;;
-	esac
-	if sacctmgr -i modify job where jobid="$SLURM_JOB_ID" set AdminComment="$v" >/dev/null; then
-		echo "other-writer: job $SLURM_JOB_ID $mode done"
-	else
-		echo "other-writer: job $SLURM_JOB_ID $mode failed"
-	fi
-) >>{log} 2>&1 </dev/null &
+echo "other-writer: EpilogSlurmctld of job $SLURM_JOB_ID ($SLURM_JOB_NAME)" >>{log}
+case $SLURM_JOB_NAME in other-*) ;; *) exit 0 ;; esac
+setsid -f {writer} "$SLURM_JOB_ID" "${{SLURM_JOB_NAME#other-}}" </dev/null >>{log} 2>&1
 exit 0
 "#,
-            conf = conf.display(),
             log = log.display(),
+            writer = writer.display(),
         ),
     )
     .unwrap();
+    fs::write(
+        &writer,
+        format!(
+            r#"#!/bin/bash
+export SLURM_CONF={conf}
+job=$1 mode=$2
+field() {{ sacct -n -X -P -j "$job" -o "$1"; }}
+for _ in $(seq 1 120); do
+	field AdminComment,SystemComment | grep -q 'carbontrack:v1' && break
+	sleep 0.5
+done
+case $mode in
+jobstats) v='{JS1}' ;;
+replace) v='{SITE_TEXT}' ;;
+append) v="$(field AdminComment) {SITE_TEXT}" ;;
+esac
+if sacctmgr -i modify job where jobid="$job" set AdminComment="$v" >/dev/null; then
+	echo "other-writer: job $job $mode done"
+else
+	echo "other-writer: job $job $mode failed"
+fi
+"#,
+            conf = conf.display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&writer, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     let mut text = fs::read_to_string(&conf).unwrap();
     text.push_str(&format!("EpilogSlurmctld={}\n", script.display()));
     fs::write(&conf, text).unwrap();
-    let o = c.as_root("scontrol", &["reconfigure"]);
-    assert!(o.status.success(), "{}", out(&o));
-    sleep(Duration::from_secs(2));
+    // Slurm 22.05's slurmctld runs an EpilogSlurmctld that `scontrol
+    // reconfigure` added only once restarted (seen here).
+    c.reset_controller(1)
+        .unwrap_or_else(|e| panic!("restarting slurmctld: {e}"));
 }
 
 #[test]
@@ -375,7 +391,12 @@ fn node_exporter(t: &T) {
     let second = running(180.0 * 9.5);
     assert_eq!(t.c.job_state(id), "RUNNING", "scraped after the job ended");
     let m = fs::metadata(&file).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o644), "{}", file.display());
+    assert_eq!(
+        (m.uid(), m.mode() & 0o777),
+        (0, 0o644),
+        "{}",
+        file.display()
+    );
 
     let ended = t.c.wait_ended(JobId(id));
     assert_eq!(ended.state, "COMPLETED", "{}", t.c.output_of(id));
@@ -412,8 +433,18 @@ fn node_exporter(t: &T) {
         // Constant powers: exact; stepping ones: within their steps.
         within("gpu 1 power", power("gpu", &gpu(1)), 180.0, 180.0);
         within("gpu 0 power", power("gpu", &gpu(0)), 100.0, 250.0);
-        within("dram power", power("dram", "package-0"), 12.0 * share, 12.0 * share);
-        within("cpu power", power("cpu", "package-0"), 60.0 * share, 90.0 * share);
+        within(
+            "dram power",
+            power("dram", "package-0"),
+            12.0 * share,
+            12.0 * share,
+        );
+        within(
+            "cpu power",
+            power("cpu", "package-0"),
+            60.0 * share,
+            90.0 * share,
+        );
         assert!(
             find(s, "carbontrack_job_power_watts", "gpu", &gpu(2)).is_none(),
             "another job's GPU: {s:#?}"

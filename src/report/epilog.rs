@@ -408,7 +408,9 @@ fn sweep_prometheus(config: &Config, job_id: u32, log: Log) {
                 ));
             }
         }
-        Err(e) => log(format!("carbontrack: job {job_id}: prometheus= directory: {e}")),
+        Err(e) => log(format!(
+            "carbontrack: job {job_id}: prometheus= directory: {e}"
+        )),
     }
 }
 
