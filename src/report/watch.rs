@@ -9,8 +9,9 @@
 //! watched for `accounting_watch` (default a day): `carbontrack flush` (the
 //! systemd timer, every 5 minutes) re-reads the field of each watched job at
 //! its first run after delivery, then at growing intervals (1, 2, 4 …
-//! minutes, at most 4 h apart: about a dozen `sacct` calls a job over a day) and, where the segment is
-//! gone or changed, merges it back in: the other writer's text is kept as
+//! minutes, at most 4 h apart: about a dozen reads a job over a day, one
+//! `sacct` call for up to 200 jobs) and, where the segment is gone or
+//! changed, merges it back in: the other writer's text is kept as
 //! it is, and the field never holds two carbontrack segments
 //! ([`super::accounting::merge`]).
 //!
@@ -26,6 +27,7 @@
 //! outbox); one that expired, whose job id now belongs to a later job, or
 //! that cannot be read is dropped.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::safe_fs;
 use crate::spool::{RunKey, Spool, SpoolError};
 
-use super::accounting;
-use super::epilog::{AccountingError, Expect, Log, Pending, Tools, read_field, set_segment};
+use super::epilog::{AccountingError, Expect, JobField, Log, Pending, Tools, set_segment};
+use super::{accounting, aggregate, cmd, sacct};
 
 /// The spool subdirectory of watch records.
 pub const DIR: &str = "watch";
@@ -122,8 +124,12 @@ pub struct Rechecked {
     pub jobstats: Vec<u32>,
 }
 
-/// Re-checks the watched segments that are due; drops records older than
-/// `watch`. Stops at an accounting outage (the next flush goes on).
+/// How many jobs one `sacct` call asks for.
+const BATCH: usize = 200;
+
+/// Re-checks the watched segments that are due, one `sacct` call for up to
+/// [`BATCH`] of them; drops records older than `watch`. Stops at an
+/// accounting outage (the next flush goes on).
 pub fn recheck(
     spool: &Spool,
     tools: &Tools,
@@ -132,8 +138,7 @@ pub fn recheck(
     log: Log,
 ) -> Rechecked {
     let mut done = Rechecked::default();
-    let d = dir(spool);
-    let Ok(entries) = std::fs::read_dir(&d) else {
+    let Ok(entries) = std::fs::read_dir(dir(spool)) else {
         return done;
     };
     let mut paths: Vec<PathBuf> = entries
@@ -148,48 +153,47 @@ pub fn recheck(
         .collect();
     paths.sort();
     let now_s = secs(now);
+    let mut due: Vec<(PathBuf, Watched)> = Vec::new();
     for path in paths {
-        let w: Watched = match spool
+        match spool
             .read_file(&path)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| serde_json::from_slice::<Watched>(&b).ok())
         {
-            Some(w) => w,
-            None => {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-        };
-        if now_s >= w.delivered.saturating_add(watch.as_secs()) {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        if now_s < w.next_check {
-            continue;
-        }
-        let job = w.job_id;
-        let expect = Expect {
-            cluster: &w.cluster,
-            start: humantime::parse_rfc3339_weak(&w.start).ok(),
-            end: humantime::parse_rfc3339_weak(&w.end).ok(),
-        };
-        let current = match read_field(tools, job, &w.cluster, &w.field) {
-            Ok(Some(f)) => match expect.check(job, &f) {
-                Ok(()) => f.text,
-                Err(_) => {
-                    // The id belongs to a later job now: nothing to keep.
-                    let _ = std::fs::remove_file(&path);
-                    continue;
+            Some(w) if now_s < w.delivered.saturating_add(watch.as_secs()) => {
+                if now_s >= w.next_check {
+                    due.push((path, w));
                 }
-            },
-            Ok(None) => {
-                let _ = std::fs::remove_file(&path);
-                continue;
             }
+            // Expired, or unreadable: nothing more to do for it.
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    due.sort_by(|a, b| (&a.1.cluster, &a.1.field).cmp(&(&b.1.cluster, &b.1.field)));
+    let mut groups: Vec<Vec<(PathBuf, Watched)>> = Vec::new();
+    for item in due {
+        match groups.last_mut() {
+            Some(g)
+                if g.len() < BATCH
+                    && g[0].1.cluster == item.1.cluster
+                    && g[0].1.field == item.1.field =>
+            {
+                g.push(item)
+            }
+            _ => groups.push(vec![item]),
+        }
+    }
+    for group in groups {
+        let (cluster, field) = (group[0].1.cluster.clone(), group[0].1.field.clone());
+        let jobs: Vec<u32> = group.iter().map(|(_, w)| w.job_id).collect();
+        let fields = match read_fields(tools, &cluster, &field, &jobs) {
+            Ok(f) => f,
             Err(e) => {
                 log(format!(
-                    "carbontrack: job {job}: re-reading {} failed: {e}; tried again at the next flush",
-                    w.field
+                    "carbontrack: re-reading {field} of {} delivered job(s) failed: {e}; tried again at the next flush",
+                    jobs.len()
                 ));
                 if e.is_outage() {
                     break;
@@ -197,48 +201,122 @@ pub fn recheck(
                 continue;
             }
         };
-        let mut next = w.clone();
-        next.checks += 1;
-        next.next_check = next_check(w.delivered, next.checks);
-        if is_jobstats(&current) {
-            log(jobstats_line(job, &w.field));
-            done.jobstats.push(job);
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
-        if accounting::merge(&current, &w.segment) != current {
-            match set_segment(tools, job, &expect, &w.field, &w.segment) {
-                Ok(()) => {
-                    next.restored += 1;
-                    done.restored.push(job);
-                    log(format!(
-                        "carbontrack: job {job}: another writer replaced {} after carbontrack's delivery (now `{}`); carbontrack's segment is merged back in beside it",
-                        w.field,
-                        shorten(&current)
-                    ));
-                }
-                Err(AccountingError::Jobstats { .. }) => {
-                    log(jobstats_line(job, &w.field));
-                    done.jobstats.push(job);
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-                Err(e) => {
-                    log(format!(
-                        "carbontrack: job {job}: merging the segment back into {} failed: {e}; tried again at the next flush",
-                        w.field
-                    ));
-                    if e.is_outage() {
-                        break;
-                    }
-                    continue;
-                }
+        for (path, w) in group {
+            let f = fields.get(&w.job_id).cloned();
+            if !check_one(tools, &path, w, f, &mut done, log) {
+                return done;
             }
         }
-        let bytes = serde_json::to_vec(&next).unwrap_or_default();
-        let _ = crate::spool::write_atomic(&path, &bytes);
     }
     done
+}
+
+/// The field of each of `jobs` (the newest job with each id), in one call.
+fn read_fields(
+    tools: &Tools,
+    cluster: &str,
+    field: &str,
+    jobs: &[u32],
+) -> Result<HashMap<u32, JobField>, AccountingError> {
+    let delim = sacct::delimiter();
+    let mut args: Vec<String> = vec!["-n".into(), "-X".into()];
+    args.extend(sacct::args(&delim));
+    if !cluster.is_empty() {
+        args.extend(["-M".into(), cluster.to_string()]);
+    }
+    let ids: Vec<String> = jobs.iter().map(u32::to_string).collect();
+    args.extend([
+        "-j".into(),
+        ids.join(","),
+        "-o".into(),
+        format!("JobIDRaw,End,Start,{field}"),
+    ]);
+    let out = cmd::run(
+        &tools.sacct,
+        &args,
+        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
+        tools.timeout,
+    )?;
+    let (records, _) = sacct::records(&out.stdout, &delim, 4);
+    let known = |t: &str| !matches!(t.trim(), "" | "Unknown" | "None");
+    let mut fields = HashMap::new();
+    // Later records of an id are newer (as `read_field` takes them).
+    for r in records {
+        let Ok(id) = r[0].trim().parse::<u32>() else {
+            continue;
+        };
+        fields.insert(
+            id,
+            JobField {
+                ended: known(r[1]),
+                end: aggregate::parse_time(r[1]),
+                start: aggregate::parse_time(r[2]),
+                text: r[3].to_string(),
+            },
+        );
+    }
+    Ok(fields)
+}
+
+/// One watched segment against its field as read (`None`: accounting has
+/// no such job). Returns false at an accounting outage.
+fn check_one(
+    tools: &Tools,
+    path: &std::path::Path,
+    w: Watched,
+    f: Option<JobField>,
+    done: &mut Rechecked,
+    log: Log,
+) -> bool {
+    let job = w.job_id;
+    let expect = Expect {
+        cluster: &w.cluster,
+        start: humantime::parse_rfc3339_weak(&w.start).ok(),
+        end: humantime::parse_rfc3339_weak(&w.end).ok(),
+    };
+    // Not in accounting, or the id belongs to a later job now: nothing to keep.
+    let Some(current) = f.filter(|f| expect.check(job, f).is_ok()).map(|f| f.text) else {
+        let _ = std::fs::remove_file(path);
+        return true;
+    };
+    let mut next = w.clone();
+    next.checks += 1;
+    next.next_check = next_check(w.delivered, next.checks);
+    if is_jobstats(&current) {
+        log(jobstats_line(job, &w.field));
+        done.jobstats.push(job);
+        let _ = std::fs::remove_file(path);
+        return true;
+    }
+    if accounting::merge(&current, &w.segment) != current {
+        match set_segment(tools, job, &expect, &w.field, &w.segment) {
+            Ok(()) => {
+                next.restored += 1;
+                done.restored.push(job);
+                log(format!(
+                    "carbontrack: job {job}: another writer replaced {} after carbontrack's delivery (now `{}`); carbontrack's segment is merged back in beside it",
+                    w.field,
+                    shorten(&current)
+                ));
+            }
+            Err(AccountingError::Jobstats { .. }) => {
+                log(jobstats_line(job, &w.field));
+                done.jobstats.push(job);
+                let _ = std::fs::remove_file(path);
+                return true;
+            }
+            Err(e) => {
+                log(format!(
+                    "carbontrack: job {job}: merging the segment back into {} failed: {e}; tried again at the next flush",
+                    w.field
+                ));
+                return !e.is_outage();
+            }
+        }
+    }
+    let bytes = serde_json::to_vec(&next).unwrap_or_default();
+    let _ = crate::spool::write_atomic(path, &bytes);
+    true
 }
 
 /// The one line said when a field holds jobstats' data.
