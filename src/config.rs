@@ -132,6 +132,14 @@ pub struct Config {
     /// filesystem every node mounts (`shared=`). `None`: each node's Epilog
     /// only sees its own part, so a multi-node job gets no job total.
     pub shared: Option<PathBuf>,
+    /// node_exporter's textfile-collector directory (`prometheus=`): a
+    /// running job's power and energy are written there at each refresh
+    /// (src/prometheus.rs). `None`: off.
+    pub prometheus: Option<PathBuf>,
+    /// How long `carbontrack flush` keeps re-checking a delivered segment
+    /// and merges it back if another writer replaced the field
+    /// (src/report/watch.rs); zero: not at all.
+    pub accounting_watch: Duration,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -161,6 +169,8 @@ impl Default for Config {
             epochs_before_pred: 1,
             refresh: Duration::from_secs(60),
             shared: None,
+            prometheus: None,
+            accounting_watch: Duration::from_secs(86_400),
             test_panic: None,
         }
     }
@@ -219,6 +229,14 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "shared",
         "an absolute directory on a filesystem all nodes share, root-owned (for multi-node job totals), or none",
+    ),
+    (
+        "prometheus",
+        "an absolute, root-owned directory node_exporter's textfile collector reads, or none",
+    ),
+    (
+        "accounting_watch",
+        "a duration up to 30days, e.g. 1d, 12h, or none",
     ),
 ];
 
@@ -356,6 +374,24 @@ impl Config {
                     _ => Some(abs_dir(v)?),
                 }
             }
+            "prometheus" => {
+                self.prometheus = match v {
+                    "none" => None,
+                    _ => Some(abs_dir(v)?),
+                }
+            }
+            "accounting_watch" => {
+                self.accounting_watch = match v {
+                    "none" | "0" => Duration::ZERO,
+                    _ => {
+                        let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
+                        if d > Duration::from_secs(30 * 86_400) {
+                            return Err(format!("`{v}` is out of range"));
+                        }
+                        d
+                    }
+                }
+            }
             "refresh" => {
                 let d = humantime::parse_duration(v).map_err(|e| format!("`{v}`: {e}"))?;
                 if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
@@ -491,6 +527,40 @@ mod tests {
         ] {
             let msg = Config::from_args(args.clone()).unwrap_err().to_string();
             assert!(msg.contains(needle), "{args:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn prometheus_takes_an_absolute_directory_or_none() {
+        let c = Config::from_args(["prometheus=/var/lib/prometheus/node-exporter"]).unwrap();
+        assert_eq!(
+            c.prometheus,
+            Some(PathBuf::from("/var/lib/prometheus/node-exporter"))
+        );
+        assert_eq!(Config::default().prometheus, None);
+        assert_eq!(
+            Config::from_args(["prometheus=none"]).unwrap().prometheus,
+            None
+        );
+        let e = Config::from_args(["prometheus=textfiles"]).unwrap_err();
+        assert!(
+            e.to_string().contains("not an absolute path") && e.accepted.starts_with("prometheus="),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn accounting_watch_takes_a_duration_or_none() {
+        assert_eq!(
+            Config::default().accounting_watch,
+            Duration::from_secs(86_400)
+        );
+        let c = Config::from_args(["accounting_watch=12h"]).unwrap();
+        assert_eq!(c.accounting_watch, Duration::from_secs(43_200));
+        let c = Config::from_args(["accounting_watch=none"]).unwrap();
+        assert_eq!(c.accounting_watch, Duration::ZERO);
+        for bad in ["accounting_watch=60days", "accounting_watch=soon"] {
+            assert!(Config::from_args([bad]).is_err(), "{bad}");
         }
     }
 

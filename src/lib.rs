@@ -18,6 +18,7 @@ pub mod hostlist;
 pub mod job;
 pub mod measure;
 pub mod plugin;
+pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod safe_fs;

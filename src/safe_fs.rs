@@ -406,7 +406,12 @@ pub fn write_atomic(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
         }
         r => r.map_err(|e| open_error(tmp, e))?,
     };
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    // Exactly `mode`, whatever the umask took away (a file others read, such
+    // as node_exporter's, needs its read bits).
+    let written = f
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| f.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(tmp);
         return Err(SafeFsError::io(tmp)(e));

@@ -31,6 +31,7 @@ use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
+use crate::prometheus::Exporter;
 use crate::units::Joules;
 use crate::userio::{Delivery, HourlyRead, Setup, UserIo};
 
@@ -85,6 +86,9 @@ pub struct Plan {
     pub live_csv: Option<PathBuf>,
     /// How often the live summary is rewritten.
     pub refresh: Duration,
+    /// The job's node_exporter textfile, rewritten at each refresh too
+    /// (`prometheus=`); `None`: none.
+    pub prometheus: Option<Exporter>,
     /// How long stopping may wait for the sampler thread.
     pub join_timeout: Duration,
     /// How long [`Tracker::finish`] waits for the final files to be written
@@ -124,6 +128,7 @@ impl Plan {
             time_limit_from_squeue: false,
             live_csv: None,
             refresh: config_refresh,
+            prometheus: None,
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
             budget: None,
@@ -153,10 +158,21 @@ struct Live {
     io: Arc<OnceLock<Weak<UserIo>>>,
     /// When the budget was first exceeded (set once, read by `finish`).
     first_over: Arc<OnceLock<SystemTime>>,
+    /// The job's Prometheus file, and the first reason it could not be
+    /// written (said once, at the end).
+    prometheus: Option<Exporter>,
+    prometheus_problem: Arc<OnceLock<String>>,
 }
 
 impl Observer for Live {
     fn on_refresh(&mut self, snap: &Snapshot) {
+        if let Some(x) = &mut self.prometheus
+            && let Err(e) = x.refresh(snap)
+        {
+            let _ = self
+                .prometheus_problem
+                .set(format!("Prometheus file not written: {e}"));
+        }
         let plan = &self.plan;
         if plan.live_csv.is_none()
             && !matches!(plan.output, Output::WorkDir(_))
@@ -302,6 +318,7 @@ pub struct Tracker {
     plan: Arc<Plan>,
     io: Option<Arc<UserIo>>,
     first_over: Arc<OnceLock<SystemTime>>,
+    prometheus_problem: Arc<OnceLock<String>>,
 }
 
 /// What a finished run produced.
@@ -478,10 +495,13 @@ impl Tracker {
         // energy: the observer's slot is filled once both exist.
         let io_slot: Arc<OnceLock<Weak<UserIo>>> = Arc::default();
         let first_over: Arc<OnceLock<SystemTime>> = Arc::default();
+        let prometheus_problem: Arc<OnceLock<String>> = Arc::default();
         let live = Live {
             plan: Arc::clone(&plan),
             io: Arc::clone(&io_slot),
             first_over: Arc::clone(&first_over),
+            prometheus: plan.prometheus.clone(),
+            prometheus_problem: Arc::clone(&prometheus_problem),
         };
         let sampler = Sampler::start(meters, opts, Some(Box::new(live)))?;
         let hourly_file = match &plan.config.intensity {
@@ -516,6 +536,7 @@ impl Tracker {
                 plan,
                 io,
                 first_over,
+                prometheus_problem,
             },
             log,
         ))
@@ -571,6 +592,7 @@ impl Tracker {
             problems.push(format!("sampling stopped early: {p}"));
         }
         problems.extend(snapshot.given_up.iter().cloned());
+        problems.extend(self.prometheus_problem.get().cloned());
         let plan = &self.plan;
         let (marks, epoch_problem, write_problem) = match &self.io {
             Some(io) => io.last_poll(EPOCH_WAIT),

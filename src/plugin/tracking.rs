@@ -26,6 +26,7 @@ use crate::measure::gpus::GpuHints;
 use crate::measure::sampler::SamplerCpu;
 use crate::plugin::options::JobChoice;
 use crate::plugin::{Host, Level, SlurmConf, Step};
+use crate::prometheus::{self, Exporter};
 use crate::report::epilog::{USER_FILES_RECORD, UserFiles};
 use crate::run::hostname;
 use crate::spool::Spool;
@@ -299,6 +300,7 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
     plan.time_limit_from_squeue = writes_user_files;
     plan.live_csv = Some(spool.live_path(job_id, &job.node));
     plan.join_timeout = Duration::from_secs(10);
+    plan.prometheus = prometheus_exporter(host, cfg, &job);
 
     let (tracker, notes) = match Tracker::start(plan) {
         Ok(t) => t,
@@ -334,6 +336,37 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
         writes_node_plot,
         _lock: lock,
     })
+}
+
+/// The job's node_exporter textfile (`prometheus=`), if configured and the
+/// directory is root's own (checked once here: a few `lstat`s of a
+/// node-local path); otherwise one error line and none, the job measured as
+/// ever.
+fn prometheus_exporter(host: &dyn Host, cfg: &Config, job: &JobInfo) -> Option<Exporter> {
+    let dir = cfg.prometheus.as_ref()?;
+    match prometheus::check_dir(dir) {
+        Ok(dir) => Some(Exporter::new(
+            dir,
+            job.job_id,
+            prometheus::JobLabels {
+                job_id: job.job_id.to_string(),
+                user: job.user.clone(),
+                account: job.account.clone(),
+                partition: job.partition.clone(),
+                node: job.node.clone(),
+            },
+        )),
+        Err(e) => {
+            host.log(
+                Level::Error,
+                &format!(
+                    "job {}: prometheus= directory: {e}; no Prometheus figures for this job",
+                    job.job_id
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// What the start of sampling says about the CPU attribution, once.
@@ -464,6 +497,19 @@ impl Tracking {
             }
         };
         let _ = std::fs::remove_file(self.spool.live_path(job_id, &self.job.node));
+        // The job's series end with its sampling here (a later segment, if
+        // any, writes the file anew).
+        if let Some(dir) = &self.config.prometheus
+            && let Err(e) = prometheus::remove(dir, job_id)
+        {
+            host.log(
+                Level::Error,
+                &format!(
+                    "job {job_id}: cannot remove {}: {e}; the Epilog removes it",
+                    dir.join(prometheus::file_name(job_id)).display()
+                ),
+            );
+        }
         host.log(
             Level::Info,
             &format!(

@@ -197,6 +197,10 @@ pub enum AccountingError {
     EarlierInAccounting { job: u32, end: String, run: String },
     #[error("sacct's answer for job {job} does not read: {output}")]
     Unreadable { job: u32, output: String },
+    #[error(
+        "{field} holds Princeton jobstats' data (JS1:...), which jobstats reads back only when it is alone in the field; beside jobstats set accounting_field=SystemComment"
+    )]
+    Jobstats { job: u32, field: String },
 }
 
 impl AccountingError {
@@ -296,6 +300,7 @@ pub fn epilog(
         ));
     }
     let multi = job.nodes.len() > 1;
+    sweep_prometheus(config, job.job_id, log);
     promote_live_copies(config, &spool, job, multi, log);
     let shared = match (&config.shared, multi) {
         (Some(dir), _) => match Spool::open(dir) {
@@ -380,6 +385,44 @@ pub fn epilog(
     report
 }
 
+/// Removes the job's node_exporter file if its step left one (it died), and
+/// other jobs' files nobody has refreshed for a long while (`prometheus=`).
+fn sweep_prometheus(config: &Config, job_id: u32, log: Log) {
+    let Some(dir) = &config.prometheus else {
+        return;
+    };
+    let swept = crate::prometheus::check_dir(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            crate::prometheus::sweep(
+                &dir,
+                Some(job_id),
+                crate::prometheus::stale_after(config.refresh),
+                SystemTime::now(),
+            )
+            .map_err(|e| format!("{}: {e}", dir.display()))
+        });
+    match swept {
+        Ok(jobs) => {
+            let others: Vec<String> = jobs
+                .iter()
+                .filter(|&&j| j != job_id)
+                .map(u32::to_string)
+                .collect();
+            if !others.is_empty() {
+                log(format!(
+                    "carbontrack: job {job_id}: removed stale Prometheus files of jobs {} from {}",
+                    others.join(","),
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) => log(format!(
+            "carbontrack: job {job_id}: prometheus= directory: {e}"
+        )),
+    }
+}
+
 /// A job on this node only: its footprint becomes the total.
 fn local_epilog(
     config: &Config,
@@ -444,6 +487,11 @@ pub fn flush(
         );
     }
     retry_outbox(&spool, tools, None, None, &mut outage, &mut report, log);
+    if !outage {
+        for s in std::iter::once(&spool).chain(shared.as_ref()) {
+            super::watch::recheck(s, tools, config.accounting_watch, SystemTime::now(), log);
+        }
+    }
     if let Some(shared) = &shared {
         super::shared::sweep(
             config,
@@ -890,6 +938,10 @@ pub fn deliver(
                 p.accounting_done = true;
                 p.user_files_done = true;
             }
+            Err(e @ AccountingError::Jobstats { .. }) => {
+                p.superseded = Some(e.to_string());
+                p.accounting_done = true;
+            }
             Err(e @ (AccountingError::NotYet(_) | AccountingError::EarlierInAccounting { .. }))
                 if expect
                     .end
@@ -957,6 +1009,15 @@ pub fn deliver(
             && let Err(e) = spool.remove_job(job)
         {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
+        }
+        // Watched for a while, so that a writer replacing the whole field
+        // after this does not erase the segment for good (watch.rs).
+        if p.superseded.is_none()
+            && let Err(e) = super::watch::record(spool, run, &p, SystemTime::now())
+        {
+            log(format!(
+                "carbontrack: job {job}: delivered, but cannot watch the segment: {e}"
+            ));
         }
         if let Err(e) = spool.remove_outbox(run) {
             log(format!("carbontrack: job {job}: delivered, but {e}"));
@@ -1160,6 +1221,14 @@ pub fn set_segment(
             None => return Err(AccountingError::NotYet(job)),
         }
     };
+    // Any text added after jobstats' base64 can make it unreadable to
+    // jobstats (src/report/watch.rs): that field is not ours to share.
+    if super::watch::is_jobstats(&current) {
+        return Err(AccountingError::Jobstats {
+            job,
+            field: field.to_string(),
+        });
+    }
     let merged = accounting::merge(&current, segment);
     if merged == current {
         return Ok(());
@@ -1207,7 +1276,7 @@ pub struct Expect<'a> {
 
 impl Expect<'_> {
     /// Whether accounting's newest job with this id is the measured run.
-    fn check(&self, job: u32, f: &JobField) -> Result<(), AccountingError> {
+    pub(super) fn check(&self, job: u32, f: &JobField) -> Result<(), AccountingError> {
         let show = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
         if let (Some(run_end), Some(start)) = (self.end, f.start)
             && run_end + CLOCK_SKEW < start

@@ -17,3 +17,4 @@ pub mod sacct;
 pub mod shared;
 pub mod status;
 pub mod total;
+pub mod watch;

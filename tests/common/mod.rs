@@ -167,6 +167,18 @@ impl Cluster {
         Cluster::start_in(false, 1, dir, port_base, true)
     }
 
+    /// A one-node cluster with accounting for the admin-facing checks
+    /// (tests/admin_cluster.rs: node_exporter, other writers of the
+    /// accounting field), in its own directory and ports
+    /// (CT_TEST_ADMIN_DIR, CT_TEST_ADMIN_PORT_BASE; the port base + 10 is
+    /// node_exporter's).
+    pub fn start_admin() -> Result<Cluster, String> {
+        let dir = std::env::var_os("CT_TEST_ADMIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp/carbontrack-admin-cluster".into());
+        Cluster::start_in(true, 1, dir, admin_port_base(), false)
+    }
+
     /// A cluster of `nodes` nodes (`ct1`..), each a slurmd in its own network
     /// namespace, in its own directory and ports (CT_TEST_MULTINODE_DIR,
     /// CT_TEST_MULTINODE_PORT_BASE), so it can run beside the one-node one.
@@ -637,6 +649,14 @@ fn pipe_in(mut cmd: Command, input: &str) -> Output {
         .write_all(input.as_bytes())
         .expect("script written to sbatch");
     child.wait_with_output().expect("command ends")
+}
+
+/// The admin cluster's port base (CT_TEST_ADMIN_PORT_BASE, default 19120).
+pub fn admin_port_base() -> u16 {
+    std::env::var("CT_TEST_ADMIN_PORT_BASE")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(19120)
 }
 
 /// target/debug (or release) of this build: the test binary lives in its deps/.
