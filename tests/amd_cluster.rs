@@ -352,8 +352,13 @@ fn each_job_gets_its_own_amd_gpus(c: &Cluster, hw: &Hardware) {
             total.energy_j
         );
     }
-    // The two jobs held different GCDs, and one of package A each.
-    assert_eq!(held_by_all.len(), 3, "{held_by_all:?}");
+    // The jobs ran side by side on different GCDs, one of package A each.
+    assert_eq!(
+        held_by_all.len(),
+        3,
+        "the jobs did not hold three GCDs between them (did they run one after \
+         the other?): {held_by_all:?}"
+    );
     let log = c.log_since(mark);
     let ours: Vec<&str> = log.lines().filter(|l| l.contains("carbontrack")).collect();
     for &(id, _) in &jobs {
