@@ -442,15 +442,12 @@ impl Tracker {
             amd_meter = meter;
         }
         if let Some(rx) = nvml {
-            let meter = match opened(rx, deadline, "NVML") {
-                Ok((meter, notes)) => {
-                    log.extend(notes);
-                    meter
-                }
-                Err(why) => {
-                    log.push(why);
-                    NvmlMeter::unavailable("NVML did not answer at the start")
-                }
+            let (meter, notes) = match opened(rx, deadline, "NVML") {
+                Ok(opened) => opened,
+                Err(why) => (
+                    NvmlMeter::unavailable("NVML did not answer at the start"),
+                    vec![why],
+                ),
             };
             // A GH200 module's counter holds the Grace CPU's energy: the CPU
             // and DRAM rows say so instead of counting it again.
@@ -463,10 +460,12 @@ impl Tracker {
                 ));
                 meters[i] = Box::new(rapl::unavailable(cpu_dram, &reason));
             }
-            // On a node whose GPUs are AMD's, NVML failing is no news.
+            // On a node whose GPUs are AMD's, NVML failing is no news, in
+            // the footprint or the log.
             let meter = if amd_gpus && meter.unavailable_only() {
                 None
             } else {
+                log.extend(notes);
                 Some(meter)
             };
             // One meter a GPU: a GPU that stops answering is given up on alone.

@@ -2,15 +2,17 @@
 //! the environment says and what AMD SMI lists, with table tests.
 //!
 //! Slurm hands AMD GPUs out as gres with `File=/dev/dri/renderD*`. Its list
-//! (`SLURM_STEP_GPUS`, else `SLURM_JOB_GPUS`) holds, per GPU, either the
-//! number Slurm parsed from the file name (the render minor, 128 and up:
-//! DRM render minors start at 128) or the GPU's position among the node's
-//! gres files; Slurm releases differ in which (newer ones write the
-//! position for GPUs, `gres_common.c`; not yet checked on a real cluster
-//! with AMD gres here). A position is read against the
+//! (`SLURM_STEP_GPUS`, else `SLURM_JOB_GPUS`) holds, per GPU, its position
+//! among the node's gres files: verified on Slurm 22.05 with
+//! `File=…/renderD[128-131]` (tests/amd_cluster.rs), where a job given the
+//! second and third file gets `SLURM_JOB_GPUS=1,2` in the prolog (what
+//! `job_prolog` reads) and in the batch step, as `ROCR_VISIBLE_DEVICES=1,2`
+//! and `scontrol -d show job`'s `IDX:1-2`. A position is read against the
 //! node's AMD GPUs ordered by render minor, the order gres.conf's
-//! `renderD[128-135]` lists them in. Anything not a number makes the list
-//! unusable, as for NVIDIA.
+//! `renderD[128-135]` lists them in. An entry of 128 and up is taken as the
+//! render minor itself (DRM render minors start at 128), for releases or
+//! setups that put the number parsed from the file name there. Anything not
+//! a number makes the list unusable, as for NVIDIA.
 //!
 //! Else `ROCR_VISIBLE_DEVICES`, else `HIP_VISIBLE_DEVICES`: indices in the
 //! runtime's order (by PCI address) or `GPU-` UUIDs; empty means no GPU.

@@ -135,6 +135,9 @@ pub struct Cluster {
     nodes: u32,
     /// Whether Slurm confines jobs with cgroup v1 cpusets (`start --cgroup`).
     cgroup: bool,
+    /// Whether the node's GPUs are AMD's (`start --amd-gpus`), and the
+    /// slurm.conf lines added to it.
+    amd: Option<String>,
     /// Whether slurm.conf has `PrologFlags=Contain` (an extern step per job).
     contain: Cell<bool>,
 }
@@ -150,7 +153,22 @@ impl Cluster {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(16917);
-        Cluster::start_in(accounting, 1, dir, port_base, false)
+        Cluster::start_in(accounting, 1, dir, port_base, false, None)
+    }
+
+    /// A one-node cluster whose four GPUs are AMD's (`start --amd-gpus`:
+    /// gres `gpu:mi250x:4` on fake render nodes renderD128..131), with
+    /// `conf_extra` appended to slurm.conf, in its own directory and ports
+    /// (CT_TEST_AMD_DIR, CT_TEST_AMD_PORT_BASE).
+    pub fn start_amd(conf_extra: &str) -> Result<Cluster, String> {
+        let dir = std::env::var_os("CT_TEST_AMD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp/carbontrack-amd-cluster".into());
+        let port_base = std::env::var("CT_TEST_AMD_PORT_BASE")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(18217);
+        Cluster::start_in(false, 1, dir, port_base, false, Some(conf_extra.into()))
     }
 
     /// A one-node cluster whose jobs Slurm confines to their cores with
@@ -164,7 +182,7 @@ impl Cluster {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(17117);
-        Cluster::start_in(false, 1, dir, port_base, true)
+        Cluster::start_in(false, 1, dir, port_base, true, None)
     }
 
     /// A one-node cluster with accounting for the admin-facing checks
@@ -190,7 +208,7 @@ impl Cluster {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(17017);
-        Cluster::start_in(accounting, nodes, dir, port_base, false)
+        Cluster::start_in(accounting, nodes, dir, port_base, false, None)
     }
 
     fn start_in(
@@ -199,6 +217,7 @@ impl Cluster {
         dir: PathBuf,
         port_base: u16,
         cgroup: bool,
+        amd: Option<String>,
     ) -> Result<Cluster, String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // `cargo test` does not refresh the cdylib; the cluster must load the
@@ -219,6 +238,7 @@ impl Cluster {
             accounting,
             nodes,
             cgroup,
+            amd,
             contain: Cell::new(true),
         };
         cluster.restart(accounting, true)?;
@@ -238,6 +258,9 @@ impl Cluster {
         }
         if self.cgroup {
             args.push("--cgroup");
+        }
+        if self.amd.is_some() {
+            args.push("--amd-gpus");
         }
         let out = self.script(&args);
         if !out.status.success() {
@@ -342,6 +365,9 @@ impl Cluster {
             // tests/cgroup_cluster.rs puts CPU N on package N (a topology
             // fixture): Slurm's layout says the same, two sockets of a core.
             cmd.env("CT_NODE_LAYOUT", CGROUP_NODE_LAYOUT);
+        }
+        if let Some(extra) = &self.amd {
+            cmd.env("CT_SLURM_CONF_EXTRA", extra);
         }
         cmd.args(args)
             .env("CT_CLUSTER_DIR", &self.dir)
