@@ -43,6 +43,9 @@ enum Command {
     Report(carbontrack::report::cli::ReportArgs),
     /// A running job's energy so far and its projection to the time limit.
     Status(carbontrack::report::cli::StatusArgs),
+    /// Is this node set up right? One line per item (ok, warn or fail, with
+    /// the fix); exit status 0 all ok, 1 warnings, 2 a failure.
+    Check(carbontrack::check::CheckArgs),
 }
 
 /// The flags of `carbontrack run`: the plugstack keys that mean something for
@@ -159,5 +162,6 @@ fn main() -> ExitCode {
         Command::Flush(a) => carbontrack::report::cli::flush_main(&a),
         Command::Report(a) => carbontrack::report::cli::report_main(&a),
         Command::Status(a) => carbontrack::report::cli::status_main(&a),
+        Command::Check(a) => carbontrack::check::check_main(&a),
     }
 }
