@@ -133,18 +133,25 @@ pub fn plugstack_item(path: &Path) -> (Finding, Option<PluginLine>, Config) {
         }
     };
     match Config::from_args(&line.args) {
-        Err(e) => (
-            fail(
-                ITEM,
-                format!(
-                    "{}: {e}: the plugin stays out of every job",
-                    line.file.display()
+        Err(e) => {
+            // The other items are checked with the keys that are accepted.
+            let mut lenient = Config::default();
+            for a in &line.args {
+                let _ = lenient.set_arg(a);
+            }
+            (
+                fail(
+                    ITEM,
+                    format!(
+                        "{}: {e}: the plugin stays out of every job",
+                        line.file.display()
+                    ),
+                    "correct that key on the carbontrack line (README, \"plugstack.conf keys\")",
                 ),
-                "correct that key on the carbontrack line (README, \"plugstack.conf keys\")",
-            ),
-            Some(line),
-            Config::default(),
-        ),
+                Some(line),
+                lenient,
+            )
+        }
         Ok(c) => {
             let f = if c.accounting_field == "Comment" {
                 warn(ITEM, crate::config::COMMENT_WARNING, "accounting_field=AdminComment")
