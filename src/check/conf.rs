@@ -39,7 +39,8 @@ impl SlurmConf {
     }
 
     fn read_into(&mut self, path: &Path, depth: u32) -> Result<(), String> {
-        let text = fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         self.parse_into(path, &text, depth);
         Ok(())
     }
@@ -101,7 +102,11 @@ impl SlurmConf {
 pub fn parse_slurm_version(text: &str) -> Option<(u32, u32, u32)> {
     let v = text.split_whitespace().find(|w| w.contains('.'))?;
     let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// `plugin_version` (`SLURM_VERSION_NUMBER`, 0xMMmmuu) as `22.05.8`.

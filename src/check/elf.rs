@@ -15,7 +15,10 @@ pub fn plugin_version(path: &Path) -> Result<u32, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
     if len > MAX_PLUGIN {
-        return Err(format!("{} is {len} bytes: not a SPANK plugin", path.display()));
+        return Err(format!(
+            "{} is {len} bytes: not a SPANK plugin",
+            path.display()
+        ));
     }
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     version_in(&data).map_err(|e| format!("{}: {e}", path.display()))
@@ -36,7 +39,9 @@ pub fn version_in(data: &[u8]) -> Result<u32, String> {
         .data_range(sym.address(), 4)
         .map_err(|e| format!("plugin_version unreadable: {e}"))?
         .ok_or("plugin_version lies outside its section")?;
-    let b: [u8; 4] = bytes.try_into().map_err(|_| "plugin_version is not 4 bytes")?;
+    let b: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| "plugin_version is not 4 bytes")?;
     Ok(if file.is_little_endian() {
         u32::from_le_bytes(b)
     } else {

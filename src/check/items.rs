@@ -13,7 +13,7 @@ use crate::measure::cpuset::{self, CpuSet};
 use crate::measure::nvml::{NvmlLib, NvmlUnavailable};
 use crate::measure::{Component, cores, rapl};
 use crate::report::cmd;
-use crate::report::plugstack::{self, PluginLine, PlugstackError};
+use crate::report::plugstack::{self, PluginLine};
 use crate::safe_fs;
 
 /// What the checks run with: the files, the node, Slurm's commands.
@@ -117,7 +117,7 @@ pub fn plugstack_item(path: &Path) -> (Finding, Option<PluginLine>, Config) {
                 Config::default(),
             );
         }
-        Err(e @ PlugstackError::Read { .. }) | Err(e) => {
+        Err(e) => {
             return (
                 fail(
                     ITEM,
@@ -154,7 +154,11 @@ pub fn plugstack_item(path: &Path) -> (Finding, Option<PluginLine>, Config) {
         }
         Ok(c) => {
             let f = if c.accounting_field == "Comment" {
-                warn(ITEM, crate::config::COMMENT_WARNING, "accounting_field=AdminComment")
+                warn(
+                    ITEM,
+                    crate::config::COMMENT_WARNING,
+                    "accounting_field=AdminComment",
+                )
             } else if line.required {
                 warn(
                     ITEM,
@@ -192,7 +196,11 @@ pub fn plugin_item(
 ) -> Finding {
     const ITEM: &str = "plugin";
     let Some(line) = line else {
-        return fail(ITEM, "no carbontrack line names the plugin", "see plugstack");
+        return fail(
+            ITEM,
+            "no carbontrack line names the plugin",
+            "see plugstack",
+        );
     };
     let lib = if line.library.is_absolute() {
         line.library.clone()
@@ -291,7 +299,10 @@ pub fn cpu_item(slurm: &SlurmConf, config: &Config, node: &str) -> Finding {
     let constrained = task.iter().any(|t| t == "task/cgroup")
         && SlurmConf::read(&cgroup_conf)
             .ok()
-            .and_then(|c| c.get("ConstrainCores").map(|v| v.eq_ignore_ascii_case("yes")))
+            .and_then(|c| {
+                c.get("ConstrainCores")
+                    .map(|v| v.eq_ignore_ascii_case("yes"))
+            })
             .unwrap_or(false);
     let layout_fix = format!(
         "give NodeName={node} the Sockets=, CoresPerSocket= and ThreadsPerCore= that `slurmd -C` prints"
@@ -341,10 +352,7 @@ pub fn cpu_item(slurm: &SlurmConf, config: &Config, node: &str) -> Finding {
         ),
         Err(e) => warn(
             ITEM,
-            format!(
-                "{e}: jobs get `incomplete: {}`",
-                cpuset::NOTE_LAYOUT
-            ),
+            format!("{e}: jobs get `incomplete: {}`", cpuset::NOTE_LAYOUT),
             layout_fix,
         ),
     }
@@ -396,9 +404,7 @@ pub fn rapl_item(config: &Config, euid: u32) -> Finding {
     use std::os::unix::fs::PermissionsExt;
     let root_only = zones
         .iter()
-        .filter(|z| {
-            std::fs::metadata(&z.path).is_ok_and(|m| m.permissions().mode() & 0o004 == 0)
-        })
+        .filter(|z| std::fs::metadata(&z.path).is_ok_and(|m| m.permissions().mode() & 0o004 == 0))
         .count();
     let users = if root_only == 0 {
         "and by users (carbontrack run)".to_string()
@@ -444,7 +450,10 @@ pub fn gpu_item(config: &Config, dev: &Path) -> Finding {
         {
             return ok(
                 ITEM,
-                format!("no NVIDIA GPU on this node (no {} and no /dev/nvidiaN): nothing to measure; {e}", nvml.display()),
+                format!(
+                    "no NVIDIA GPU on this node (no {} and no /dev/nvidiaN): nothing to measure; {e}",
+                    nvml.display()
+                ),
             );
         }
         Err(e) => {
@@ -504,14 +513,20 @@ fn dir_item(item: &'static str, what: &str, dir: &Path, mode: u32, euid: u32) ->
     match safe_fs::check_dir(dir, mode) {
         Ok(_) => ok(
             item,
-            format!("{what} {}: root-owned, not writable by others", dir.display()),
+            format!(
+                "{what} {}: root-owned, not writable by others",
+                dir.display()
+            ),
         ),
         Err(e) if e.is_not_found() => {
             let parent = dir.parent().unwrap_or(Path::new("/"));
             match safe_fs::check_dir(parent, 0o755) {
                 Ok(_) => ok(
                     item,
-                    format!("{what} {} does not exist yet: it is made (mode {mode:o}) on first use", dir.display()),
+                    format!(
+                        "{what} {} does not exist yet: it is made (mode {mode:o}) on first use",
+                        dir.display()
+                    ),
                 ),
                 Err(e) => fail(
                     item,
@@ -561,7 +576,10 @@ pub fn shared_item(config: &Config, euid: u32) -> Finding {
         Err(e) if e.is_not_found() => {
             return fail(
                 ITEM,
-                format!("{}: not there (the shared filesystem not mounted?): {e}", dir.display()),
+                format!(
+                    "{}: not there (the shared filesystem not mounted?): {e}",
+                    dir.display()
+                ),
                 format!(
                     "mount the shared filesystem, then `mkdir -m 755 {}` as root",
                     dir.display()
@@ -576,7 +594,11 @@ pub fn shared_item(config: &Config, euid: u32) -> Finding {
             return if euid == 0 {
                 fail(ITEM, e.to_string(), fix)
             } else {
-                warn(ITEM, format!("not root: {e}"), "run carbontrack check as root")
+                warn(
+                    ITEM,
+                    format!("not root: {e}"),
+                    "run carbontrack check as root",
+                )
             };
         }
     };
@@ -647,14 +669,20 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
             Err(e) => {
                 return fail(
                     ITEM,
-                    format!("Epilog {path}: {e}: slurmd cannot run it, and a failed Epilog drains the node"),
-                    format!("install it there (`install -m 0755 scripts/carbontrack-epilog {path}`) or correct Epilog="),
+                    format!(
+                        "Epilog {path}: {e}: slurmd cannot run it, and a failed Epilog drains the node"
+                    ),
+                    format!(
+                        "install it there (`install -m 0755 scripts/carbontrack-epilog {path}`) or correct Epilog="
+                    ),
                 );
             }
             Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
                 return fail(
                     ITEM,
-                    format!("Epilog {path} is not an executable file: a failed Epilog drains the node"),
+                    format!(
+                        "Epilog {path} is not an executable file: a failed Epilog drains the node"
+                    ),
                     format!("chmod 0755 {path}"),
                 );
             }
@@ -677,7 +705,9 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
         if u.direct {
             return warn(
                 ITEM,
-                format!("Epilog {path} runs `carbontrack epilog` without the wrapper: if the binary is missing the Epilog fails and the node drains"),
+                format!(
+                    "Epilog {path} runs `carbontrack epilog` without the wrapper: if the binary is missing the Epilog fails and the node drains"
+                ),
                 "call /usr/local/sbin/carbontrack-epilog instead (it always exits 0)",
             );
         }
@@ -685,14 +715,19 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
     let Some((epilog, wrapper, carbontrack)) = found else {
         return fail(
             ITEM,
-            format!("Epilog={value} does not run carbontrack-epilog: no job total reaches accounting or the ledger"),
+            format!(
+                "Epilog={value} does not run carbontrack-epilog: no job total reaches accounting or the ledger"
+            ),
             wrapper_fix,
         );
     };
     if !wrapper.is_absolute() {
         return warn(
             ITEM,
-            format!("Epilog {epilog} runs `{}` by a relative name: slurmd gives it no PATH", wrapper.display()),
+            format!(
+                "Epilog {epilog} runs `{}` by a relative name: slurmd gives it no PATH",
+                wrapper.display()
+            ),
             "call the wrapper by its absolute path",
         );
     }
@@ -716,7 +751,10 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
             return fail(
                 ITEM,
                 format!("running {} --which: {e}", wrapper.display()),
-                format!("install scripts/carbontrack-epilog as {}", wrapper.display()),
+                format!(
+                    "install scripts/carbontrack-epilog as {}",
+                    wrapper.display()
+                ),
             );
         }
     };
@@ -733,26 +771,41 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
             ),
             (Ok(v), Some(note)) => warn(
                 ITEM,
-                format!("Epilog {epilog} runs {} and it finds {bin} ({v}) in slurmd's environment; but {note}", wrapper.display()),
+                format!(
+                    "Epilog {epilog} runs {} and it finds {bin} ({v}) in slurmd's environment; but {note}",
+                    wrapper.display()
+                ),
                 format!("once read, remove {}", inp.epilog_log.display()),
             ),
             (Ok(v), None) => ok(
                 ITEM,
-                format!("Epilog {epilog} runs {}, which finds {bin} ({v}) in slurmd's environment (no PATH)", wrapper.display()),
+                format!(
+                    "Epilog {epilog} runs {}, which finds {bin} ({v}) in slurmd's environment (no PATH)",
+                    wrapper.display()
+                ),
             ),
         };
     }
     if let Some(why) = line.strip_prefix("missing: ") {
         return fail(
             ITEM,
-            format!("Epilog {epilog}: in slurmd's environment (no PATH) {} finds no carbontrack binary ({why}): no job total reaches accounting", wrapper.display()),
+            format!(
+                "Epilog {epilog}: in slurmd's environment (no PATH) {} finds no carbontrack binary ({why}): no job total reaches accounting",
+                wrapper.display()
+            ),
             "install it as /usr/local/bin/carbontrack, or set CARBONTRACK=/path/to/carbontrack before the wrapper in the Epilog",
         );
     }
     warn(
         ITEM,
-        format!("{} does not answer --which (an older copy?): cannot tell whether it finds the binary", wrapper.display()),
-        format!("install -m 0755 scripts/carbontrack-epilog {}", wrapper.display()),
+        format!(
+            "{} does not answer --which (an older copy?): cannot tell whether it finds the binary",
+            wrapper.display()
+        ),
+        format!(
+            "install -m 0755 scripts/carbontrack-epilog {}",
+            wrapper.display()
+        ),
     )
 }
 
@@ -775,7 +828,11 @@ pub fn accounting_item(slurm: &SlurmConf, inp: &Inputs, env: &[(&str, &str)]) ->
             ITEM,
             format!(
                 "AccountingStorageType={}: no slurmdbd, so no job total reaches sacct (the ledger still gets them)",
-                if storage.is_empty() { "(unset)" } else { storage }
+                if storage.is_empty() {
+                    "(unset)"
+                } else {
+                    storage
+                }
             ),
             "run slurmdbd and set AccountingStorageType=accounting_storage/slurmdbd",
         );
@@ -797,7 +854,10 @@ pub fn accounting_item(slurm: &SlurmConf, inp: &Inputs, env: &[(&str, &str)]) ->
         }
     };
     let name = slurm.get("ClusterName").unwrap_or("").to_ascii_lowercase();
-    if !clusters.lines().any(|l| l.trim().eq_ignore_ascii_case(&name)) {
+    if !clusters
+        .lines()
+        .any(|l| l.trim().eq_ignore_ascii_case(&name))
+    {
         return fail(
             ITEM,
             format!("slurmdbd knows no cluster `{name}`: sacctmgr cannot modify its jobs"),
@@ -807,7 +867,9 @@ pub fn accounting_item(slurm: &SlurmConf, inp: &Inputs, env: &[(&str, &str)]) ->
     if inp.euid != 0 {
         return warn(
             ITEM,
-            format!("slurmdbd answers and knows cluster `{name}`; not root, so whether the Epilog's user may modify jobs is not checked"),
+            format!(
+                "slurmdbd answers and knows cluster `{name}`; not root, so whether the Epilog's user may modify jobs is not checked"
+            ),
             "run carbontrack check as root (the Epilog runs as root, which slurmdbd lets modify jobs)",
         );
     }
@@ -826,7 +888,10 @@ pub fn intensity_item(config: &Config, now: SystemTime) -> Finding {
             Err(e) => fail(
                 ITEM,
                 format!("{e}: jobs get {} instead", fallback.source),
-                format!("write {} (`timestamp,g_per_kwh` rows, hourly) or point intensity= elsewhere", p.display()),
+                format!(
+                    "write {} (`timestamp,g_per_kwh` rows, hourly) or point intensity= elsewhere",
+                    p.display()
+                ),
             ),
             Ok(t) => {
                 let last = t.0.keys().next_back().copied();
@@ -836,7 +901,11 @@ pub fn intensity_item(config: &Config, now: SystemTime) -> Finding {
                 match last {
                     None => warn(
                         ITEM,
-                        format!("intensity file {} has no rows: jobs get {}", p.display(), fallback.source),
+                        format!(
+                            "intensity file {} has no rows: jobs get {}",
+                            p.display(),
+                            fallback.source
+                        ),
                         "fill it with `timestamp,g_per_kwh` rows",
                     ),
                     Some(h) if h + 48 < now_h => warn(
@@ -852,19 +921,30 @@ pub fn intensity_item(config: &Config, now: SystemTime) -> Finding {
                     ),
                     Some(_) => ok(
                         ITEM,
-                        format!("intensity file {}: {} hourly rows, up to date", p.display(), t.0.len()),
+                        format!(
+                            "intensity file {}: {} hourly rows, up to date",
+                            p.display(),
+                            t.0.len()
+                        ),
                     ),
                 }
             }
         },
         IntensitySpec::ElectricityMaps(zone) => {
             let Some(key) = &config.intensity_key else {
-                return fail(ITEM, "electricitymaps: without intensity_key=", "set intensity_key=");
+                return fail(
+                    ITEM,
+                    "electricitymaps: without intensity_key=",
+                    "set intensity_key=",
+                );
             };
             match crate::carbon::live::read_key(key) {
                 Ok(_) => ok(
                     ITEM,
-                    format!("ElectricityMaps {zone}, key {} readable by root only (not queried here: the Epilog queries it)", key.display()),
+                    format!(
+                        "ElectricityMaps {zone}, key {} readable by root only (not queried here: the Epilog queries it)",
+                        key.display()
+                    ),
                 ),
                 Err(e) => fail(
                     ITEM,

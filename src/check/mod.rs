@@ -68,7 +68,12 @@ impl Finding {
     /// `fail spool: <message>; fix: <fix>` on one line.
     pub fn line(&self) -> String {
         let one = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let mut l = format!("{:<4} {}: {}", self.level.word(), self.item, one(&self.message));
+        let mut l = format!(
+            "{:<4} {}: {}",
+            self.level.word(),
+            self.item,
+            one(&self.message)
+        );
         if let Some(f) = &self.fix {
             l.push_str("; fix: ");
             l.push_str(&one(f));

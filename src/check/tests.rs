@@ -33,12 +33,11 @@ fn lines_levels_and_exit_status() {
         let fs: Vec<Finding> = levels.into_iter().map(f).collect();
         assert_eq!(exit_status(&fs), want, "{fs:?}");
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&render_json(&[
-            f(Level::Warn),
-            Finding::new("rapl", Level::Ok, "2 zones", None::<String>),
-        ]))
-        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&render_json(&[
+        f(Level::Warn),
+        Finding::new("rapl", Level::Ok, "2 zones", None::<String>),
+    ]))
+    .unwrap();
     assert_eq!(json["status"], "warn");
     assert_eq!(json["items"][0]["item"], "spool");
     assert_eq!(json["items"][0]["level"], "warn");
@@ -96,7 +95,11 @@ fn plugstack_keys_are_validated_by_the_plugins_parser() {
             Level::Warn,
             "forged",
         ),
-        ("optional /usr/lib/slurm/other.so\n", Level::Fail, "no libcarbontrack.so line"),
+        (
+            "optional /usr/lib/slurm/other.so\n",
+            Level::Fail,
+            "no libcarbontrack.so line",
+        ),
     ] {
         fs::write(&p, text).unwrap();
         let (f, _, _) = plugstack_item(&p);
@@ -167,7 +170,10 @@ fn intensity_sources() {
     let cfg = |spec: &str| Config::from_args([format!("intensity={spec}")]).unwrap();
     let f = intensity_item(&cfg(&format!("file:{}", file.display())), now);
     assert_eq!(f.level, Level::Fail, "{f:?}");
-    assert!(f.message.contains("ci.csv") && f.message.contains("world"), "{f:?}");
+    assert!(
+        f.message.contains("ci.csv") && f.message.contains("world"),
+        "{f:?}"
+    );
     fs::write(&file, "timestamp,g_per_kwh\n2025-12-01T11:00:00Z,120\n").unwrap();
     let f = intensity_item(&cfg(&format!("file:{}", file.display())), now);
     assert_eq!(f.level, Level::Ok, "{f:?}");
@@ -176,7 +182,10 @@ fn intensity_sources() {
     assert_eq!(f.level, Level::Warn, "{f:?}");
     fs::write(&file, "timestamp,g_per_kwh\nyesterday,120\n").unwrap();
     let f = intensity_item(&cfg(&format!("file:{}", file.display())), now);
-    assert!(f.level == Level::Fail && f.message.contains("line 2"), "{f:?}");
+    assert!(
+        f.level == Level::Fail && f.message.contains("line 2"),
+        "{f:?}"
+    );
     for spec in ["DK", "120"] {
         assert_eq!(intensity_item(&cfg(spec), now).level, Level::Ok);
     }
@@ -201,11 +210,17 @@ fn no_rapl_and_no_nvml() {
         ..Config::default()
     };
     let f = rapl_item(&cfg, 0);
-    assert!(f.level == Level::Warn && f.message.contains("no RAPL zones"), "{f:?}");
+    assert!(
+        f.level == Level::Warn && f.message.contains("no RAPL zones"),
+        "{f:?}"
+    );
     // An nvml= path that is not there is a mistake; no driver on a node
     // without NVIDIA devices is not.
     let f = gpu_item(&cfg, &d);
-    assert!(f.level == Level::Fail && f.message.contains("not found"), "{f:?}");
+    assert!(
+        f.level == Level::Fail && f.message.contains("not found"),
+        "{f:?}"
+    );
     let cpu_node = Config {
         nvml: PathBuf::from("libnvidia-ml-not-here.so.1"),
         ..cfg.clone()

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::accounting::Segment;
-use super::{cmd, numbers};
 use super::total::JobTotal;
+use super::{cmd, numbers};
 
 /// One tracked job, whichever source it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -641,7 +641,13 @@ mod tests {
         // = 0.999999 under a total of 1.000000), and a user at 0.
         let recs: Vec<JobRecord> = (0..3)
             .map(|i| {
-                let mut r = rec(i, &format!("u{i}"), "ml", "2024-05-01T10:00:00Z", Some(1.0 / 3.0));
+                let mut r = rec(
+                    i,
+                    &format!("u{i}"),
+                    "ml",
+                    "2024-05-01T10:00:00Z",
+                    Some(1.0 / 3.0),
+                );
                 r.gpu_hours = 1.0 / 3.0;
                 r.co2e_g = Some(1.0 / 3.0);
                 r
@@ -669,7 +675,10 @@ mod tests {
         assert_eq!(total[0][3], "1.000000", "{csv}");
         assert_eq!(groups[3], ["zero", "1", "0.500", "0.000000", "0.000", "0"]);
         let table = render(&g, &t, Some(GroupBy::User), Format::Table);
-        assert!(table.lines().last().unwrap().contains("1.000000"), "{table}");
+        assert!(
+            table.lines().last().unwrap().contains("1.000000"),
+            "{table}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&render(&g, &t, Some(GroupBy::User), Format::Json)).unwrap();
         let kwh: Vec<f64> = json["groups"]

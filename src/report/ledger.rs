@@ -246,10 +246,11 @@ pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appen
     let mut w = csv::WriterBuilder::new()
         .has_headers(len == 0)
         .from_writer(Vec::new());
-    w.serialize(LedgerRow::of(t)).map_err(|source| LedgerError::Csv {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    w.serialize(LedgerRow::of(t))
+        .map_err(|source| LedgerError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut bytes = w.into_inner().map_err(|e| io(e.into_error()))?;
     if len > 0 && !ends_with_newline(&mut f, len).map_err(io)? {
         // A previous writer died mid-row: start on a fresh line.

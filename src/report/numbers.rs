@@ -49,7 +49,11 @@ pub fn to_units(x: f64, decimals: u32) -> i128 {
     let (int, frac) = scaled.split_once('.').unwrap_or((&scaled, ""));
     let digits = format!("{int}{}", &frac[..decimals as usize]);
     let mut u: i128 = digits.parse().unwrap_or(i128::MAX / 2);
-    if frac.as_bytes().get(decimals as usize).is_some_and(|&b| b >= b'5') {
+    if frac
+        .as_bytes()
+        .get(decimals as usize)
+        .is_some_and(|&b| b >= b'5')
+    {
         u += 1;
     }
     if x < 0.0 { -u } else { u }
@@ -63,12 +67,7 @@ pub fn format_units(u: i128, decimals: u32) -> String {
     if decimals == 0 {
         return format!("{sign}{a}");
     }
-    format!(
-        "{sign}{}.{:0w$}",
-        a / p,
-        a % p,
-        w = decimals as usize
-    )
+    format!("{sign}{}.{:0w$}", a / p, a % p, w = decimals as usize)
 }
 
 /// `x` rounded to `decimals`, as text; never `-0`.
@@ -167,7 +166,13 @@ mod tests {
     fn apportioned_parts_add_up_to_the_total() {
         for (parts, from, to, want, want_total) in [
             // Three thirds of 1.000: rounded alone 0.333 each, 0.999 in all.
-            (vec![333_333, 333_333, 333_334], 6, 3, vec![333, 333, 334], 1000),
+            (
+                vec![333_333, 333_333, 333_334],
+                6,
+                3,
+                vec![333, 333, 334],
+                1000,
+            ),
             (vec![1_500, 1_500], 3, 0, vec![2, 1], 3),
             (vec![400, 400, 400, 400], 3, 0, vec![1, 1, 0, 0], 2),
             (vec![], 6, 3, vec![], 0),

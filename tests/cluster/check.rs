@@ -66,7 +66,10 @@ impl Outcome {
             "{item}: no `{needle}` in:\n{}",
             self.text
         );
-        assert!(fix.as_ref().is_some_and(|f| !f.is_empty()), "{item}: no fix");
+        assert!(
+            fix.as_ref().is_some_and(|f| !f.is_empty()),
+            "{item}: no fix"
+        );
     }
 
     /// `item` is at `level` with a fix, every other item ok.
@@ -109,7 +112,9 @@ impl Setup {
             &format!(
                 "#!/bin/bash\nCARBONTRACK={} {}\nexit 0\n",
                 bin.display(),
-                crate::common::repo().join("scripts/carbontrack-epilog").display()
+                crate::common::repo()
+                    .join("scripts/carbontrack-epilog")
+                    .display()
             ),
         );
         let slurm_conf: String = std::fs::read_to_string(c.slurm_conf())
@@ -161,9 +166,8 @@ impl Setup {
             .output()
             .expect("carbontrack check runs");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr))
-        });
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
         let items = json["items"]
             .as_array()
             .unwrap()
@@ -210,7 +214,11 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
         assert_eq!(level, "ok", "{name}: {message}\n{}", good.text);
     }
     assert_eq!(good.code, 0);
-    assert!(good.items[1].2.contains("built for Slurm 22.05"), "{}", good.text);
+    assert!(
+        good.items[1].2.contains("built for Slurm 22.05"),
+        "{}",
+        good.text
+    );
     assert!(good.items[5].2.contains("4 GPU(s)"), "{}", good.text);
     let text = Command::new(BIN)
         .args(["check", "--slurm-conf"])
@@ -242,12 +250,17 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
         plugin: other,
         ..s.clone()
     };
-    copy.run("plugin", &[], same)
-        .only("plugin", "fail", "built for Slurm 24.11.5, this Slurm is 22.05");
+    copy.run("plugin", &[], same).only(
+        "plugin",
+        "fail",
+        "built for Slurm 24.11.5, this Slurm is 22.05",
+    );
 
     // prolog_flags: no Contain; RunInJob.
-    s.run("contain", &[], |t| t.replace("PrologFlags=Contain", "#PrologFlags=Contain"))
-        .only("prolog_flags", "warn", "lacks Contain");
+    s.run("contain", &[], |t| {
+        t.replace("PrologFlags=Contain", "#PrologFlags=Contain")
+    })
+    .only("prolog_flags", "warn", "lacks Contain");
     // 22.05's own commands refuse RunInJob (a 24.05 flag): only the item is asserted.
     s.run("runinjob", &[], |t| {
         t.replace("PrologFlags=Contain", "PrologFlags=Contain,RunInJob")
@@ -261,9 +274,16 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
                 if l.starts_with("NodeName=") {
                     l.split_whitespace()
                         .filter(|w| {
-                            !["CPUs=", "Sockets=", "CoresPerSocket=", "ThreadsPerCore=", "Boards=", "SocketsPerBoard="]
-                                .iter()
-                                .any(|k| w.starts_with(k))
+                            ![
+                                "CPUs=",
+                                "Sockets=",
+                                "CoresPerSocket=",
+                                "ThreadsPerCore=",
+                                "Boards=",
+                                "SocketsPerBoard=",
+                            ]
+                            .iter()
+                            .any(|k| w.starts_with(k))
                         })
                         .chain(["Sockets=3", "CoresPerSocket=5", "ThreadsPerCore=1"])
                         .collect::<Vec<_>>()
@@ -279,30 +299,53 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
 
     // rapl: no zones.
     std::fs::create_dir_all(d.join("no-powercap")).unwrap();
-    s.run("rapl", &arg(format_args!("powercap={}", d.join("no-powercap").display())), same)
-        .only("rapl", "warn", "no RAPL zones");
+    s.run(
+        "rapl",
+        &arg(format_args!("powercap={}", d.join("no-powercap").display())),
+        same,
+    )
+    .only("rapl", "warn", "no RAPL zones");
 
     // gpus: nvml= at a library that is not there.
-    s.run("gpus", &arg(format_args!("nvml={}", d.join("nope/libnvidia-ml.so.1").display())), same)
-        .only("gpus", "fail", "not found");
+    s.run(
+        "gpus",
+        &arg(format_args!(
+            "nvml={}",
+            d.join("nope/libnvidia-ml.so.1").display()
+        )),
+        same,
+    )
+    .only("gpus", "fail", "not found");
 
     // spool: writable by everyone.
     let spool = d.join("spool777");
     std::fs::create_dir_all(&spool).unwrap();
     std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
-    s.run("spool", &arg(format_args!("spool={}", spool.display())), same)
-        .only("spool", "fail", "mode 777");
+    s.run(
+        "spool",
+        &arg(format_args!("spool={}", spool.display())),
+        same,
+    )
+    .only("spool", "fail", "mode 777");
 
     // shared: not mounted.
-    s.run("shared", &arg(format_args!("shared={}", d.join("not-mounted").display())), same)
-        .only("shared", "fail", "not mounted");
+    s.run(
+        "shared",
+        &arg(format_args!("shared={}", d.join("not-mounted").display())),
+        same,
+    )
+    .only("shared", "fail", "not mounted");
 
     // ledger: its directory writable by everyone.
     let ledger = d.join("ledger777");
     std::fs::create_dir_all(&ledger).unwrap();
     std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o777)).unwrap();
-    s.run("ledger", &arg(format_args!("ledger={}/ledger.csv", ledger.display())), same)
-        .only("ledger", "fail", "mode 777");
+    s.run(
+        "ledger",
+        &arg(format_args!("ledger={}/ledger.csv", ledger.display())),
+        same,
+    )
+    .only("ledger", "fail", "mode 777");
 
     // epilog: no Epilog; one that does not exist; the wrapper finding no binary.
     s.run("no-epilog", &[], |t| t.replace("\nEpilog=", "\n#Epilog="))
@@ -380,7 +423,14 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
     .only("accounting", "fail", "knows no cluster `nosuchcluster`");
 
     // intensity: the hourly file is not there.
-    s.run("intensity", &arg(format_args!("intensity=file:{}", d.join("gone.csv").display())), same)
-        .only("intensity", "fail", "gone.csv");
+    s.run(
+        "intensity",
+        &arg(format_args!(
+            "intensity=file:{}",
+            d.join("gone.csv").display()
+        )),
+        same,
+    )
+    .only("intensity", "fail", "gone.csv");
     assert_eq!(s.run("good-again", &[], same).level("epilog"), "ok");
 }
