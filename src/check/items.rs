@@ -281,7 +281,10 @@ pub fn prolog_flags_item(slurm: &SlurmConf) -> Finding {
             "PrologFlags=Contain in slurm.conf (then `scontrol reconfigure`)",
         );
     }
-    ok(ITEM, format!("PrologFlags={}", flags.join(",")))
+    ok(
+        ITEM,
+        format!("PrologFlags={}", slurm.get("PrologFlags").unwrap_or("")),
+    )
 }
 
 /// How a job's share of the CPU packages will be known on this node.

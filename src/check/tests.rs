@@ -48,8 +48,8 @@ fn lines_levels_and_exit_status() {
 #[test]
 fn prolog_flags_table() {
     for (text, level, needle) in [
-        ("PrologFlags=Contain\n", Level::Ok, "PrologFlags=contain"),
-        ("PrologFlags=Alloc,Contain,X11\n", Level::Ok, "contain"),
+        ("PrologFlags=Contain\n", Level::Ok, "PrologFlags=Contain"),
+        ("PrologFlags=Alloc,Contain,X11\n", Level::Ok, "Alloc,Contain,X11"),
         ("ClusterName=x\n", Level::Warn, "lacks Contain"),
         ("PrologFlags=Contain,RunInJob\n", Level::Fail, "RunInJob"),
         (
