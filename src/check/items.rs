@@ -521,6 +521,11 @@ fn dir_item(item: &'static str, what: &str, dir: &Path, mode: u32, euid: u32) ->
                 dir.display()
             ),
         ),
+        Err(e) if euid != 0 => warn(
+            item,
+            format!("not root: {e}"),
+            "run carbontrack check as root to see what the plugin sees",
+        ),
         Err(e) if e.is_not_found() => {
             let parent = dir.parent().unwrap_or(Path::new("/"));
             match safe_fs::check_dir(parent, 0o755) {
@@ -538,11 +543,6 @@ fn dir_item(item: &'static str, what: &str, dir: &Path, mode: u32, euid: u32) ->
                 ),
             }
         }
-        Err(e) if euid != 0 => warn(
-            item,
-            format!("not root: {e}"),
-            "run carbontrack check as root to see what the plugin sees",
-        ),
         Err(e) => {
             let fix = match &e {
                 safe_fs::SafeFsError::UnsafeDir { fix, .. } => fix.clone(),

@@ -433,4 +433,32 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
     )
     .only("intensity", "fail", "gone.csv");
     assert_eq!(s.run("good-again", &[], same).level("epilog"), "ok");
+
+    // Not root: every item still answers; what only root can see is a
+    // warning that says so, not a failure.
+    let out = c
+        .as_user(
+            d.join("bin/carbontrack").to_str().unwrap(),
+            &[
+                "check",
+                "--json",
+                "--slurm-conf",
+                d.join("good/slurm.conf").to_str().unwrap(),
+                "--plugstack",
+                d.join("good/plugstack.conf").to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), ITEMS.len(), "{v}");
+    let accounting = items.iter().find(|i| i["item"] == "accounting").unwrap();
+    assert_eq!(accounting["level"], "warn", "{v}");
+    assert!(
+        accounting["message"].as_str().unwrap().contains("not root"),
+        "{v}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{v}");
 }
