@@ -138,12 +138,17 @@ impl Totals {
         for ((u, v), d) in self.units.iter_mut().zip(values).zip(UNIT_DECIMALS) {
             *u += numbers::to_units(v, d);
         }
-        self.gpu_hours = numbers::units_value(self.units[0], UNIT_DECIMALS[0]);
-        self.energy_kwh = numbers::units_value(self.units[1], UNIT_DECIMALS[1]);
-        self.co2e_g = numbers::units_value(self.units[2], UNIT_DECIMALS[2]);
         if r.energy_kwh.is_none() || r.co2e_g.is_none() {
             self.unmeasured_jobs += 1;
         }
+    }
+
+    /// The f64 figures from the exact sums, once all jobs are in.
+    fn settle(mut self) -> Totals {
+        self.gpu_hours = numbers::units_value(self.units[0], UNIT_DECIMALS[0]);
+        self.energy_kwh = numbers::units_value(self.units[1], UNIT_DECIMALS[1]);
+        self.co2e_g = numbers::units_value(self.units[2], UNIT_DECIMALS[2]);
+        self
     }
 }
 
@@ -249,9 +254,14 @@ impl<'f> Aggregator<'f> {
             t.group = d.map_or_else(|| "unknown".into(), |d| day(day_start(d)));
             t
         });
-        let mut groups: Vec<Totals> = self.groups.into_values().chain(days).collect();
+        let mut groups: Vec<Totals> = self
+            .groups
+            .into_values()
+            .chain(days)
+            .map(Totals::settle)
+            .collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
-        (groups, self.all)
+        (groups, self.all.settle())
     }
 }
 

@@ -37,18 +37,25 @@ fn pow10(d: u32) -> i128 {
     10i128.pow(d)
 }
 
+/// Below this, an f64 holds every integer exactly.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
 /// `x` in whole units of 10^-`decimals`, rounded half away from zero; a
 /// non-finite value is 0 (no figure is ever made up of a NaN).
 pub fn to_units(x: f64, decimals: u32) -> i128 {
     if !x.is_finite() {
         return 0;
     }
-    // Through the decimal text so that 0.0005 at 3 decimals rounds as it
-    // reads (the binary value is a hair below it).
-    let scaled = format!("{:.*}", decimals as usize + 3, x.abs());
-    let (int, frac) = scaled.split_once('.').unwrap_or((&scaled, ""));
-    let digits = format!("{int}{}", &frac[..decimals as usize]);
-    let mut u: i128 = digits.parse().unwrap_or(i128::MAX / 2);
+    let scaled = x * 10f64.powi(decimals as i32);
+    if scaled.abs() < EXACT {
+        return scaled.round() as i128;
+    }
+    // Beyond 2^53 units (9e5 kWh at 1e-10): through the decimal text.
+    let text = format!("{:.*}", decimals as usize + 1, x.abs());
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let mut u: i128 = format!("{int}{}", &frac[..decimals as usize])
+        .parse()
+        .unwrap_or(i128::MAX / 4);
     if frac
         .as_bytes()
         .get(decimals as usize)
@@ -86,11 +93,15 @@ pub fn trimmed(x: f64, decimals: u32) -> String {
     }
 }
 
-/// Units of 10^-`decimals` as an f64 (for JSON; the nearest double to the
-/// decimal, so it prints with at most `decimals` digits after the point).
+/// Units of 10^-`decimals` as an f64 (for JSON): the nearest double to the
+/// decimal (one correctly rounded division), so it prints with at most
+/// `decimals` digits after the point; never `-0`.
 pub fn units_value(u: i128, decimals: u32) -> f64 {
     if u == 0 {
         return 0.0;
+    }
+    if (u.unsigned_abs() as f64) < EXACT && decimals <= 22 {
+        return u as f64 / 10f64.powi(decimals as i32);
     }
     format_units(u, decimals).parse().unwrap_or(0.0)
 }
@@ -149,6 +160,7 @@ mod tests {
             (f64::NAN, 3, "0.000"),
             (f64::INFINITY, 3, "0.000"),
             (1e-300, 6, "0.000000"),
+            (123_456_789_012.345_67, 10, "123456789012.3456726074"),
         ] {
             assert_eq!(fixed(x, d), want, "{x} at {d}");
         }
