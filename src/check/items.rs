@@ -73,8 +73,10 @@ pub fn run_all(inp: &Inputs) -> Vec<Finding> {
     out.push(plugin_item(line.as_ref(), &slurm, &running));
     out.push(prolog_flags_item(&slurm));
     out.push(cpu_item(&slurm, &config, &inp.node));
-    out.push(rapl_item(&config, inp.euid));
-    out.push(gpu_item(&config, Path::new("/dev")));
+    let (c, euid) = (config.clone(), inp.euid);
+    out.push(bounded("rapl", move || rapl_item(&c, euid)));
+    let c = config.clone();
+    out.push(bounded("gpus", move || gpu_item(&c, Path::new("/dev"))));
     out.push(spool_item(&config, inp.euid));
     out.push(shared_item(&config, inp.euid));
     out.push(ledger_item(&config, inp.euid));
@@ -82,6 +84,34 @@ pub fn run_all(inp: &Inputs) -> Vec<Finding> {
     out.push(accounting_item(&slurm, inp, &env));
     out.push(intensity_item(&config, SystemTime::now()));
     out
+}
+
+/// How long a device item may take: a GPU off the bus can hang NVML, a
+/// sick node's sysfs a read.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(10);
+
+/// `check` on a thread of its own, a `fail` if it has not answered within
+/// [`DEVICE_WAIT`] (the thread is left in its call; the command ends soon).
+fn bounded(item: &'static str, check: impl FnOnce() -> Finding + Send + 'static) -> Finding {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name(format!("check-{item}"))
+        .spawn(move || {
+            let _ = tx.send(check());
+        });
+    if let Err(e) = started {
+        return fail(item, format!("cannot start a thread: {e}"), "try again");
+    }
+    rx.recv_timeout(DEVICE_WAIT).unwrap_or_else(|_| {
+        fail(
+            item,
+            format!(
+                "no answer within {} s: the device (or its driver) hangs, and so would a job's meter at its start",
+                DEVICE_WAIT.as_secs()
+            ),
+            "check the device and its driver (`nvidia-smi`, dmesg); a job on this node has it marked unavailable",
+        )
+    })
 }
 
 /// The running Slurm's release (`scontrol --version`), or why not.

@@ -317,6 +317,15 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
     )
     .only("gpus", "fail", "not found");
 
+    // gpus: a GPU whose every NVML call hangs (off the bus): check answers
+    // after its bound, naming it, and exits.
+    hw.set_gpu_extra(Some((1, "hang_at = 0\nhang_for = 3600")));
+    let started = std::time::Instant::now();
+    let hung = s.run("gpu-hangs", &[], same);
+    hw.set_gpu_extra(None);
+    hung.only("gpus", "fail", "no answer within 10 s");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
     // spool: writable by everyone.
     let spool = d.join("spool777");
     std::fs::create_dir_all(&spool).unwrap();
