@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod carbon;
+pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod epochs;

@@ -13,6 +13,9 @@ mod common;
 #[path = "cluster/tracked.rs"]
 mod tracked;
 
+#[path = "cluster/check.rs"]
+mod check;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -49,6 +52,10 @@ const CHECKS: &[(&str, Check)] = &[
         injected_panics,
     ),
     ("accounting_records_the_jobs", accounting),
+    (
+        "carbontrack_check_passes_on_a_good_node_and_names_each_broken_item",
+        check::check_names_each_broken_item,
+    ),
     (
         "tracked_job_footprint_matches_the_injected_truth",
         tracked::footprint_matches_truth,

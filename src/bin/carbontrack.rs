@@ -46,6 +46,9 @@ enum Command {
     /// The greenest start in the coming window for a job of a given length,
     /// from an hourly intensity file, and the `sbatch --begin=` for it.
     Suggest(carbontrack::suggest::SuggestArgs),
+    /// Is this node set up right? One line per item (ok, warn or fail, with
+    /// the fix); exit status 0 all ok, 1 warnings, 2 a failure.
+    Check(carbontrack::check::CheckArgs),
 }
 
 /// The flags of `carbontrack run`: the plugstack keys that mean something for
@@ -188,5 +191,6 @@ fn main() -> ExitCode {
         Command::Report(a) => carbontrack::report::cli::report_main(&a),
         Command::Status(a) => carbontrack::report::cli::status_main(&a),
         Command::Suggest(a) => carbontrack::suggest::suggest_main(&a),
+        Command::Check(a) => carbontrack::check::check_main(&a),
     }
 }

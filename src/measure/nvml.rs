@@ -208,6 +208,21 @@ impl NvmlLib {
         Ok((gpus, notes))
     }
 
+    /// Whether GPU `index` has NVML's total energy counter (Volta and
+    /// later), asked as a job's meter first asks it; `Err` when NVML cannot
+    /// say (the text names why).
+    pub fn has_energy_counter(&self, index: u32) -> Result<bool, String> {
+        let dev = self
+            .nvml
+            .device_by_index(index)
+            .map_err(|e| e.to_string())?;
+        match dev.total_energy_consumption() {
+            Ok(_) => Ok(true),
+            Err(NvmlError::NotSupported) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn gpu_info(&self, index: u32) -> Result<GpuInfo, NvmlError> {
         let dev = self.nvml.device_by_index(index)?;
         let uuid = dev.uuid()?;

@@ -228,6 +228,41 @@ pub fn open(
     RaplOpen { meter, warnings }
 }
 
+/// One RAPL counter as `carbontrack check` sees it: opened and read the way
+/// a tracked job's meter opens it ([`Zone::open`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneProbe {
+    pub component: Component,
+    /// `package-N` (or `package-N-die-D`).
+    pub device: String,
+    /// Its `energy_uj`.
+    pub path: PathBuf,
+    /// `Err((short, long))` as a job's row and log would say it.
+    pub readable: Result<(), (String, String)>,
+}
+
+/// Every package zone and its dram subzone under `powercap_root`, each
+/// opened and read once by this process; plus the warnings a job would log.
+pub fn probe(powercap_root: &Path) -> (Vec<ZoneProbe>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut out = Vec::new();
+    for pkg in discover(powercap_root, &mut warnings) {
+        let mut one = |component: Component, dir: &Path| {
+            out.push(ZoneProbe {
+                component,
+                device: pkg.device.clone(),
+                path: dir.join("energy_uj"),
+                readable: Zone::open(component, &pkg.device, dir, 1.0).map(|_| ()),
+            });
+        };
+        one(Component::Cpu, &pkg.dir);
+        if let Some(d) = &pkg.dram {
+            one(Component::Dram, d);
+        }
+    }
+    (out, warnings)
+}
+
 /// A package zone found in the tree.
 struct PackageDir {
     package: u32,

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::accounting::Segment;
-use super::cmd;
 use super::total::JobTotal;
+use super::{cmd, numbers};
 
 /// One tracked job, whichever source it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,18 +108,69 @@ pub struct Totals {
     pub co2e_g: f64,
     /// Jobs whose energy or CO2e is unknown: the sums above leave them out.
     pub unmeasured_jobs: u64,
+    /// The sums in whole units of the record precision ([`numbers`]:
+    /// GPU-hours, kWh, gCO2e), so that they are exact and the groups add up
+    /// to the total; the f64s above follow them.
+    #[serde(skip)]
+    units: [i128; 3],
 }
+
+/// The record precision of [`Totals`]' sums, and the shown one.
+const UNIT_DECIMALS: [u32; 3] = [
+    numbers::GPU_HOURS_DECIMALS,
+    numbers::KWH_DECIMALS,
+    numbers::CO2E_DECIMALS,
+];
+const SHOWN_DECIMALS: [u32; 3] = [
+    numbers::GPU_HOURS_SHOWN,
+    numbers::KWH_SHOWN,
+    numbers::CO2E_SHOWN,
+];
 
 impl Totals {
     fn add(&mut self, r: &Job<'_>) {
         self.jobs += 1;
-        self.gpu_hours += r.gpu_hours;
-        self.energy_kwh += r.energy_kwh.unwrap_or(0.0);
-        self.co2e_g += r.co2e_g.unwrap_or(0.0);
+        let values = [
+            r.gpu_hours,
+            r.energy_kwh.unwrap_or(0.0),
+            r.co2e_g.unwrap_or(0.0),
+        ];
+        for ((u, v), d) in self.units.iter_mut().zip(values).zip(UNIT_DECIMALS) {
+            *u += numbers::to_units(v, d);
+        }
         if r.energy_kwh.is_none() || r.co2e_g.is_none() {
             self.unmeasured_jobs += 1;
         }
     }
+
+    /// The f64 figures from the exact sums, once all jobs are in.
+    fn settle(mut self) -> Totals {
+        self.gpu_hours = numbers::units_value(self.units[0], UNIT_DECIMALS[0]);
+        self.energy_kwh = numbers::units_value(self.units[1], UNIT_DECIMALS[1]);
+        self.co2e_g = numbers::units_value(self.units[2], UNIT_DECIMALS[2]);
+        self
+    }
+}
+
+/// The shown figures of each group and of the total (GPU-hours, kWh,
+/// gCO2e, in that order): the total rounded, the groups rounded so that
+/// they add up to it ([`numbers::apportion`]).
+fn shown(groups: &[Totals], total: &Totals) -> (Vec<[String; 3]>, [String; 3]) {
+    let mut rows: Vec<[String; 3]> = vec![Default::default(); groups.len()];
+    let mut all: [String; 3] = Default::default();
+    for k in 0..3 {
+        let parts: Vec<i128> = if groups.is_empty() {
+            vec![total.units[k]]
+        } else {
+            groups.iter().map(|g| g.units[k]).collect()
+        };
+        let (parts, sum) = numbers::apportion(&parts, UNIT_DECIMALS[k], SHOWN_DECIMALS[k]);
+        for (row, p) in rows.iter_mut().zip(parts) {
+            row[k] = numbers::format_units(p, SHOWN_DECIMALS[k]);
+        }
+        all[k] = numbers::format_units(sum, SHOWN_DECIMALS[k]);
+    }
+    (rows, all)
 }
 
 /// The groups in key order, then the total over all admitted jobs. A job is
@@ -203,9 +254,14 @@ impl<'f> Aggregator<'f> {
             t.group = d.map_or_else(|| "unknown".into(), |d| day(day_start(d)));
             t
         });
-        let mut groups: Vec<Totals> = self.groups.into_values().chain(days).collect();
+        let mut groups: Vec<Totals> = self
+            .groups
+            .into_values()
+            .chain(days)
+            .map(Totals::settle)
+            .collect();
         groups.sort_by(|a, b| a.group.cmp(&b.group));
-        (groups, self.all)
+        (groups, self.all.settle())
     }
 }
 
@@ -249,13 +305,15 @@ pub fn render(groups: &[Totals], total: &Totals, by: Option<GroupBy>, format: Fo
         None => "group",
     };
     let rows: Vec<&Totals> = groups.iter().chain(std::iter::once(total)).collect();
-    let cells = |t: &Totals| {
+    let (mut figures, all) = shown(groups, total);
+    figures.push(all);
+    let cells = |(t, f): (&Totals, &[String; 3])| {
         vec![
             t.group.clone(),
             t.jobs.to_string(),
-            format!("{:.3}", t.gpu_hours),
-            format!("{:.6}", t.energy_kwh),
-            format!("{:.3}", t.co2e_g),
+            f[0].clone(),
+            f[1].clone(),
+            f[2].clone(),
             t.unmeasured_jobs.to_string(),
         ]
     };
@@ -287,14 +345,14 @@ pub fn render(groups: &[Totals], total: &Totals, by: Option<GroupBy>, format: Fo
         Format::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
             let _ = w.write_record(header);
-            for t in rows {
-                let _ = w.write_record(cells(t));
+            for r in rows.into_iter().zip(&figures) {
+                let _ = w.write_record(cells(r));
             }
             String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
         }
         Format::Table => {
             let table: Vec<Vec<String>> = std::iter::once(header.map(String::from).to_vec())
-                .chain(rows.iter().map(|t| cells(t)))
+                .chain(rows.iter().copied().zip(&figures).map(cells))
                 .collect();
             let widths: Vec<usize> = (0..header.len())
                 .map(|i| {
@@ -582,6 +640,66 @@ mod tests {
         assert_eq!(r[0].end, parse_time("2024-05-01T10:00:00Z"));
         assert_eq!((r[1].job_id.as_str(), r[1].end), ("12@Unknown", None));
         assert_eq!(gpus("cpu=1,gres/gpu:a100=1,gres/gpu=3"), 3.0);
+    }
+
+    /// What a table or CSV prints adds up: the total row is the sum of the
+    /// group rows to the last digit, nothing prints as `-0` or with more
+    /// digits than its column's, and JSON's total is its groups' sum.
+    #[test]
+    fn printed_rows_add_up_to_the_printed_total() {
+        // Three users of a third of a kWh each (rounded alone: 0.333333 ×3
+        // = 0.999999 under a total of 1.000000), and a user at 0.
+        let recs: Vec<JobRecord> = (0..3)
+            .map(|i| {
+                let mut r = rec(
+                    i,
+                    &format!("u{i}"),
+                    "ml",
+                    "2024-05-01T10:00:00Z",
+                    Some(1.0 / 3.0),
+                );
+                r.gpu_hours = 1.0 / 3.0;
+                r.co2e_g = Some(1.0 / 3.0);
+                r
+            })
+            .chain([rec(9, "zero", "ml", "2024-05-01T10:00:00Z", Some(-0.0))])
+            .collect();
+        let (g, t) = aggregate(&recs, &Filter::default(), Some(GroupBy::User));
+        let csv = render(&g, &t, Some(GroupBy::User), Format::Csv);
+        assert!(!csv.contains("-0"), "{csv}");
+        let rows: Vec<Vec<String>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect();
+        let (groups, total) = rows.split_at(rows.len() - 1);
+        for (col, decimals) in [(2, 3), (3, 6), (4, 3)] {
+            let units = |s: &str| {
+                let (i, f) = s.split_once('.').unwrap();
+                assert_eq!(f.len(), decimals, "{s} in\n{csv}");
+                format!("{i}{f}").parse::<i64>().unwrap()
+            };
+            let sum: i64 = groups.iter().map(|r| units(&r[col])).sum();
+            assert_eq!(sum, units(&total[0][col]), "column {col}:\n{csv}");
+        }
+        assert_eq!(total[0][3], "1.000000", "{csv}");
+        assert_eq!(groups[3], ["zero", "1", "0.500", "0.000000", "0.000", "0"]);
+        let table = render(&g, &t, Some(GroupBy::User), Format::Table);
+        assert!(
+            table.lines().last().unwrap().contains("1.000000"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&g, &t, Some(GroupBy::User), Format::Json)).unwrap();
+        let kwh: Vec<f64> = json["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["energy_kwh"].as_f64().unwrap())
+            .collect();
+        assert_eq!(kwh, [0.3333333333, 0.3333333333, 0.3333333333, 0.0]);
+        assert_eq!(json["total"]["energy_kwh"], 0.9999999999);
+        assert!(!render(&g, &t, Some(GroupBy::User), Format::Json).contains("-0"));
     }
 
     #[test]

@@ -85,6 +85,65 @@ fn ledger_dir(path: &Path) -> &Path {
     }
 }
 
+/// A [`JobTotal`] as the ledger writes it: the same columns, every figure
+/// in fixed precision ([`numbers`]: joules to the mJ, kWh to 1e-10, gCO2e
+/// to the µg, GPU-hours to 1e-6, seconds to the ms; PUE and intensity
+/// trimmed), never `-0` or a 17-digit float. Read back as a `JobTotal`.
+#[derive(serde::Serialize)]
+struct LedgerRow<'a> {
+    job_id: u32,
+    user: &'a str,
+    account: &'a str,
+    partition: &'a str,
+    nodes: u32,
+    start: &'a str,
+    end: &'a str,
+    duration_s: String,
+    gpu_hours: String,
+    cpu_j: String,
+    dram_j: String,
+    gpu_j: String,
+    energy_j: String,
+    energy_kwh: String,
+    co2e_g: String,
+    pue: String,
+    intensity_g_per_kwh: String,
+    status: &'a str,
+    cluster: &'a str,
+    node_list: &'a str,
+}
+
+impl<'a> LedgerRow<'a> {
+    fn of(t: &'a JobTotal) -> LedgerRow<'a> {
+        use super::numbers as n;
+        let opt = |x: Option<f64>, d| x.map_or_else(String::new, |x| n::fixed(x, d));
+        LedgerRow {
+            job_id: t.job_id,
+            user: &t.user,
+            account: &t.account,
+            partition: &t.partition,
+            nodes: t.nodes,
+            start: &t.start,
+            end: &t.end,
+            duration_s: n::fixed(t.duration_s, n::SECONDS_DECIMALS),
+            gpu_hours: n::fixed(t.gpu_hours, n::GPU_HOURS_DECIMALS),
+            cpu_j: opt(t.cpu_j, n::JOULES_DECIMALS),
+            dram_j: opt(t.dram_j, n::JOULES_DECIMALS),
+            gpu_j: opt(t.gpu_j, n::JOULES_DECIMALS),
+            energy_j: opt(t.energy_j, n::JOULES_DECIMALS),
+            energy_kwh: opt(t.energy_kwh, n::KWH_DECIMALS),
+            co2e_g: opt(t.co2e_g, n::CO2E_DECIMALS),
+            pue: n::trimmed(t.pue, n::FACTOR_DECIMALS),
+            intensity_g_per_kwh: t
+                .intensity_g_per_kwh
+                .map_or_else(String::new, |x| n::trimmed(x, n::FACTOR_DECIMALS)),
+            status: &t.status,
+            cluster: &t.cluster,
+            node_list: &t.node_list,
+        }
+    }
+}
+
 /// Whether the row was appended or was there already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -98,7 +157,7 @@ pub fn header() -> String {
         .has_headers(true)
         .from_writer(Vec::new());
     // Serializing any row writes the header first; the header is all we keep.
-    let _ = w.serialize(sample());
+    let _ = w.serialize(LedgerRow::of(&sample()));
     let bytes = w.into_inner().unwrap_or_default();
     String::from_utf8_lossy(&bytes)
         .lines()
@@ -187,10 +246,11 @@ pub fn append_waiting(path: &Path, t: &JobTotal, wait: Duration) -> Result<Appen
     let mut w = csv::WriterBuilder::new()
         .has_headers(len == 0)
         .from_writer(Vec::new());
-    w.serialize(t).map_err(|source| LedgerError::Csv {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    w.serialize(LedgerRow::of(t))
+        .map_err(|source| LedgerError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut bytes = w.into_inner().map_err(|e| io(e.into_error()))?;
     if len > 0 && !ends_with_newline(&mut f, len).map_err(io)? {
         // A previous writer died mid-row: start on a fresh line.
@@ -684,14 +744,35 @@ mod tests {
             "job_id,user,account,partition,nodes,start,end,duration_s,gpu_hours,cpu_j,dram_j,gpu_j,energy_j,energy_kwh,co2e_g,pue,intensity_g_per_kwh,status,cluster,node_list"
         ));
         assert_eq!(lines.len(), 4);
-        // Unmeasured GPU and what follows from it: empty, not 0.
-        assert!(lines[2].contains(",1000.0,0.0,,1000.0,"), "{}", lines[2]);
+        // Unmeasured GPU and what follows from it: empty, not 0; figures
+        // in fixed precision (1000 J × 1.5 / 3.6e6 = 0.000416666… kWh).
+        assert!(
+            lines[2].contains(",1000.000,0.000,,1000.000,"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[1].contains(",1005.000,0.0004187500,0.167500,1.5,400,"),
+            "{}",
+            lines[1]
+        );
         let (rows, bad) = read(&p).unwrap();
         assert_eq!(bad, 0);
-        assert_eq!(
-            rows,
-            vec![total(1, Some(5.0)), total(2, None), total(12, Some(5.0))]
-        );
+        // Read back and written again, a row is the same text: the ledger
+        // holds exactly what it says.
+        let line_of = |t: &JobTotal| {
+            let mut w = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(Vec::new());
+            w.serialize(LedgerRow::of(t)).unwrap();
+            String::from_utf8(w.into_inner().unwrap()).unwrap()
+        };
+        let want = [total(1, Some(5.0)), total(2, None), total(12, Some(5.0))];
+        assert_eq!(rows.len(), want.len());
+        for (r, w) in rows.iter().zip(&want) {
+            assert_eq!(line_of(r), line_of(w));
+            assert!((r.energy_kwh.unwrap_or(0.0) - w.energy_kwh.unwrap_or(0.0)).abs() <= 5e-11);
+        }
 
         // A torn last line (writer killed mid-row) costs only that row.
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();

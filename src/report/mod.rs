@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cmd;
 pub mod epilog;
 pub mod ledger;
+pub mod numbers;
 pub mod plot;
 pub mod plugstack;
 pub mod sacct;

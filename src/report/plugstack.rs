@@ -49,6 +49,10 @@ pub enum Origin {
 pub struct PluginLine {
     pub file: PathBuf,
     pub args: Vec<String>,
+    /// The library as the line names it (absolute, or relative to `PluginDir`).
+    pub library: PathBuf,
+    /// `required` (a plugin that fails to load aborts every job) rather than `optional`.
+    pub required: bool,
 }
 
 /// slurm.conf as `SLURM_CONF` names it.
@@ -98,12 +102,14 @@ fn find_in(path: &Path, depth: usize) -> Result<Option<PluginLine>, PlugstackErr
     for line in text.lines() {
         let mut words = strip_comment(line).split_whitespace();
         match words.next() {
-            Some("optional" | "required") => {
+            Some(kind @ ("optional" | "required")) => {
                 let Some(so) = words.next() else { continue };
                 if Path::new(so).file_name().is_some_and(|n| n == PLUGIN_FILE) {
                     return Ok(Some(PluginLine {
                         file: path.to_path_buf(),
                         args: words.map(str::to_string).collect(),
+                        library: PathBuf::from(so),
+                        required: kind == "required",
                     }));
                 }
             }

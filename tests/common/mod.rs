@@ -194,7 +194,7 @@ impl Cluster {
         let dir = std::env::var_os("CT_TEST_ADMIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/tmp/carbontrack-admin-cluster".into());
-        Cluster::start_in(true, 1, dir, admin_port_base(), false)
+        Cluster::start_in(true, 1, dir, admin_port_base(), false, None)
     }
 
     /// A cluster of `nodes` nodes (`ct1`..), each a slurmd in its own network
