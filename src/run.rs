@@ -19,6 +19,7 @@ use crate::config::{Config, ReportTarget};
 use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
 use crate::measure::cpuset::{self, PackageShares};
+use crate::measure::estimate::CpuTimeSource;
 use crate::measure::gpus::GpuHints;
 use crate::tracker::{Output, Plan, Tracker};
 
@@ -117,6 +118,8 @@ pub fn run(req: RunRequest) -> Result<Ended> {
         ),
     };
     plan.epochs = req.epochs;
+    // For `cpu_tdp=`: the command is this process's only child.
+    plan.cpu_time = Some(CpuTimeSource::ChildrenOf(std::process::id()));
     plan.epoch_file = Some(epoch_file.clone());
 
     let (tracker, log) = Tracker::start(plan).context("cannot start the sampler thread")?;

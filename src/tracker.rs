@@ -18,12 +18,13 @@ use crate::config::{Components, Config};
 use crate::epochs::Mark;
 use crate::ffi::identity::FsIdentity;
 use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
-use crate::measure::Meter;
 use crate::measure::cpuset::PackageShares;
+use crate::measure::estimate::{self, CpuTimeSource, EstimateMeter};
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
+use crate::measure::{Component, Meter};
 use crate::units::Joules;
 use crate::userio::{Delivery, HourlyRead, Setup, UserIo};
 
@@ -76,6 +77,9 @@ pub struct Plan {
     /// How long [`Tracker::finish`] waits for the final files to be written
     /// into the user's filesystem before leaving them (`Finished::late`).
     pub deliver_wait: Duration,
+    /// Where the job's CPU time is read, for the CPU estimate (`cpu_tdp=`)
+    /// where RAPL reads no CPU; `None`: no estimate.
+    pub cpu_time: Option<CpuTimeSource>,
 }
 
 impl Plan {
@@ -99,6 +103,7 @@ impl Plan {
             refresh: config_refresh,
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
+            cpu_time: None,
         }
     }
 
@@ -229,17 +234,29 @@ impl Tracker {
             })
         });
         if let Some(rx) = rapl {
-            match opened(rx, deadline, "RAPL") {
+            let mut meter = match opened(rx, deadline, "RAPL") {
                 Ok(o) => {
                     log.extend(o.warnings);
-                    meters.push(Box::new(o.meter));
+                    o.meter
                 }
                 Err(why) => {
                     log.push(why);
                     let short = "RAPL did not answer at the start";
-                    meters.push(Box::new(rapl::unavailable(cpu_dram, short)));
+                    rapl::unavailable(cpu_dram, short)
                 }
+            };
+            if cfg.components.cpu
+                && !meter.reads(Component::Cpu)
+                && let Some(est) = cpu_estimate(&plan, &mut log)
+            {
+                let instead = meter.take_unavailable(Component::Cpu);
+                log.push(format!(
+                    "CPU energy estimated from TDP and CPU time instead ({})",
+                    instead.join("; ")
+                ));
+                meters.push(Box::new(est));
             }
+            meters.push(Box::new(meter));
         }
         if let Some(rx) = nvml {
             let meter = match opened(rx, deadline, "NVML") {
@@ -414,6 +431,45 @@ impl Tracker {
             }
         }
         done
+    }
+}
+
+/// The CPU estimate of `cpu_tdp=` for this plan, or `None` (and why, in
+/// `log`) when it is off or cannot be made.
+fn cpu_estimate(plan: &Plan, log: &mut Vec<String>) -> Option<EstimateMeter> {
+    let tdp = plan.config.cpu_tdp?;
+    let Some(source) = plan.cpu_time.clone() else {
+        log.push("cpu_tdp: the job's CPU time cannot be read (no CPU accounting found for its cgroup); CPU not estimated".into());
+        return None;
+    };
+    let topo = match crate::measure::cpuset::package_of_cpus(&plan.config.cpu_topology) {
+        Ok(t) => t,
+        Err(e) => {
+            log.push(format!("cpu_tdp: {e}; CPU not estimated"));
+            return None;
+        }
+    };
+    let cpuinfo = match tdp {
+        estimate::CpuTdp::Auto => std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+        estimate::CpuTdp::Watts(_) => String::new(),
+    };
+    let packages = topo.cpus_per_package().len();
+    match estimate::Model::new(tdp, &cpuinfo, packages, topo.cpus()) {
+        Ok(model) => {
+            log.push(format!(
+                "CPU energy is an estimate: TDP {} W per package ({}) × the CPU time of {} / {} CPUs per package",
+                model.tdp.0,
+                model.source,
+                source.describe(),
+                topo.cpus() as f64 / packages as f64
+            ));
+            let ticks = crate::ffi::clock::ticks_per_second();
+            Some(EstimateMeter::new(model, source, ticks))
+        }
+        Err(why) => {
+            log.push(format!("{why}; CPU not estimated"));
+            None
+        }
     }
 }
 

@@ -262,3 +262,156 @@ fn epoch_marks_give_a_prediction() {
         "{stderr}"
     );
 }
+
+/// `bash`'s `times`: its own user and system time, then its children's
+/// (`0m1.234s 0m0.010s` lines), summed in seconds: the kernel's own account
+/// of the command's CPU time, the truth the estimate is compared with.
+fn bash_times(stdout: &str) -> f64 {
+    let secs = |t: &str| -> f64 {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let lines: Vec<&str> = stdout.lines().rev().take(2).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .map(secs)
+        .sum()
+}
+
+/// Two processes spin for 2 s each; `times` says how much CPU they got.
+const BURN: &str = "burn() { e=$((SECONDS+2)); while [ $SECONDS -lt $e ]; do :; done; }; \
+                    burn & burn; wait; times";
+
+/// With no RAPL and `--cpu-tdp`, the CPU row is an estimate: TDP × the
+/// command's CPU time / CPUs per package, against the CPU time the kernel
+/// gave it (bash's `times`); labelled, and the total says it includes one.
+/// With the RAPL fixture, the same flag changes nothing: measured wins.
+#[test]
+fn estimates_cpu_energy_from_tdp_and_cpu_time_where_rapl_is_missing() {
+    let tmp = TempDir::new("run-estimate").unwrap();
+    let topo = tmp.path().join("cpu");
+    carbontrack_fixtures::cputree::write_blocks(&topo, 1, 4).unwrap();
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "200ms",
+            "--powercap",
+            tmp.path().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu,dram",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "est.csv",
+            "--",
+            "bash",
+            "-c",
+            BURN,
+        ],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let cpu_s = bash_times(&String::from_utf8_lossy(&out.stdout));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("est.csv")).unwrap()).unwrap();
+    let est = row(&rows, "cpu", "tdp-estimate");
+    assert_eq!(
+        est.status, "estimated: TDP 100 W (cpu_tdp=100), CPU time",
+        "{rows:#?}"
+    );
+    let truth = 100.0 * cpu_s / 4.0;
+    eprintln!(
+        "estimate {:.3} J for {cpu_s:.3} CPU-s by bash's times: {truth:.3} J, error {:.2}%",
+        est.energy_j.unwrap(),
+        (est.energy_j.unwrap() - truth) / truth * 100.0
+    );
+    // The CPU time of a tick or two of the last interval may be missed.
+    within(est.energy_j.unwrap(), truth, 0.03, "estimate");
+    assert!(
+        est.share.unwrap() > 0.0 && est.share.unwrap() <= 1.0,
+        "{est:?}"
+    );
+    // DRAM has no model: still unavailable, and the total says both.
+    assert!(
+        row(&rows, "dram", "rapl")
+            .status
+            .starts_with("unavailable: ")
+    );
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(
+        total.status, "incomplete: 1 of 2 rows unavailable (dram), 1 estimated (cpu)",
+        "{total:?}"
+    );
+    assert_eq!(total.energy_j, est.energy_j);
+    assert!(stderr.contains("CPU energy is an estimate"), "{stderr}");
+
+    // Only the CPU asked for: the total is an estimate, said by its prefix.
+    let out = run(
+        &[
+            "run",
+            "--powercap",
+            tmp.path().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "est2.csv",
+            "--",
+            "true",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("est2.csv")).unwrap()).unwrap();
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "estimated: 1 of 1 row estimated (cpu)");
+
+    // The same job over the RAPL fixture (50 W): measured, no estimate.
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "200ms",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "rapl.csv",
+            "--",
+            "bash",
+            "-c",
+            BURN,
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let cpu_s = bash_times(&String::from_utf8_lossy(&out.stdout));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("rapl.csv")).unwrap()).unwrap();
+    assert!(rows.iter().all(|r| r.device != "tdp-estimate"), "{rows:#?}");
+    let cpu = row(&rows, "cpu", "package-0");
+    assert_eq!(cpu.status, "ok");
+    let (t0, t1) = (parse_time(&cpu.start), parse_time(&cpu.end));
+    // This process's cpuset may be narrower than the fixture's 4 CPUs.
+    let measured = rapl.truth("package-0", t0, t1) * cpu.share.unwrap();
+    within(cpu.energy_j.unwrap(), measured, 0.01, "package");
+    let model = 100.0 * cpu_s / 4.0;
+    eprintln!(
+        "same job over the RAPL fixture: measured {:.3} J (truth {measured:.3} J), the model would say {model:.3} J ({:+.1}%)",
+        cpu.energy_j.unwrap(),
+        (model - measured) / measured * 100.0
+    );
+}

@@ -25,6 +25,14 @@ pub fn thread_cpu_time() -> Option<Duration> {
     Some(Duration::new(secs, nanos))
 }
 
+/// The unit of the CPU times in `/proc/<pid>/stat` (`sysconf(_SC_CLK_TCK)`),
+/// 100 on every Linux build in use; 100 if it cannot be asked.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant and reads no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 pub mod cores;
 pub mod cpuset;
+pub mod estimate;
 pub mod gpus;
 pub mod nvml;
 pub mod rapl;
@@ -57,15 +58,21 @@ pub enum Status {
     Incomplete(String),
     /// Not measured at all; the energy fields stay empty.
     Unavailable(String),
+    /// Not measured but modelled (`cpu_tdp=`, [`estimate`]); the energy is
+    /// the model's, and the text names the model.
+    Estimated(String),
 }
 
 impl Status {
-    /// Parses the CSV form (`ok`, `incomplete: …`, `unavailable: …`).
+    /// Parses the CSV form (`ok`, `incomplete: …`, `unavailable: …`,
+    /// `estimated: …`).
     pub fn parse(s: &str) -> Option<Status> {
         if s == "ok" {
             Some(Status::Ok)
         } else if let Some(r) = s.strip_prefix("incomplete: ") {
             Some(Status::Incomplete(r.to_string()))
+        } else if let Some(r) = s.strip_prefix("estimated: ") {
+            Some(Status::Estimated(r.to_string()))
         } else {
             s.strip_prefix("unavailable: ")
                 .map(|r| Status::Unavailable(r.to_string()))
@@ -81,6 +88,7 @@ impl Status {
             Status::Ok => "ok".to_string(),
             Status::Incomplete(r) => format!("incomplete: {}", cut(r, MAX_REASON)),
             Status::Unavailable(r) => format!("unavailable: {}", cut(r, MAX_REASON)),
+            Status::Estimated(r) => format!("estimated: {}", cut(r, MAX_REASON)),
         }
     }
 }
@@ -91,6 +99,7 @@ impl fmt::Display for Status {
             Status::Ok => f.write_str("ok"),
             Status::Incomplete(r) => write!(f, "incomplete: {r}"),
             Status::Unavailable(r) => write!(f, "unavailable: {r}"),
+            Status::Estimated(r) => write!(f, "estimated: {r}"),
         }
     }
 }
@@ -206,6 +215,14 @@ pub fn explain(reason: &str) -> Option<&'static str> {
              around each reset is not counted.",
         ),
         (
+            "TDP ",
+            "no energy counter could be read for the CPUs, so their energy is a model \
+             (cpu_tdp=): TDP per package × the job's CPU time / the CPUs of a package. It \
+             assumes power grows linearly with busy CPUs up to TDP and charges no idle power; \
+             see docs/estimates.md for its error. It is never added silently to measured \
+             figures: the total says it includes estimates.",
+        ),
+        (
             "stopped answering",
             "a device stopped answering (a call to it did not return within 5 s, as when a GPU \
              falls off the bus); its energy until then is kept, and the others were measured to \
@@ -315,6 +332,7 @@ mod tests {
             Status::Ok,
             Status::Incomplete("GPU lost at 12:00".into()),
             Status::Unavailable("no RAPL".into()),
+            Status::Estimated("TDP 150 W (cpu_tdp=150), CPU time".into()),
         ] {
             assert_eq!(Status::parse(&s.to_string()), Some(s));
         }

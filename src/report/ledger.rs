@@ -284,6 +284,8 @@ struct Columns {
     energy_kwh: usize,
     co2e_g: usize,
     cluster: usize,
+    /// Absent from no ledger this crate wrote; a row without it is measured.
+    status: Option<usize>,
 }
 
 impl Columns {
@@ -301,6 +303,7 @@ impl Columns {
             energy_kwh: at("energy_kwh")?,
             co2e_g: at("co2e_g")?,
             cluster: at("cluster")?,
+            status: at("status"),
         })
     }
 }
@@ -397,6 +400,10 @@ fn read_job<'r>(rec: &'r csv::ByteRecord, c: &Columns, needs_end: bool) -> Optio
         gpu_hours: float(c.gpu_hours)?,
         energy_kwh: maybe_float(c.energy_kwh)?,
         co2e_g: maybe_float(c.co2e_g)?,
+        estimated: c
+            .status
+            .and_then(text)
+            .is_some_and(|s| crate::footprint::estimated_components(s).is_some()),
     };
     Some((job, id))
 }
