@@ -47,6 +47,9 @@ pub struct RunRequest {
     pub epochs: Option<u32>,
     /// The CSV's path; default `carbontrack-local.csv` in the current directory.
     pub output: Option<PathBuf>,
+    /// `--powermetrics PATH` (Apple Silicon); see
+    /// [`crate::measure::powermetrics::choose`].
+    pub powermetrics: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -120,6 +123,7 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     plan.epochs = req.epochs;
     // For `cpu_tdp=`: the command is this process's only child.
     plan.cpu_time = Some(CpuTimeSource::ChildrenOf(std::process::id()));
+    plan.powermetrics = crate::measure::powermetrics::choose(req.powermetrics.clone());
     plan.epoch_file = Some(epoch_file.clone());
 
     let (tracker, log) = Tracker::start(plan).context("cannot start the sampler thread")?;

@@ -22,6 +22,7 @@ use crate::measure::cpuset::PackageShares;
 use crate::measure::estimate::{self, CpuTimeSource, EstimateMeter};
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
+use crate::measure::powermetrics::{PowermetricsMeter, Unmeasured};
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
 use crate::measure::{Component, Meter};
@@ -80,6 +81,9 @@ pub struct Plan {
     /// Where the job's CPU time is read, for the CPU estimate (`cpu_tdp=`)
     /// where RAPL reads no CPU; `None`: no estimate.
     pub cpu_time: Option<CpuTimeSource>,
+    /// Read CPU, GPU and Neural Engine from this `powermetrics` (Apple
+    /// Silicon) instead of RAPL and NVML.
+    pub powermetrics: Option<PathBuf>,
 }
 
 impl Plan {
@@ -104,6 +108,7 @@ impl Plan {
             join_timeout: Duration::from_secs(5),
             deliver_wait: Duration::from_secs(30),
             cpu_time: None,
+            powermetrics: None,
         }
     }
 
@@ -220,14 +225,39 @@ impl Tracker {
             gpu: false,
             ..cfg.components
         };
-        let rapl = (cfg.components.cpu || cfg.components.dram).then(|| {
+        let pm = plan.powermetrics.as_ref().map(|path| {
+            let (path, interval, components) = (path.clone(), cfg.interval, cfg.components);
+            opening("powermetrics", move || {
+                PowermetricsMeter::start(&path, interval, components).map(|m| {
+                    // A refusal (not root) comes at once; a sample after an
+                    // interval: the command is held back for half a second at most.
+                    let refused = m.first_word(Duration::from_millis(500));
+                    (m, refused)
+                })
+            })
+        });
+        if let Some(rx) = pm {
+            let components = cfg.components;
+            match opened(rx, deadline, "powermetrics") {
+                Ok(Ok((meter, refused))) => {
+                    log.extend(refused.map(|why| format!("powermetrics: {why}")));
+                    meters.push(Box::new(meter));
+                }
+                Ok(Err(why)) | Err(why) => {
+                    log.push(why.clone());
+                    meters.push(Box::new(Unmeasured::new(components, &why)));
+                }
+            }
+        }
+        let native = plan.powermetrics.is_none();
+        let rapl = (native && (cfg.components.cpu || cfg.components.dram)).then(|| {
             let (root, shares, interval) =
                 (cfg.powercap.clone(), plan.shares.clone(), cfg.interval);
             opening("RAPL", move || {
                 rapl::open(&root, cpu_dram, &shares, interval)
             })
         });
-        let nvml = cfg.components.gpu.then(|| {
+        let nvml = (native && cfg.components.gpu).then(|| {
             let (lib, hints) = (cfg.nvml.clone(), plan.gpus.clone());
             opening("NVML", move || {
                 NvmlMeter::for_job(&lib, &hints, Instant::now())

@@ -415,3 +415,149 @@ fn estimates_cpu_energy_from_tdp_and_cpu_time_where_rapl_is_missing() {
         (model - measured) / measured * 100.0
     );
 }
+
+/// The fake `powermetrics` and its recorded samples (tests/fixtures/powermetrics).
+fn fake_powermetrics() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/powermetrics/fake-powermetrics")
+}
+
+/// The recorded samples' energies (cpu, gpu, ane) in joules: the first two
+/// give `*_energy` (mJ), the third only `*_power` (mW) over 250 ms.
+fn recorded(name: &str) -> [f64; 3] {
+    match name {
+        "sample-1.plist" => [1.2, 0.3, 0.02],
+        "sample-2.plist" => [0.8, 0.5, 0.0],
+        "sample-3.plist" => [1.0, 0.25, 0.02],
+        other => panic!("unknown sample {other}"),
+    }
+}
+
+fn run_powermetrics(
+    tmp: &Path,
+    csv: &str,
+    env: &[(&str, &str)],
+    cmd: &[&str],
+) -> (Output, Vec<Row>) {
+    let fake = fake_powermetrics();
+    let mut args = vec![
+        "run",
+        "--interval",
+        "200ms",
+        "--powermetrics",
+        fake.to_str().unwrap(),
+        "--intensity",
+        "100",
+        "-o",
+        csv,
+        "--",
+    ];
+    args.extend(cmd);
+    let out = Command::new(BIN)
+        .args(&args)
+        .current_dir(tmp)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let rows = read_csv(std::fs::File::open(tmp.join(csv)).unwrap()).unwrap();
+    (out, rows)
+}
+
+/// Apple Silicon through the fake `powermetrics`: CPU, GPU and ANE rows with
+/// the energies of the samples it wrote, RAPL and NVML not asked.
+#[test]
+fn reads_cpu_gpu_and_ane_energy_from_powermetrics() {
+    let tmp = TempDir::new("run-powermetrics").unwrap();
+    let log = tmp.path().join("written");
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "pm.csv",
+        &[("CT_FAKE_PM_LOG", log.to_str().unwrap())],
+        &["sleep", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(written.len() >= 5, "{written:?}");
+    let got = [
+        row(&rows, "cpu", "apple-soc"),
+        row(&rows, "gpu", "apple-soc"),
+        row(&rows, "ane", "apple-soc"),
+    ];
+    assert!(got.iter().all(|r| r.status == "ok"), "{rows:#?}");
+    assert_eq!(rows.len(), 4, "no RAPL or NVML rows: {rows:#?}");
+    // The meter's last look may come before the fake's last sample or two
+    // were read: the figure is the truth of the first n samples written.
+    let truth = |n: usize| -> [f64; 3] {
+        written[..n]
+            .iter()
+            .map(|s| recorded(s))
+            .fold([0.0; 3], |a, e| [a[0] + e[0], a[1] + e[1], a[2] + e[2]])
+    };
+    let n = (written.len().saturating_sub(2)..=written.len())
+        .find(|&n| (got[0].energy_j.unwrap() - truth(n)[0]).abs() < 1e-6)
+        .unwrap_or_else(|| panic!("cpu {:?} is no prefix of {written:?}", got[0].energy_j));
+    for (i, r) in got.iter().enumerate() {
+        assert!(
+            (r.energy_j.unwrap() - truth(n)[i]).abs() < 1e-6,
+            "{}: {:?} vs {}",
+            r.component,
+            r.energy_j,
+            truth(n)[i]
+        );
+    }
+    eprintln!(
+        "powermetrics: {n} of {} samples read: cpu {:.3} J gpu {:.3} J ane {:.3} J, truth {:?}",
+        written.len(),
+        got[0].energy_j.unwrap(),
+        got[1].energy_j.unwrap(),
+        got[2].energy_j.unwrap(),
+        truth(n)
+    );
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "ok");
+    assert!((total.energy_j.unwrap() - truth(n).iter().sum::<f64>()).abs() < 1e-6);
+}
+
+/// A powermetrics that stops (here after 3 samples, as `-n 3` would) leaves
+/// exactly what it wrote, `incomplete`; one that refuses a user who is not
+/// root leaves nothing and says which sudoers line lets it run.
+#[test]
+fn powermetrics_that_ends_or_refuses_is_said() {
+    let tmp = TempDir::new("run-powermetrics-end").unwrap();
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "end.csv",
+        &[("CT_FAKE_PM_COUNT", "3")],
+        &["sleep", "1.5"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let cpu = row(&rows, "cpu", "apple-soc");
+    assert!((cpu.energy_j.unwrap() - 3.0).abs() < 1e-9, "{cpu:?}");
+    assert!((row(&rows, "ane", "apple-soc").energy_j.unwrap() - 0.04).abs() < 1e-9);
+    assert!(
+        cpu.status.starts_with("incomplete: powermetrics ended at "),
+        "{cpu:?}"
+    );
+
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "refused.csv",
+        &[("CT_FAKE_PM_REFUSE", "1")],
+        &["true"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must be invoked as the superuser")
+            && stderr.contains("NOPASSWD: /usr/bin/powermetrics"),
+        "{stderr}"
+    );
+    for r in rows.iter() {
+        assert_eq!(r.energy_j, None, "{r:?}");
+        assert!(r.status.starts_with("unavailable: "), "{r:?}");
+    }
+}

@@ -86,6 +86,10 @@ struct RunArgs {
     /// package in watts, or auto (from the CPU model); labelled `estimated`.
     #[arg(long)]
     cpu_tdp: Option<String>,
+    /// Read CPU, GPU and Neural Engine energy from this powermetrics (Apple
+    /// Silicon; the default on macOS is /usr/bin/powermetrics).
+    #[arg(long)]
+    powermetrics: Option<PathBuf>,
     /// Total epochs of the training run, for prediction from epoch marks.
     #[arg(long)]
     epochs: Option<String>,
@@ -129,6 +133,7 @@ impl RunArgs {
             config: cfg,
             epochs,
             output: Some(self.output),
+            powermetrics: self.powermetrics,
             command: self.command,
         })
     }

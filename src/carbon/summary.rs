@@ -355,7 +355,7 @@ pub fn render_final(i: &SummaryInput) -> String {
 fn energy_block(s: &mut String, i: &SummaryInput, title: &str) -> Option<Joules> {
     let _ = writeln!(s, "{title} at the devices (before PUE), per component:");
     let devices: Vec<&Row> = i.rows.iter().filter(|r| !r.is_total()).collect();
-    for comp in ["cpu", "dram", "gpu"] {
+    for comp in ["cpu", "dram", "gpu", "ane"] {
         let of: Vec<&&Row> = devices.iter().filter(|r| r.component == comp).collect();
         if of.is_empty() {
             continue;

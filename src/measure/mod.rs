@@ -7,6 +7,7 @@ pub mod cpuset;
 pub mod estimate;
 pub mod gpus;
 pub mod nvml;
+pub mod powermetrics;
 pub mod rapl;
 pub mod sampler;
 
@@ -21,6 +22,9 @@ pub enum Component {
     Cpu,
     Dram,
     Gpu,
+    /// Apple's Neural Engine (powermetrics): counted in the total, in none
+    /// of the accounting segment's `cpu_j`, `dram_j`, `gpu_j`.
+    Ane,
 }
 
 impl Component {
@@ -29,6 +33,7 @@ impl Component {
             Component::Cpu => "cpu",
             Component::Dram => "dram",
             Component::Gpu => "gpu",
+            Component::Ane => "ane",
         }
     }
 
@@ -37,6 +42,7 @@ impl Component {
             "cpu" => Some(Component::Cpu),
             "dram" => Some(Component::Dram),
             "gpu" => Some(Component::Gpu),
+            "ane" => Some(Component::Ane),
             _ => None,
         }
     }
@@ -221,6 +227,13 @@ pub fn explain(reason: &str) -> Option<&'static str> {
              assumes power grows linearly with busy CPUs up to TDP and charges no idle power; \
              see docs/estimates.md for its error. It is never added silently to measured \
              figures: the total says it includes estimates.",
+        ),
+        (
+            "superuser",
+            "Apple's powermetrics, which reads the CPU, GPU and Neural Engine energy on Apple \
+             Silicon, runs only as root. Run carbontrack as root, or let it use `sudo -n` with \
+             the sudoers line `<user> ALL=(root) NOPASSWD: /usr/bin/powermetrics` (add it \
+             with `sudo visudo -f /etc/sudoers.d/powermetrics`).",
         ),
         (
             "stopped answering",
