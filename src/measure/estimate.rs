@@ -57,25 +57,21 @@ impl CpuTdp {
 }
 
 /// TDP per package of CPU models, matched by a substring of `/proc/cpuinfo`'s
-/// `model name`. Sources: the makers' specification pages (Intel ARK, AMD
-/// product pages), the same figures as CodeCarbon's
-/// `codecarbon/data/hardware/cpu_power.csv`. Kept small on purpose: a model
-/// not here is not guessed (CodeCarbon assumes 85 W); set `cpu_tdp=W`.
+/// `model name`. Source: CodeCarbon's table of CPU TDPs
+/// (github.com/mlco2/codecarbon, `codecarbon/data/hardware/cpu_power.csv`,
+/// the makers' figures), of which only common HPC server parts are kept. A
+/// model not here is not guessed (CodeCarbon assumes 85 W): set `cpu_tdp=W`.
 pub const TDP_TABLE: &[(&str, f64)] = &[
-    // Intel ARK: Xeon Gold 6248 (20 cores, 2.50 GHz), 150 W.
-    ("Xeon(R) Gold 6248 ", 150.0),
-    // Intel ARK: Xeon Gold 6130, 125 W.
-    ("Xeon(R) Gold 6130 ", 125.0),
-    // Intel ARK: Xeon Platinum 8380, 270 W.
-    ("Xeon(R) Platinum 8380 ", 270.0),
-    // Intel ARK: Xeon Platinum 8480+, 350 W.
-    ("Xeon(R) Platinum 8480+", 350.0),
-    // AMD: EPYC 7742, default TDP 225 W.
+    ("Xeon(R) Gold 6144 ", 150.0),
+    ("Xeon(R) Gold 6154 ", 200.0),
+    ("Xeon(R) Platinum 8180 ", 205.0),
+    ("Xeon(R) Platinum 8260 ", 165.0),
+    ("Xeon(R) Platinum 8268 ", 205.0),
+    ("Xeon(R) Platinum 8280 ", 205.0),
+    ("EPYC 7702 ", 200.0),
     ("EPYC 7742 ", 225.0),
-    // AMD: EPYC 7763, default TDP 280 W.
     ("EPYC 7763 ", 280.0),
-    // AMD: EPYC 9654, default TDP 360 W.
-    ("EPYC 9654 ", 360.0),
+    ("EPYC 7H12 ", 280.0),
 ];
 
 /// The TDP of a CPU model name, from [`TDP_TABLE`]. The name is matched with
@@ -430,10 +426,10 @@ mod tests {
     fn auto_looks_the_model_up_and_never_guesses() {
         let info =
             |m: &str| format!("processor\t: 0\nvendor_id\t: x\nmodel name\t: {m}\nflags\t: a\n");
-        let xeon = "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz";
+        let xeon = "Intel(R) Xeon(R) Gold 6154 CPU @ 3.00GHz";
         assert_eq!(cpuinfo_model(&info(xeon)).as_deref(), Some(xeon));
         let m = Model::new(CpuTdp::Auto, &info(xeon), 2, 80).unwrap();
-        assert_eq!((m.tdp, m.source.as_str()), (Watts(150.0), xeon));
+        assert_eq!((m.tdp, m.source.as_str()), (Watts(200.0), xeon));
         assert_eq!(
             tdp_of_model("AMD EPYC 7742 64-Core Processor"),
             Some(Watts(225.0))
