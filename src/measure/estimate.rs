@@ -128,6 +128,12 @@ pub enum CpuTimeSource {
     CpuacctUsage(PathBuf),
     /// A cgroup v2 `cpu.stat` file (`usage_usec`).
     CpuStat(PathBuf),
+    /// A job cgroup without CPU accounting (cgroup v1, where Slurm makes the
+    /// job's `cpuacct` cgroup only with `JobAcctGatherType=jobacct_gather/cgroup`):
+    /// the processes in it and below it (`cgroup.procs`), their own time and
+    /// their reaped children's. Time of a process reaped from outside the
+    /// cgroup (a daemon reparented to init) is not seen.
+    CgroupProcs(PathBuf),
     /// The processes below this one (`carbontrack run`): the live
     /// descendants' time and their reaped children's, plus this process's
     /// reaped children's (`cutime`, `cstime` of `/proc/<pid>/stat`), but not
@@ -152,6 +158,7 @@ impl CpuTimeSource {
                     .and_then(parse_num)?;
                 Ok(Duration::from_micros(us))
             }
+            CpuTimeSource::CgroupProcs(dir) => cgroup_procs_cpu(proc_root, dir, ticks),
             CpuTimeSource::ChildrenOf(pid) => children_cpu(proc_root, *pid, ticks),
         }
     }
@@ -160,6 +167,7 @@ impl CpuTimeSource {
     pub fn describe(&self) -> String {
         match self {
             CpuTimeSource::CpuacctUsage(p) | CpuTimeSource::CpuStat(p) => p.display().to_string(),
+            CpuTimeSource::CgroupProcs(d) => format!("the processes of {}", d.display()),
             CpuTimeSource::ChildrenOf(pid) => format!("the processes below PID {pid}"),
         }
     }
@@ -175,7 +183,8 @@ fn parse_num(s: &str) -> io::Result<u64> {
 
 /// The job's CPU accounting file from a process's `/proc/<pid>/cgroup` text:
 /// cgroup v1's `<root>/cpuacct/<job>/cpuacct.usage`, else v2's
-/// `<root>/<job>/cpu.stat`; the job's directory as for its cpuset
+/// `<root>/<job>/cpu.stat`, else the processes of its v1 `cpuset` or
+/// `freezer` cgroup; the job's directory as for its cpuset
 /// ([`super::cpuset::job_dir_in`]). Only existing files are returned.
 pub fn job_cpu_time_source(
     cgroup_root: &Path,
@@ -183,6 +192,7 @@ pub fn job_cpu_time_source(
     job_id: u32,
 ) -> Option<CpuTimeSource> {
     let mut v2 = None;
+    let mut procs = None;
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
@@ -203,9 +213,48 @@ pub fn job_cpu_time_source(
                     return Some(CpuTimeSource::CpuacctUsage(f));
                 }
             }
+        } else if procs.is_none()
+            && let Some(c) = ctrl.split(',').find(|c| matches!(*c, "cpuset" | "freezer"))
+        {
+            let d = cgroup_root.join(c).join(&dir);
+            if d.join("cgroup.procs").is_file() {
+                procs = Some(CpuTimeSource::CgroupProcs(d));
+            }
         }
     }
     v2.filter(|s| matches!(s, CpuTimeSource::CpuStat(p) if p.is_file()))
+        .or(procs)
+}
+
+/// CPU time of the processes in cgroup `dir` and its descendants: see
+/// [`CpuTimeSource::CgroupProcs`].
+fn cgroup_procs_cpu(proc_root: &Path, dir: &Path, ticks: u64) -> io::Result<Duration> {
+    let mut total = 0u64;
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut first = true;
+    while let Some(d) = dirs.pop() {
+        let procs = match fs::read_to_string(d.join("cgroup.procs")) {
+            Ok(p) => p,
+            // A step's cgroup removed between the listing and the read.
+            Err(e) if !first && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        first = false;
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat"));
+            if let Some((_, own, children)) = stat.ok().as_deref().and_then(parse_stat) {
+                total += own + children;
+            }
+        }
+        if let Ok(rd) = fs::read_dir(&d) {
+            dirs.extend(
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    Ok(Duration::from_secs_f64(total as f64 / ticks.max(1) as f64))
 }
 
 /// One `/proc/<pid>/stat` line's parent and CPU ticks: (ppid, utime + stime,
@@ -498,6 +547,33 @@ mod tests {
         );
         fs::write(v2.join("cpu.stat"), "user_usec 1\n").unwrap();
         assert!(src.read(Path::new("/proc"), 100).is_err());
+
+        // v1 without cpuacct (no jobacct_gather/cgroup): the processes of
+        // the job's cpuset cgroup and its steps', from a fake /proc.
+        let job = dir.join("cpuset/slurm/uid_1000/job_11");
+        for (step, pids) in [
+            ("", "100\n"),
+            ("step_batch", "101\n102\n"),
+            ("step_extern", ""),
+        ] {
+            fs::create_dir_all(job.join(step)).unwrap();
+            fs::write(job.join(step).join("cgroup.procs"), pids).unwrap();
+        }
+        let proc = dir.join("proc");
+        for (pid, own, children) in [(100, 5, 0), (101, 10, 150), (102, 40, 0)] {
+            fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+            fs::write(
+                proc.join(pid.to_string()).join("stat"),
+                format!("{pid} (x) S 1 0 0 0 -1 0 0 0 0 0 {own} 0 {children} 0 20 0 1 0 1 1 1\n"),
+            )
+            .unwrap();
+        }
+        let proc_v1 = "4:cpuset:/slurm/uid_1000/job_11/step_batch\n3:freezer:/slurm/uid_1000/job_11/step_batch\n";
+        let src = job_cpu_time_source(&dir, proc_v1, 11).unwrap();
+        assert_eq!(src, CpuTimeSource::CgroupProcs(job.clone()));
+        assert_eq!(src.read(&proc, 100).unwrap(), Duration::from_millis(2050));
+        fs::remove_dir_all(&job).unwrap();
+        assert!(src.read(&proc, 100).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 
