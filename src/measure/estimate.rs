@@ -145,21 +145,26 @@ impl CpuTimeSource {
     /// Cumulative CPU time of the job now.
     pub fn read(&self, proc_root: &Path, ticks: u64) -> io::Result<Duration> {
         match self {
-            CpuTimeSource::CpuacctUsage(p) => {
-                let ns: u64 = parse_num(&fs::read_to_string(p)?)?;
-                Ok(Duration::from_nanos(ns))
-            }
-            CpuTimeSource::CpuStat(p) => {
-                let text = fs::read_to_string(p)?;
-                let us = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .ok_or_else(|| bad("no usage_usec line"))
-                    .and_then(parse_num)?;
-                Ok(Duration::from_micros(us))
+            CpuTimeSource::CpuacctUsage(p) | CpuTimeSource::CpuStat(p) => {
+                self.parse_counter(&fs::read(p)?)
             }
             CpuTimeSource::CgroupProcs(dir) => cgroup_procs_cpu(proc_root, dir, ticks),
             CpuTimeSource::ChildrenOf(pid) => children_cpu(proc_root, *pid, ticks),
+        }
+    }
+
+    /// The CPU time in the text of a cgroup counter file (`cpuacct.usage`
+    /// in ns, `cpu.stat`'s `usage_usec`), without allocating.
+    fn parse_counter(&self, bytes: &[u8]) -> io::Result<Duration> {
+        let text = std::str::from_utf8(bytes).map_err(|_| bad("not text"))?;
+        match self {
+            CpuTimeSource::CpuStat(_) => text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .ok_or_else(|| bad("no usage_usec line"))
+                .and_then(parse_num)
+                .map(Duration::from_micros),
+            _ => parse_num(text).map(Duration::from_nanos),
         }
     }
 
@@ -353,6 +358,10 @@ pub struct EstimateMeter {
     ticks: u64,
     first: Option<(Duration, Instant)>,
     last: Option<(Duration, Instant)>,
+    /// The counter file, kept open and read in place (`pread` into `buf`):
+    /// no allocation per sample on the cgroup-file sources.
+    file: Option<fs::File>,
+    buf: [u8; 2048],
     failed_reads: u32,
     last_failure: Option<io::ErrorKind>,
 }
@@ -369,6 +378,8 @@ impl EstimateMeter {
             ticks,
             first: None,
             last: None,
+            file: None,
+            buf: [0; 2048],
             failed_reads: 0,
             last_failure: None,
         }
@@ -380,6 +391,29 @@ impl EstimateMeter {
         self
     }
 
+    /// The job's cumulative CPU time now.
+    fn read_now(&mut self) -> io::Result<Duration> {
+        use std::os::unix::fs::FileExt;
+        match &self.source {
+            CpuTimeSource::CpuacctUsage(p) | CpuTimeSource::CpuStat(p) => {
+                if self.file.is_none() {
+                    self.file = Some(fs::File::open(p)?);
+                }
+                let n = match self.file.as_ref().map(|f| f.read_at(&mut self.buf, 0)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => {
+                        // Opened again at the next sample.
+                        self.file = None;
+                        return Err(e);
+                    }
+                    None => 0,
+                };
+                self.source.parse_counter(&self.buf[..n])
+            }
+            other => other.read(&self.proc_root, self.ticks),
+        }
+    }
+
     /// The job's CPU time over the sampled span so far.
     pub fn cpu_time(&self) -> Option<Duration> {
         let ((c0, _), (c1, _)) = (self.first?, self.last?);
@@ -388,8 +422,10 @@ impl EstimateMeter {
 }
 
 impl Meter for EstimateMeter {
+    /// Allocates nothing on the cgroup-file sources; the process-list ones
+    /// (`carbontrack run`, cgroup v1 without cpuacct) list directories.
     fn sample(&mut self, now: Instant) {
-        match self.source.read(&self.proc_root, self.ticks) {
+        match self.read_now() {
             Ok(cpu) => {
                 // Never backwards (a process reparented out of the tree).
                 let cpu = self.last.map_or(cpu, |(prev, _)| cpu.max(prev));
@@ -426,6 +462,15 @@ impl Meter for EstimateMeter {
             energy: Some(energy),
             status: Status::Estimated(status_text(m.tdp, &m.source)),
         });
+    }
+
+    fn energies(&self, out: &mut Vec<Option<Joules>>) {
+        let m = &self.model;
+        out.clear();
+        out.push(
+            self.cpu_time()
+                .and_then(|c| estimate(m.tdp, c, m.packages, m.cpus)),
+        );
     }
 
     fn bridges_gaps(&self) -> bool {
@@ -531,6 +576,21 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(job_cpu_time_source(&dir, proc_v1, 8), None);
+        // The meter keeps the file open and reads it in place: a counter
+        // rewritten between samples (as the kernel's is) is read anew.
+        let model = Model::new(CpuTdp::Watts(Watts(80.0)), "", 1, 8).unwrap();
+        let mut m = EstimateMeter::new(model, src.clone(), 100);
+        let t0 = Instant::now();
+        m.sample(t0);
+        fs::write(v1.join("cpuacct.usage"), "6500000000\n").unwrap();
+        m.sample(t0 + Duration::from_secs(2));
+        let (mut rows, mut energies) = (Vec::new(), Vec::new());
+        m.totals(&mut rows);
+        m.energies(&mut energies);
+        // 4 CPU-s at 80 W / 8 CPUs.
+        assert_eq!(rows[0].energy, Some(Joules(40.0)));
+        assert_eq!(energies, [Some(Joules(40.0))]);
+        assert_eq!(rows[0].share, 0.25);
 
         let v2 = dir.join("system.slice/slurmstepd.scope/job_9");
         fs::create_dir_all(&v2).unwrap();

@@ -249,6 +249,18 @@ impl PowermetricsMeter {
     }
 }
 
+impl PowermetricsMeter {
+    /// The rows' components, in order, and whether each is asked for
+    /// (`gpu` brings the Neural Engine).
+    fn wanted(&self) -> [(Component, bool); 3] {
+        [
+            (Component::Cpu, self.components.cpu),
+            (Component::Gpu, self.components.gpu),
+            (Component::Ane, self.components.gpu),
+        ]
+    }
+}
+
 impl Drop for PowermetricsMeter {
     fn drop(&mut self) {
         // Its reader reaps it; once the stream has ended the pid may be reused.
@@ -263,11 +275,7 @@ impl Meter for PowermetricsMeter {
     fn sample(&mut self, _now: Instant) {}
 
     fn totals(&self, out: &mut Vec<DeviceEnergy>) {
-        let wanted = [
-            (Component::Cpu, self.components.cpu),
-            (Component::Gpu, self.components.gpu),
-            (Component::Ane, self.components.gpu),
-        ];
+        let wanted = self.wanted();
         let samples = self.samples();
         let ended = self.shared.ended.get();
         for (i, (component, on)) in wanted.into_iter().enumerate() {
@@ -299,6 +307,20 @@ impl Meter for PowermetricsMeter {
                 )),
                 status,
             });
+        }
+    }
+
+    /// [`Meter::totals`]'s energies, in its order, without allocating.
+    fn energies(&self, out: &mut Vec<Option<Joules>>) {
+        out.clear();
+        let samples = self.samples();
+        for (i, (_, on)) in self.wanted().into_iter().enumerate() {
+            if on {
+                let seen = samples > 0 && self.shared.seen[i].load(Ordering::Relaxed);
+                out.push(
+                    seen.then(|| Joules::from_micro(self.shared.uj[i].load(Ordering::Relaxed))),
+                );
+            }
         }
     }
 
