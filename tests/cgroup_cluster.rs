@@ -294,6 +294,8 @@ sleep 1
     );
 }
 
+type Check = fn(&Cluster, &Hardware);
+
 fn cgroup_v1_missing() -> Option<String> {
     if !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").is_file() {
         return Some("no cgroup v1 cpuset controller at /sys/fs/cgroup/cpuset".into());
@@ -338,7 +340,7 @@ fn main() -> ExitCode {
     let hwdir = c.dir.join("hardware");
     fs::create_dir_all(&hwdir).unwrap();
     let hw = Hardware::new(&hwdir);
-    let checks: [(&str, fn(&Cluster, &Hardware)); 2] = [
+    let checks: [(&str, Check); 2] = [
         (
             "jobs_sharing_a_node_are_charged_their_own_package",
             jobs_sharing_a_node_are_charged_their_own_package,
