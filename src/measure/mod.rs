@@ -236,6 +236,12 @@ pub fn explain(reason: &str) -> Option<&'static str> {
              with `sudo visudo -f /etc/sudoers.d/powermetrics`).",
         ),
         (
+            "powermetrics ended",
+            "Apple's powermetrics stopped before the run did (killed, or it failed; the log \
+             says how it ended): the energy it reported until then is kept, the rest is not \
+             counted, so the figure is a lower bound.",
+        ),
+        (
             "stopped answering",
             "a device stopped answering (a call to it did not return within 5 s, as when a GPU \
              falls off the bus); its energy until then is kept, and the others were measured to \
@@ -399,6 +405,9 @@ mod tests {
             "reads up to 12.000 s apart (a wrap may be missed)",
             "GPU 1 stopped answering at 2026-01-01T00:00:00Z",
             "measured until 2026-01-01T00:00:00Z",
+            "TDP 150 W (cpu_tdp=150), CPU time",
+            "powermetrics: powermetrics must be invoked as the superuser",
+            "powermetrics ended at 2026-01-01T00:00:00Z",
         ] {
             assert!(explain(reason).is_some(), "{reason}");
         }
