@@ -482,6 +482,10 @@ mod tests {
             t.cluster = ["c", "d", ""][n as usize % 3].into();
             t.end = ends[n as usize % ends.len()].into();
             t.gpu_hours = f64::from(n) * 0.25;
+            // Some with estimates (`cpu_tdp=`), counted by both ways.
+            if n % 7 == 3 {
+                t.status = "estimated: 1 of 2 rows estimated (cpu)".into();
+            }
             w.serialize(&t).unwrap();
         }
         text.push_str(std::str::from_utf8(&w.into_inner().unwrap()).unwrap());
@@ -550,6 +554,10 @@ mod tests {
         // The duplicates were there to be skipped.
         let (_, all) = aggregate::aggregate(&records, &Filter::default(), None);
         assert!(all.jobs < rows.len() as u64 && all.jobs > 20, "{all:?}");
+        assert!(
+            all.estimated_jobs > 0 && all.estimated_jobs < all.jobs,
+            "{all:?}"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 
