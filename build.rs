@@ -8,19 +8,32 @@
 //! rustc links cdylibs with `-z now`, and some SPANK functions exist only in
 //! some of the processes that load the plugin (sbatch, srun, slurmstepd, ...).
 
+#[cfg(feature = "slurm")]
 use std::env;
+#[cfg(feature = "slurm")]
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "slurm")]
 const HEADER_PACKAGES: &str = "install the Slurm headers (Debian/Ubuntu: \
      `apt-get install libslurm-dev`; RHEL/Rocky: `dnf install slurm-devel`) or set \
      SLURM_INCLUDE_DIR to the directory that holds slurm/spank.h";
 
+#[cfg(feature = "slurm")]
 const CLANG_PACKAGES: &str = "install libclang (Debian/Ubuntu: `apt-get install \
      libclang-dev`; RHEL/Rocky: `dnf install clang-devel`) or set LIBCLANG_PATH";
 
+#[cfg(feature = "slurm")]
 const HEADERS: [&str; 3] = ["slurm/spank.h", "slurm/slurm_version.h", "slurm/slurm.h"];
 
 fn main() {
+    // Without the `slurm` feature there is no plugin to bind: the CLI builds
+    // with no Slurm headers and no libclang (macOS, a laptop).
+    #[cfg(feature = "slurm")]
+    slurm_bindings();
+}
+
+#[cfg(feature = "slurm")]
+fn slurm_bindings() {
     println!("cargo:rerun-if-changed=spank/wrapper.h");
     // Slurm unloads the plugin after `slurm_spank_exit`; a thread of ours
     // left in a call that never returns (NVML on a GPU that fell off the bus,
@@ -90,10 +103,12 @@ fn main() {
     }
 }
 
+#[cfg(feature = "slurm")]
 fn has_headers(dir: &Path) -> bool {
     HEADERS.iter().all(|h| dir.join(h).is_file())
 }
 
+#[cfg(feature = "slurm")]
 /// Stops the build with one line: on stderr (always shown when a build script
 /// fails) and as a cargo warning (shown on top unless --quiet).
 fn fail(msg: &str) -> ! {

@@ -140,6 +140,10 @@ pub struct Config {
     /// and merges it back if another writer replaced the field
     /// (src/report/watch.rs); zero: not at all.
     pub accounting_watch: Duration,
+    /// `cpu_tdp=`: estimate the CPUs' energy from their TDP and the job's
+    /// CPU time where no RAPL counter can be read; `None` (the default):
+    /// such CPUs stay `unavailable`.
+    pub cpu_tdp: Option<crate::measure::estimate::CpuTdp>,
     /// Test-only: the name of a plugin callback that panics on purpose, to prove
     /// that a panic never fails a job. Not documented for sites.
     pub test_panic: Option<String>,
@@ -171,6 +175,7 @@ impl Default for Config {
             shared: None,
             prometheus: None,
             accounting_watch: Duration::from_secs(86_400),
+            cpu_tdp: None,
             test_panic: None,
         }
     }
@@ -237,6 +242,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "accounting_watch",
         "a duration up to 30days, e.g. 1d, 12h, or none",
+    ),
+    (
+        "cpu_tdp",
+        "the CPU's TDP per package in watts (1 to 1000), auto (from the CPU model), or none",
     ),
 ];
 
@@ -408,6 +417,12 @@ impl Config {
                 }
                 self.epochs_before_pred = n;
             }
+            "cpu_tdp" => {
+                self.cpu_tdp = match v {
+                    "none" => None,
+                    _ => Some(crate::measure::estimate::CpuTdp::parse(v)?),
+                }
+            }
             "_test_panic" => self.test_panic = Some(v.to_string()),
             _ => return Err(format!("unknown key `{key}`")),
         }
@@ -493,6 +508,21 @@ mod tests {
         assert_eq!(c.intensity_key, None);
         assert_eq!(c.intensity_url, None);
         assert_eq!(c.intensity_ttl, Duration::from_secs(3600));
+        assert_eq!(c.cpu_tdp, None);
+    }
+
+    #[test]
+    fn cpu_tdp_key() {
+        use crate::measure::estimate::CpuTdp;
+        use crate::units::Watts;
+        let c = Config::from_args(["cpu_tdp=150"]).unwrap();
+        assert_eq!(c.cpu_tdp, Some(CpuTdp::Watts(Watts(150.0))));
+        let c = Config::from_args(["cpu_tdp=auto"]).unwrap();
+        assert_eq!(c.cpu_tdp, Some(CpuTdp::Auto));
+        let c = Config::from_args(["cpu_tdp=auto", "cpu_tdp=none"]).unwrap();
+        assert_eq!(c.cpu_tdp, None);
+        let e = Config::from_args(["cpu_tdp=9000"]).unwrap_err();
+        assert!(e.accepted.starts_with("cpu_tdp="), "{e}");
     }
 
     #[test]

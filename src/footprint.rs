@@ -229,6 +229,12 @@ pub fn total_of(rows: &[Row]) -> Option<Row> {
     };
     let status = if lacking.is_empty() {
         "ok".to_string()
+    } else if devices
+        .iter()
+        .all(|r| r.status == "ok" || r.status.starts_with("estimated:"))
+    {
+        // Measured and modelled figures added: said by the total's prefix.
+        format!("estimated: {lacking}")
     } else {
         format!("incomplete: {lacking}")
     };
@@ -297,6 +303,14 @@ fn lacking_clause(devices: &[&Row]) -> String {
         parts.push(format!("{other} not ok"));
     }
     parts.join(", ")
+}
+
+/// The components whose figures a total's status says are estimated
+/// (`estimated: 1 of 3 rows estimated (cpu)`, `incomplete: … 1 estimated
+/// (cpu)`): `cpu`, or `None` when nothing in it is estimated.
+pub fn estimated_components(total_status: &str) -> Option<&str> {
+    let (_, rest) = total_status.split_once(" estimated (")?;
+    rest.split_once(')').map(|(c, _)| c)
 }
 
 /// Joins the footprints of successive sampling segments of one job on one

@@ -3,7 +3,9 @@
 //! The crate builds twice: as the SPANK plugin Slurm loads (`libcarbontrack.so`,
 //! whose callbacks are in [`plugin`]) and as the library behind the
 //! `carbontrack` command. Everything that measures or computes runs without
-//! Slurm. All `unsafe` code is confined to [`ffi`].
+//! Slurm. All `unsafe` code is confined to [`ffi`]. Without the `slurm`
+//! feature (on by default) the plugin and its Slurm bindings are left out and
+//! the crate builds with no Slurm headers: the CLI alone.
 #![deny(unsafe_code)]
 
 pub mod carbon;
@@ -18,6 +20,7 @@ pub mod footprint;
 pub mod hostlist;
 pub mod job;
 pub mod measure;
+#[cfg(feature = "slurm")]
 pub mod plugin;
 pub mod prometheus;
 pub mod report;

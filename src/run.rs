@@ -21,6 +21,7 @@ use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
 use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::cpuset::{self, PackageShares};
+use crate::measure::estimate::CpuTimeSource;
 use crate::measure::gpus::GpuHints;
 use crate::tracker::{Output, Plan, Tracker};
 
@@ -53,6 +54,9 @@ pub struct RunRequest {
     pub output: Option<PathBuf>,
     /// Where the power timeline (SVG) goes; none without `--plot`.
     pub plot: Option<PathBuf>,
+    /// `--powermetrics PATH` (Apple Silicon); see
+    /// [`crate::measure::powermetrics::choose`].
+    pub powermetrics: Option<PathBuf>,
     pub command: Vec<OsString>,
     /// Follow this running process instead of running `command`
     /// (`carbontrack run --pid`, [`crate::follow`]).
@@ -112,6 +116,7 @@ pub(crate) fn local_plan(req: &RunRequest, proc_cgroup: &Path, epoch_file: PathB
         ),
     };
     plan.plot = req.plot.clone();
+    plan.powermetrics = crate::measure::powermetrics::choose(req.powermetrics.clone());
     plan.epochs = req.epochs;
     plan.epoch_file = Some(epoch_file);
     plan.budget = req.budget;
@@ -139,6 +144,8 @@ pub fn run(req: RunRequest) -> Result<Ended> {
     let (epoch_file, _cleanup) = new_epoch_file()?;
 
     let mut plan = local_plan(&req, Path::new("/proc/self/cgroup"), epoch_file.clone());
+    // For `cpu_tdp=`: the command is this process's only child.
+    plan.cpu_time = Some(CpuTimeSource::ChildrenOf(std::process::id()));
     // With a budget, the command can read its state (`carbontrack status
     // --json`) from a file of the caller's, removed at the end.
     let state_file = req

@@ -23,14 +23,16 @@ use crate::config::{Components, Config};
 use crate::epochs::Mark;
 use crate::ffi::identity::FsIdentity;
 use crate::footprint::{NodeFootprint, Row, node_rows, write_csv};
-use crate::measure::Meter;
 use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::amdsmi::AmdSmiMeter;
 use crate::measure::cpuset::PackageShares;
+use crate::measure::estimate::{self, CpuTimeSource, EstimateMeter};
 use crate::measure::gpus::GpuHints;
 use crate::measure::nvml::NvmlMeter;
+use crate::measure::powermetrics::{PowermetricsMeter, Unmeasured};
 use crate::measure::rapl;
 use crate::measure::sampler::{Observer, Sampler, SamplerOptions, Snapshot, StopError};
+use crate::measure::{Component, Meter};
 use crate::prometheus::Exporter;
 use crate::units::Joules;
 use crate::userio::{Delivery, HourlyRead, Setup, UserIo};
@@ -106,6 +108,12 @@ pub struct Plan {
     /// --plot FILE`); with `Output::WorkDir` it is always written, as
     /// `carbontrack-<job>.svg`.
     pub plot: Option<PathBuf>,
+    /// Where the job's CPU time is read, for the CPU estimate (`cpu_tdp=`)
+    /// where RAPL reads no CPU; `None`: no estimate.
+    pub cpu_time: Option<CpuTimeSource>,
+    /// Read CPU, GPU and Neural Engine from this `powermetrics` (Apple
+    /// Silicon) instead of RAPL and NVML.
+    pub powermetrics: Option<PathBuf>,
 }
 
 impl Plan {
@@ -135,6 +143,8 @@ impl Plan {
             state_file: None,
             alert_to_stderr: false,
             plot: None,
+            cpu_time: None,
+            powermetrics: None,
         }
     }
 
@@ -386,14 +396,39 @@ impl Tracker {
             gpu: false,
             ..cfg.components
         };
-        let rapl = (cfg.components.cpu || cfg.components.dram).then(|| {
+        let pm = plan.powermetrics.as_ref().map(|path| {
+            let (path, interval, components) = (path.clone(), cfg.interval, cfg.components);
+            opening("powermetrics", move || {
+                PowermetricsMeter::start(&path, interval, components).map(|m| {
+                    // A refusal (not root) comes at once; a sample after an
+                    // interval: the command is held back for half a second at most.
+                    let refused = m.first_word(Duration::from_millis(500));
+                    (m, refused)
+                })
+            })
+        });
+        if let Some(rx) = pm {
+            let components = cfg.components;
+            match opened(rx, deadline, "powermetrics") {
+                Ok(Ok((meter, refused))) => {
+                    log.extend(refused.map(|why| format!("powermetrics: {why}")));
+                    meters.push(Box::new(meter));
+                }
+                Ok(Err(why)) | Err(why) => {
+                    log.push(why.clone());
+                    meters.push(Box::new(Unmeasured::new(components, &why)));
+                }
+            }
+        }
+        let native = plan.powermetrics.is_none();
+        let rapl = (native && (cfg.components.cpu || cfg.components.dram)).then(|| {
             let (root, shares, interval) =
                 (cfg.powercap.clone(), plan.shares.clone(), cfg.interval);
             opening("RAPL", move || {
                 rapl::open(&root, cpu_dram, &shares, interval)
             })
         });
-        let nvml = cfg.components.gpu.then(|| {
+        let nvml = (native && cfg.components.gpu).then(|| {
             let (lib, hints) = (cfg.nvml.clone(), plan.gpus.clone());
             opening("NVML", move || {
                 NvmlMeter::for_job(&lib, &hints, Instant::now())
@@ -407,17 +442,29 @@ impl Tracker {
         });
         let rapl_slot = rapl.is_some().then_some(meters.len());
         if let Some(rx) = rapl {
-            match opened(rx, deadline, "RAPL") {
+            let mut meter = match opened(rx, deadline, "RAPL") {
                 Ok(o) => {
                     log.extend(o.warnings);
-                    meters.push(Box::new(o.meter));
+                    o.meter
                 }
                 Err(why) => {
                     log.push(why);
                     let short = "RAPL did not answer at the start";
-                    meters.push(Box::new(rapl::unavailable(cpu_dram, short)));
+                    rapl::unavailable(cpu_dram, short)
                 }
+            };
+            if cfg.components.cpu
+                && !meter.reads(Component::Cpu)
+                && let Some(est) = cpu_estimate(&plan, &mut log)
+            {
+                let instead = meter.take_unavailable(Component::Cpu);
+                log.push(format!(
+                    "CPU energy estimated from TDP and CPU time instead ({})",
+                    instead.join("; ")
+                ));
+                meters.push(Box::new(est));
             }
+            meters.push(Box::new(meter));
         }
         // AMD SMI's meter, when the node has AMD GPUs (or a library that
         // failed); its absence is no news on an NVIDIA node.
@@ -719,6 +766,45 @@ impl Tracker {
             }
         }
         done
+    }
+}
+
+/// The CPU estimate of `cpu_tdp=` for this plan, or `None` (and why, in
+/// `log`) when it is off or cannot be made.
+fn cpu_estimate(plan: &Plan, log: &mut Vec<String>) -> Option<EstimateMeter> {
+    let tdp = plan.config.cpu_tdp?;
+    let Some(source) = plan.cpu_time.clone() else {
+        log.push("cpu_tdp: the job's CPU time cannot be read (no CPU accounting found for its cgroup); CPU not estimated".into());
+        return None;
+    };
+    let topo = match crate::measure::cpuset::package_of_cpus(&plan.config.cpu_topology) {
+        Ok(t) => t,
+        Err(e) => {
+            log.push(format!("cpu_tdp: {e}; CPU not estimated"));
+            return None;
+        }
+    };
+    let cpuinfo = match tdp {
+        estimate::CpuTdp::Auto => std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+        estimate::CpuTdp::Watts(_) => String::new(),
+    };
+    let packages = topo.cpus_per_package().len();
+    match estimate::Model::new(tdp, &cpuinfo, packages, topo.cpus()) {
+        Ok(model) => {
+            log.push(format!(
+                "CPU energy is an estimate: TDP {} W per package ({}) × the CPU time of {} / {} CPUs per package",
+                model.tdp.0,
+                model.source,
+                source.describe(),
+                topo.cpus() as f64 / packages as f64
+            ));
+            let ticks = crate::ffi::clock::ticks_per_second();
+            Some(EstimateMeter::new(model, source, ticks))
+        }
+        Err(why) => {
+            log.push(format!("{why}; CPU not estimated"));
+            None
+        }
     }
 }
 

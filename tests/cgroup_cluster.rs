@@ -211,6 +211,91 @@ fn jobs_sharing_a_node_are_charged_their_own_package(c: &Cluster, hw: &Hardware)
     );
 }
 
+/// bash's `times` at the end of a job's output: the script's own user and
+/// system time and its children's, summed (seconds).
+fn bash_times(output: &str) -> f64 {
+    let secs = |t: &str| -> f64 {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let lines: Vec<&str> = output.lines().rev().take(2).collect();
+    assert_eq!(lines.len(), 2, "{output}");
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .map(secs)
+        .sum()
+}
+
+/// A node whose RAPL cannot be read and `cpu_tdp=100`: the job's CPU energy
+/// is estimated from the CPU time of the processes of its cgroup (Slurm makes
+/// no cpuacct cgroup here: jobacct_gather/none), labelled, against the CPU
+/// time the job's own shell reports. The fixture's two packages of one CPU
+/// each give TDP × CPU time.
+fn a_job_without_rapl_gets_a_labelled_estimate(c: &Cluster, hw: &Hardware) {
+    let no_rapl = c.dir.join("hardware/no-powercap");
+    fs::create_dir_all(&no_rapl).unwrap();
+    let mut args = hw.plugin_args();
+    args.retain(|a| !a.starts_with("powercap="));
+    args.push(format!("powercap={}", no_rapl.display()));
+    args.push("cpu_tdp=100".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.set_plugin_args(&refs);
+    let script = "#!/bin/bash
+burn() { e=$((SECONDS+3)); while [ $SECONDS -lt $e ]; do :; done; }
+burn
+times
+sleep 1
+";
+    let mark = c.log_mark();
+    let j = c
+        .submit_in(&c.work_dir(), &["-n1", "-c1", "--carbon-track=yes"], script)
+        .expect("sbatch");
+    c.wait_ended(j);
+    let csv = c.work_dir().join(format!("carbontrack-{}.csv", j.0));
+    let deadline = Instant::now() + WAIT;
+    while !csv.exists() {
+        assert!(Instant::now() < deadline, "no {}", csv.display());
+        sleep(Duration::from_millis(100));
+    }
+    let text = fs::read_to_string(&csv).unwrap();
+    let rows = read_csv(text.as_bytes()).unwrap();
+    common::assert_short_statuses(&rows);
+    let est = rows
+        .iter()
+        .find(|r| r.component == "cpu" && r.device == "tdp-estimate")
+        .unwrap_or_else(|| panic!("no estimate row:\n{text}"));
+    assert_eq!(
+        est.status, "estimated: TDP 100 W (cpu_tdp=100), CPU time",
+        "{text}"
+    );
+    let cpu_s = bash_times(&c.output_of(j.0));
+    let truth = 100.0 * cpu_s;
+    let energy = est.energy_j.expect("an estimate has energy");
+    println!(
+        "    estimate {energy:.1} J, the script's CPU time {cpu_s:.3} s by bash: {truth:.1} J ({:+.2}%)",
+        (energy - truth) / truth * 100.0
+    );
+    // The job's slurmstepd processes are in its cgroup too: a little more.
+    // (The script sleeps after `times` so that its last CPU time is seen
+    // before it ends: a process's time is read while it lives, and the
+    // batch step's slurmstepd, which reaps it, ends soon after.)
+    assert!(
+        energy >= truth * 0.97 && energy <= truth * 1.10 + 5.0,
+        "job {}: estimate {energy} J, truth {truth} J\n{text}",
+        j.0
+    );
+    let total = rows.last().filter(|r| r.is_total()).expect("a total row");
+    assert!(total.status.contains("1 estimated (cpu)"), "{text}");
+    let log = c.log_of_job(mark, j.0);
+    assert!(
+        log.contains("CPU energy is an estimate: TDP 100 W per package (cpu_tdp=100) × the CPU time of the processes of /sys/fs/cgroup/"),
+        "{log}"
+    );
+}
+
+type Check = fn(&Cluster, &Hardware);
+
 fn cgroup_v1_missing() -> Option<String> {
     if !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").is_file() {
         return Some("no cgroup v1 cpuset controller at /sys/fs/cgroup/cpuset".into());
@@ -255,17 +340,35 @@ fn main() -> ExitCode {
     let hwdir = c.dir.join("hardware");
     fs::create_dir_all(&hwdir).unwrap();
     let hw = Hardware::new(&hwdir);
-    let started = Instant::now();
-    let name = "jobs_sharing_a_node_are_charged_their_own_package";
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        jobs_sharing_a_node_are_charged_their_own_package(&c, &hw)
-    }))
-    .is_ok();
-    println!(
-        "test {name} ... {} ({:.1} s)",
-        if ok { "ok" } else { "FAILED" },
-        started.elapsed().as_secs_f64()
-    );
+    let checks: [(&str, Check); 2] = [
+        (
+            "jobs_sharing_a_node_are_charged_their_own_package",
+            jobs_sharing_a_node_are_charged_their_own_package,
+        ),
+        (
+            "a_job_without_rapl_gets_a_labelled_estimate",
+            a_job_without_rapl_gets_a_labelled_estimate,
+        ),
+    ];
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut ok = true;
+    for (name, check) in checks {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let started = Instant::now();
+        let passed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&c, &hw))).is_ok();
+        println!(
+            "test {name} ... {} ({:.1} s)",
+            if passed { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        ok &= passed;
+    }
     if ok {
         ExitCode::SUCCESS
     } else {

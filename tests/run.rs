@@ -561,3 +561,302 @@ fn follows_a_running_process_until_it_exits() {
     let out = run(&["run", "--pid", "1", "--", "true"], tmp.path());
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `bash`'s `times`: its own user and system time, then its children's
+/// (`0m1.234s 0m0.010s` lines), summed in seconds: the kernel's own account
+/// of the command's CPU time, the truth the estimate is compared with.
+fn bash_times(stdout: &str) -> f64 {
+    let secs = |t: &str| -> f64 {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let lines: Vec<&str> = stdout.lines().rev().take(2).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .map(secs)
+        .sum()
+}
+
+/// Two processes spin for 2 s each; `times` says how much CPU they got.
+const BURN: &str = "burn() { e=$((SECONDS+2)); while [ $SECONDS -lt $e ]; do :; done; }; \
+                    burn & burn; wait; times";
+
+/// With no RAPL and `--cpu-tdp`, the CPU row is an estimate: TDP × the
+/// command's CPU time / CPUs per package, against the CPU time the kernel
+/// gave it (bash's `times`); labelled, and the total says it includes one.
+/// With the RAPL fixture, the same flag changes nothing: measured wins.
+#[test]
+fn estimates_cpu_energy_from_tdp_and_cpu_time_where_rapl_is_missing() {
+    let tmp = TempDir::new("run-estimate").unwrap();
+    let topo = tmp.path().join("cpu");
+    carbontrack_fixtures::cputree::write_blocks(&topo, 1, 4).unwrap();
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "200ms",
+            "--powercap",
+            tmp.path().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu,dram",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "est.csv",
+            "--",
+            "bash",
+            "-c",
+            BURN,
+        ],
+        tmp.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let cpu_s = bash_times(&String::from_utf8_lossy(&out.stdout));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("est.csv")).unwrap()).unwrap();
+    let est = row(&rows, "cpu", "tdp-estimate");
+    assert_eq!(
+        est.status, "estimated: TDP 100 W (cpu_tdp=100), CPU time",
+        "{rows:#?}"
+    );
+    let truth = 100.0 * cpu_s / 4.0;
+    eprintln!(
+        "estimate {:.3} J for {cpu_s:.3} CPU-s by bash's times: {truth:.3} J, error {:.2}%",
+        est.energy_j.unwrap(),
+        (est.energy_j.unwrap() - truth) / truth * 100.0
+    );
+    // The CPU time of a tick or two of the last interval may be missed.
+    within(est.energy_j.unwrap(), truth, 0.03, "estimate");
+    assert!(
+        est.share.unwrap() > 0.0 && est.share.unwrap() <= 1.0,
+        "{est:?}"
+    );
+    // DRAM has no model: still unavailable, and the total says both.
+    assert!(
+        row(&rows, "dram", "rapl")
+            .status
+            .starts_with("unavailable: ")
+    );
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(
+        total.status, "incomplete: 1 of 2 rows unavailable (dram), 1 estimated (cpu)",
+        "{total:?}"
+    );
+    assert_eq!(total.energy_j, est.energy_j);
+    assert!(stderr.contains("CPU energy is an estimate"), "{stderr}");
+
+    // Only the CPU asked for: the total is an estimate, said by its prefix.
+    let out = run(
+        &[
+            "run",
+            "--powercap",
+            tmp.path().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "est2.csv",
+            "--",
+            "true",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("est2.csv")).unwrap()).unwrap();
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "estimated: 1 of 1 row estimated (cpu)");
+
+    // The same job over the RAPL fixture (50 W): measured, no estimate.
+    let rapl = powercap(&tmp.path().join("powercap"));
+    let out = run(
+        &[
+            "run",
+            "--interval",
+            "200ms",
+            "--powercap",
+            rapl.root().to_str().unwrap(),
+            "--cpu-topology",
+            topo.to_str().unwrap(),
+            "--components",
+            "cpu",
+            "--cpu-tdp",
+            "100",
+            "-o",
+            "rapl.csv",
+            "--",
+            "bash",
+            "-c",
+            BURN,
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let cpu_s = bash_times(&String::from_utf8_lossy(&out.stdout));
+    let rows = read_csv(std::fs::File::open(tmp.path().join("rapl.csv")).unwrap()).unwrap();
+    assert!(rows.iter().all(|r| r.device != "tdp-estimate"), "{rows:#?}");
+    let cpu = row(&rows, "cpu", "package-0");
+    assert_eq!(cpu.status, "ok");
+    let (t0, t1) = (parse_time(&cpu.start), parse_time(&cpu.end));
+    // This process's cpuset may be narrower than the fixture's 4 CPUs.
+    let measured = rapl.truth("package-0", t0, t1) * cpu.share.unwrap();
+    within(cpu.energy_j.unwrap(), measured, 0.01, "package");
+    let model = 100.0 * cpu_s / 4.0;
+    eprintln!(
+        "same job over the RAPL fixture: measured {:.3} J (truth {measured:.3} J), the model would say {model:.3} J ({:+.1}%)",
+        cpu.energy_j.unwrap(),
+        (model - measured) / measured * 100.0
+    );
+}
+
+/// The fake `powermetrics` and its recorded samples (tests/fixtures/powermetrics).
+fn fake_powermetrics() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/powermetrics/fake-powermetrics")
+}
+
+/// The recorded samples' energies (cpu, gpu, ane) in joules: the first two
+/// give `*_energy` (mJ), the third only `*_power` (mW) over 250 ms.
+fn recorded(name: &str) -> [f64; 3] {
+    match name {
+        "sample-1.plist" => [1.2, 0.3, 0.02],
+        "sample-2.plist" => [0.8, 0.5, 0.0],
+        "sample-3.plist" => [1.0, 0.25, 0.02],
+        other => panic!("unknown sample {other}"),
+    }
+}
+
+fn run_powermetrics(
+    tmp: &Path,
+    csv: &str,
+    env: &[(&str, &str)],
+    cmd: &[&str],
+) -> (Output, Vec<Row>) {
+    let fake = fake_powermetrics();
+    let mut args = vec![
+        "run",
+        "--interval",
+        "200ms",
+        "--powermetrics",
+        fake.to_str().unwrap(),
+        "--intensity",
+        "100",
+        "-o",
+        csv,
+        "--",
+    ];
+    args.extend(cmd);
+    let out = Command::new(BIN)
+        .args(&args)
+        .current_dir(tmp)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let rows = read_csv(std::fs::File::open(tmp.join(csv)).unwrap()).unwrap();
+    (out, rows)
+}
+
+/// Apple Silicon through the fake `powermetrics`: CPU, GPU and ANE rows with
+/// the energies of the samples it wrote, RAPL and NVML not asked.
+#[test]
+fn reads_cpu_gpu_and_ane_energy_from_powermetrics() {
+    let tmp = TempDir::new("run-powermetrics").unwrap();
+    let log = tmp.path().join("written");
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "pm.csv",
+        &[("CT_FAKE_PM_LOG", log.to_str().unwrap())],
+        &["sleep", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(written.len() >= 5, "{written:?}");
+    let got = [
+        row(&rows, "cpu", "apple-soc"),
+        row(&rows, "gpu", "apple-soc"),
+        row(&rows, "ane", "apple-soc"),
+    ];
+    assert!(got.iter().all(|r| r.status == "ok"), "{rows:#?}");
+    assert_eq!(rows.len(), 4, "no RAPL or NVML rows: {rows:#?}");
+    // The meter's last look may come before the fake's last sample or two
+    // were read: the figure is the truth of the first n samples written.
+    let truth = |n: usize| -> [f64; 3] {
+        written[..n]
+            .iter()
+            .map(|s| recorded(s))
+            .fold([0.0; 3], |a, e| [a[0] + e[0], a[1] + e[1], a[2] + e[2]])
+    };
+    let n = (written.len().saturating_sub(2)..=written.len())
+        .find(|&n| (got[0].energy_j.unwrap() - truth(n)[0]).abs() < 1e-6)
+        .unwrap_or_else(|| panic!("cpu {:?} is no prefix of {written:?}", got[0].energy_j));
+    for (i, r) in got.iter().enumerate() {
+        assert!(
+            (r.energy_j.unwrap() - truth(n)[i]).abs() < 1e-6,
+            "{}: {:?} vs {}",
+            r.component,
+            r.energy_j,
+            truth(n)[i]
+        );
+    }
+    eprintln!(
+        "powermetrics: {n} of {} samples read: cpu {:.3} J gpu {:.3} J ane {:.3} J, truth {:?}",
+        written.len(),
+        got[0].energy_j.unwrap(),
+        got[1].energy_j.unwrap(),
+        got[2].energy_j.unwrap(),
+        truth(n)
+    );
+    let total = rows.iter().find(|r| r.component == "total").unwrap();
+    assert_eq!(total.status, "ok");
+    assert!((total.energy_j.unwrap() - truth(n).iter().sum::<f64>()).abs() < 1e-6);
+}
+
+/// A powermetrics that stops (here after 3 samples, as `-n 3` would) leaves
+/// exactly what it wrote, `incomplete`; one that refuses a user who is not
+/// root leaves nothing and says which sudoers line lets it run.
+#[test]
+fn powermetrics_that_ends_or_refuses_is_said() {
+    let tmp = TempDir::new("run-powermetrics-end").unwrap();
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "end.csv",
+        &[("CT_FAKE_PM_COUNT", "3")],
+        &["sleep", "1.5"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let cpu = row(&rows, "cpu", "apple-soc");
+    assert!((cpu.energy_j.unwrap() - 3.0).abs() < 1e-9, "{cpu:?}");
+    assert!((row(&rows, "ane", "apple-soc").energy_j.unwrap() - 0.04).abs() < 1e-9);
+    assert!(
+        cpu.status.starts_with("incomplete: powermetrics ended at "),
+        "{cpu:?}"
+    );
+
+    let (out, rows) = run_powermetrics(
+        tmp.path(),
+        "refused.csv",
+        &[("CT_FAKE_PM_REFUSE", "1")],
+        &["true"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must be invoked as the superuser")
+            && stderr.contains("NOPASSWD: /usr/bin/powermetrics"),
+        "{stderr}"
+    );
+    for r in rows.iter() {
+        assert_eq!(r.energy_j, None, "{r:?}");
+        assert!(r.status.starts_with("unavailable: "), "{r:?}");
+    }
+}

@@ -91,6 +91,14 @@ struct RunArgs {
     /// Completed epochs needed before a prediction is shown.
     #[arg(long)]
     epochs_before_pred: Option<String>,
+    /// Estimate CPU energy where RAPL cannot be read: the CPU's TDP per
+    /// package in watts, or auto (from the CPU model); labelled `estimated`.
+    #[arg(long)]
+    cpu_tdp: Option<String>,
+    /// Read CPU, GPU and Neural Engine energy from this powermetrics (Apple
+    /// Silicon; the default on macOS is /usr/bin/powermetrics).
+    #[arg(long)]
+    powermetrics: Option<PathBuf>,
     /// Total epochs of the training run, for prediction from epoch marks.
     #[arg(long)]
     epochs: Option<String>,
@@ -130,6 +138,7 @@ impl RunArgs {
             ("intensity_fallback", self.intensity_fallback),
             ("report", self.report),
             ("epochs_before_pred", self.epochs_before_pred),
+            ("cpu_tdp", self.cpu_tdp),
         ];
         let mut cfg = Config::default();
         for (k, v) in keys {
@@ -154,6 +163,7 @@ impl RunArgs {
             budget,
             output: Some(self.output),
             plot: self.plot,
+            powermetrics: self.powermetrics,
             command: self.command,
             pid: self.pid,
         })

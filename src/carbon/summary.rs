@@ -69,8 +69,14 @@ pub struct SummaryInput<'a> {
 /// measured makes it a lower bound; a share attributed by CPU count or to the
 /// whole node (no cpuset) is an approximation that usually overstates the
 /// job's part of a shared node.
+/// An estimate (`cpu_tdp=`) is neither: it is said as such.
 fn incompleteness(rows: &[Row]) -> &'static str {
-    let devices = || rows.iter().filter(|r| !r.is_total() && r.status != "ok");
+    let estimated = |r: &&Row| r.status.starts_with("estimated: ");
+    let devices = || {
+        rows.iter()
+            .filter(|r| !r.is_total() && r.status != "ok")
+            .filter(|r| !estimated(r))
+    };
     let attribution = |r: &&Row| {
         r.status.starts_with("incomplete: ")
             && [NOTE_COUNT, NOTE_WHOLE_NODE, NOTE_LAYOUT]
@@ -78,10 +84,18 @@ fn incompleteness(rows: &[Row]) -> &'static str {
                 .any(|n| r.status.contains(n))
     };
     let missing = devices().any(|r| !attribution(&r));
-    match (missing, devices().any(|r| attribution(&r))) {
-        (true, true) => "energy missing from some devices, CPU share approximate",
-        (true, false) => "a lower bound",
-        (false, _) => "CPU share approximate",
+    let any_estimate = rows.iter().filter(|r| !r.is_total()).any(|r| estimated(&r));
+    match (missing, devices().any(|r| attribution(&r)), any_estimate) {
+        (true, true, false) => "energy missing from some devices, CPU share approximate",
+        (true, true, true) => {
+            "energy missing from some devices, CPU share approximate, CPU energy estimated"
+        }
+        (true, false, false) => "a lower bound",
+        (true, false, true) => "energy missing from some devices, CPU energy estimated",
+        (false, true, false) => "CPU share approximate",
+        (false, true, true) => "CPU share approximate, CPU energy estimated",
+        (false, false, true) => "CPU energy estimated, not measured",
+        (false, false, false) => "CPU share approximate",
     }
 }
 
@@ -432,7 +446,7 @@ pub fn render_actual_block(i: &SummaryInput) -> String {
 fn energy_block(s: &mut String, i: &SummaryInput, title: &str) -> Option<Joules> {
     let _ = writeln!(s, "{title} at the devices (before PUE), per component:");
     let devices: Vec<&Row> = i.rows.iter().filter(|r| !r.is_total()).collect();
-    for comp in ["cpu", "dram", "gpu"] {
+    for comp in ["cpu", "dram", "gpu", "ane"] {
         let of: Vec<&&Row> = devices.iter().filter(|r| r.component == comp).collect();
         if of.is_empty() {
             continue;
@@ -690,12 +704,25 @@ mod tests {
             rows[0].status = format!("incomplete: {NOTE_WHOLE_NODE}");
             rows
         };
+        let estimated = |mut rows: Vec<Row>| {
+            rows[0].status = "estimated: TDP 100 W (cpu_tdp=100), CPU time".into();
+            rows
+        };
         for (rows, want) in [
             (rows(100.0, None), "a lower bound"),
             (attributed(rows(100.0, Some(50.0))), "CPU share approximate"),
             (
                 attributed(rows(100.0, None)),
                 "energy missing from some devices, CPU share approximate",
+            ),
+            // An estimate is no lower bound, and is said.
+            (
+                estimated(rows(100.0, Some(50.0))),
+                "CPU energy estimated, not measured",
+            ),
+            (
+                estimated(rows(100.0, None)),
+                "energy missing from some devices, CPU energy estimated",
             ),
         ] {
             assert_eq!(incompleteness(&rows), want);

@@ -40,6 +40,14 @@ pub fn local_utc_offset(unix_secs: i64) -> Option<i64> {
     (!r.is_null()).then_some(tm.tm_gmtoff)
 }
 
+/// The unit of the CPU times in `/proc/<pid>/stat` (`sysconf(_SC_CLK_TCK)`),
+/// 100 on every Linux build in use; 100 if it cannot be asked.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant and reads no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

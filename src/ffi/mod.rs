@@ -9,12 +9,17 @@
 
 pub mod amdsmi;
 pub mod clock;
+#[cfg(feature = "slurm")]
 mod exports;
 pub mod identity;
 pub mod nvml_samples;
 pub mod signals;
+#[cfg(feature = "slurm")]
 pub mod slurm_conf;
+#[cfg(feature = "slurm")]
 mod spank;
+#[cfg(feature = "slurm")]
 pub mod sys;
 
+#[cfg(feature = "slurm")]
 pub use spank::{Spank, SpankError, log};

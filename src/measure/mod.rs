@@ -6,8 +6,10 @@ pub mod amd_gpus;
 pub mod amdsmi;
 pub mod cores;
 pub mod cpuset;
+pub mod estimate;
 pub mod gpus;
 pub mod nvml;
+pub mod powermetrics;
 pub mod rapl;
 pub mod sampler;
 
@@ -22,6 +24,9 @@ pub enum Component {
     Cpu,
     Dram,
     Gpu,
+    /// Apple's Neural Engine (powermetrics): counted in the total, in none
+    /// of the accounting segment's `cpu_j`, `dram_j`, `gpu_j`.
+    Ane,
 }
 
 impl Component {
@@ -30,6 +35,7 @@ impl Component {
             Component::Cpu => "cpu",
             Component::Dram => "dram",
             Component::Gpu => "gpu",
+            Component::Ane => "ane",
         }
     }
 
@@ -38,6 +44,7 @@ impl Component {
             "cpu" => Some(Component::Cpu),
             "dram" => Some(Component::Dram),
             "gpu" => Some(Component::Gpu),
+            "ane" => Some(Component::Ane),
             _ => None,
         }
     }
@@ -59,15 +66,21 @@ pub enum Status {
     Incomplete(String),
     /// Not measured at all; the energy fields stay empty.
     Unavailable(String),
+    /// Not measured but modelled (`cpu_tdp=`, [`estimate`]); the energy is
+    /// the model's, and the text names the model.
+    Estimated(String),
 }
 
 impl Status {
-    /// Parses the CSV form (`ok`, `incomplete: …`, `unavailable: …`).
+    /// Parses the CSV form (`ok`, `incomplete: …`, `unavailable: …`,
+    /// `estimated: …`).
     pub fn parse(s: &str) -> Option<Status> {
         if s == "ok" {
             Some(Status::Ok)
         } else if let Some(r) = s.strip_prefix("incomplete: ") {
             Some(Status::Incomplete(r.to_string()))
+        } else if let Some(r) = s.strip_prefix("estimated: ") {
+            Some(Status::Estimated(r.to_string()))
         } else {
             s.strip_prefix("unavailable: ")
                 .map(|r| Status::Unavailable(r.to_string()))
@@ -83,6 +96,7 @@ impl Status {
             Status::Ok => "ok".to_string(),
             Status::Incomplete(r) => format!("incomplete: {}", cut(r, MAX_REASON)),
             Status::Unavailable(r) => format!("unavailable: {}", cut(r, MAX_REASON)),
+            Status::Estimated(r) => format!("estimated: {}", cut(r, MAX_REASON)),
         }
     }
 }
@@ -93,6 +107,7 @@ impl fmt::Display for Status {
             Status::Ok => f.write_str("ok"),
             Status::Incomplete(r) => write!(f, "incomplete: {r}"),
             Status::Unavailable(r) => write!(f, "unavailable: {r}"),
+            Status::Estimated(r) => write!(f, "estimated: {r}"),
         }
     }
 }
@@ -218,6 +233,27 @@ pub fn explain(reason: &str) -> Option<&'static str> {
              around each reset is not counted.",
         ),
         (
+            "TDP ",
+            "no energy counter could be read for the CPUs, so their energy is a model \
+             (cpu_tdp=): TDP per package × the job's CPU time / the CPUs of a package. It \
+             assumes power grows linearly with busy CPUs up to TDP and charges no idle power; \
+             see docs/estimates.md for its error. It is never added silently to measured \
+             figures: the total says it includes estimates.",
+        ),
+        (
+            "superuser",
+            "Apple's powermetrics, which reads the CPU, GPU and Neural Engine energy on Apple \
+             Silicon, runs only as root. Run carbontrack as root, or let it use `sudo -n` with \
+             the sudoers line `<user> ALL=(root) NOPASSWD: /usr/bin/powermetrics` (add it \
+             with `sudo visudo -f /etc/sudoers.d/powermetrics`).",
+        ),
+        (
+            "powermetrics ended",
+            "Apple's powermetrics stopped before the run did (killed, or it failed; the log \
+             says how it ended): the energy it reported until then is kept, the rest is not \
+             counted, so the figure is a lower bound.",
+        ),
+        (
             "stopped answering",
             "a device stopped answering (a call to it did not return within 5 s, as when a GPU \
              falls off the bus); its energy until then is kept, and the others were measured to \
@@ -327,6 +363,7 @@ mod tests {
             Status::Ok,
             Status::Incomplete("GPU lost at 12:00".into()),
             Status::Unavailable("no RAPL".into()),
+            Status::Estimated("TDP 150 W (cpu_tdp=150), CPU time".into()),
         ] {
             assert_eq!(Status::parse(&s.to_string()), Some(s));
         }
@@ -380,6 +417,9 @@ mod tests {
             "reads up to 12.000 s apart (a wrap may be missed)",
             "GPU 1 stopped answering at 2026-01-01T00:00:00Z",
             "measured until 2026-01-01T00:00:00Z",
+            "TDP 150 W (cpu_tdp=150), CPU time",
+            "powermetrics: powermetrics must be invoked as the superuser",
+            "powermetrics ended at 2026-01-01T00:00:00Z",
         ] {
             assert!(explain(reason).is_some(), "{reason}");
         }

@@ -437,6 +437,24 @@ impl RaplMeter {
     pub fn wraps(&self) -> u64 {
         self.zones.iter().map(|z| z.wraps).sum()
     }
+
+    /// Whether any zone of `component` could be opened.
+    pub fn reads(&self, component: Component) -> bool {
+        self.zones.iter().any(|z| z.component == component)
+    }
+
+    /// Takes the `unavailable` rows of `component` out, for a meter that
+    /// stands in for it (the CPU estimate); returns their reasons.
+    pub fn take_unavailable(&mut self, component: Component) -> Vec<String> {
+        let (taken, kept) = std::mem::take(&mut self.unavailable)
+            .into_iter()
+            .partition(|d| d.component == component);
+        self.unavailable = kept;
+        taken
+            .into_iter()
+            .map(|d: DeviceEnergy| d.status.to_string())
+            .collect()
+    }
 }
 
 impl Zone {

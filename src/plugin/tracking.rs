@@ -22,6 +22,7 @@ use crate::job::{JobInfo, cpus_per_node};
 use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::cores::node_layout;
 use crate::measure::cpuset::{self, CpuSet, Evidence};
+use crate::measure::estimate::CpuTimeSource;
 use crate::measure::gpus::GpuHints;
 use crate::measure::sampler::SamplerCpu;
 use crate::plugin::options::JobChoice;
@@ -301,6 +302,9 @@ pub(super) fn start(host: &dyn Host, cfg: &Config, here: &Where) -> Option<Track
     plan.live_csv = Some(spool.live_path(job_id, &job.node));
     plan.join_timeout = Duration::from_secs(10);
     plan.prometheus = prometheus_exporter(host, cfg, &job);
+    if cfg.cpu_tdp.is_some() {
+        plan.cpu_time = job_cpu_time(host, cfg, &job);
+    }
 
     let (tracker, notes) = match Tracker::start(plan) {
         Ok(t) => t,
@@ -420,6 +424,18 @@ fn attribution(
         disagreement: chosen.disagreement,
     };
     (chosen.shares, log)
+}
+
+/// Where the job's CPU time is read (`cpu_tdp=`): the CPU accounting of the
+/// job's cgroup, found through this step's own cgroup or a task's.
+fn job_cpu_time(host: &dyn Host, cfg: &Config, job: &JobInfo) -> Option<CpuTimeSource> {
+    [Some(host.pid()), host.task_pid()]
+        .into_iter()
+        .flatten()
+        .find_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            crate::measure::estimate::job_cpu_time_source(&cfg.cgroup, &text, job.job_id)
+        })
 }
 
 /// The job's GPUs as the prolog saw them. A job Slurm gave no GPU gets none,

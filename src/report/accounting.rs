@@ -6,6 +6,9 @@
 //! ```
 //! Keys always appear in this order and `nodes=` ends the segment, so a reader
 //! can find it inside free text. What was not measured is `unknown`, never 0.
+//! A total that includes estimated figures (`cpu_tdp=`) has
+//! `estimated=<components>` (`estimated=cpu`) before `nodes=`; a measured one
+//! has no such key.
 //! sacctmgr turns `"` and `'` into backticks (slurm-facts.md): the segment
 //! has none, and the text around it is stored the way sacctmgr would store it,
 //! so that delivering twice writes the same text.
@@ -42,6 +45,9 @@ pub struct Segment {
     pub gpu_j: Option<f64>,
     pub pue: Option<f64>,
     pub intensity: Option<f64>,
+    /// The components whose figures are estimates, comma-separated (`cpu`);
+    /// `None` when all were measured.
+    pub estimated: Option<String>,
     pub nodes: u32,
 }
 
@@ -55,6 +61,8 @@ impl Segment {
             gpu_j: t.gpu_j,
             pue: Some(t.pue),
             intensity: t.intensity_g_per_kwh,
+            estimated: crate::footprint::estimated_components(&t.status)
+                .map(|c| c.replace(", ", ",")),
             nodes: t.nodes,
         }
     }
@@ -62,8 +70,13 @@ impl Segment {
     /// The segment text: no quotes, no newlines, no field separator `|`.
     pub fn format(&self) -> String {
         let f3 = |x: Option<f64>| x.map_or(UNKNOWN.to_string(), |x| format!("{x:.3}"));
+        let estimated = self
+            .estimated
+            .as_ref()
+            .map(|c| format!(" estimated={c}"))
+            .unwrap_or_default();
         format!(
-            "{TAG} energy_kwh={} co2e_g={} cpu_j={} dram_j={} gpu_j={} pue={} intensity={} nodes={}",
+            "{TAG} energy_kwh={} co2e_g={} cpu_j={} dram_j={} gpu_j={} pue={} intensity={}{estimated} nodes={}",
             self.energy_kwh.map_or(UNKNOWN.to_string(), fmt_kwh),
             f3(self.co2e_g),
             f3(self.cpu_j),
@@ -88,6 +101,7 @@ impl Segment {
             gpu_j: None,
             pue: None,
             intensity: None,
+            estimated: None,
             nodes: 0,
         };
         for tok in text[start + TAG.len()..end].split_whitespace() {
@@ -103,6 +117,7 @@ impl Segment {
                 "gpu_j" => s.gpu_j = num,
                 "pue" => s.pue = num,
                 "intensity" => s.intensity = num,
+                "estimated" => s.estimated = Some(v.to_string()).filter(|v| !v.is_empty()),
                 "nodes" => s.nodes = v.parse().unwrap_or(0),
                 _ => {}
             }
@@ -214,7 +229,40 @@ mod tests {
             gpu_j: Some(0.0),
             pue: Some(1.58),
             intensity: Some(445.0),
+            estimated: None,
             nodes: 1,
+        }
+    }
+
+    /// A total with an estimate says so, before `nodes=`, and reads back;
+    /// a reader that does not know the key still reads the rest.
+    #[test]
+    fn estimates_are_marked() {
+        let est = Segment {
+            estimated: Some("cpu".into()),
+            ..seg()
+        };
+        let text = est.format();
+        assert_eq!(
+            text,
+            "carbontrack:v1 energy_kwh=0.158000 co2e_g=70.310 cpu_j=360000.000 dram_j=unknown gpu_j=0.000 pue=1.58 intensity=445.000 estimated=cpu nodes=1"
+        );
+        assert_eq!(Segment::parse(&format!("x {text} y")), Some(est));
+        assert_eq!(Segment::parse(TEXT).unwrap().estimated, None);
+        for (status, marked) in [
+            ("ok", None),
+            ("estimated: 1 of 3 rows estimated (cpu)", Some("cpu")),
+            (
+                "incomplete: 1 of 3 rows unavailable (dram), 1 estimated (cpu)",
+                Some("cpu"),
+            ),
+            ("incomplete: 1 of 3 rows unavailable (dram)", None),
+        ] {
+            assert_eq!(
+                crate::footprint::estimated_components(status),
+                marked,
+                "{status}"
+            );
         }
     }
 

@@ -27,6 +27,8 @@ pub struct JobRecord {
     pub gpu_hours: f64,
     pub energy_kwh: Option<f64>,
     pub co2e_g: Option<f64>,
+    /// Whether its figures include estimates (`cpu_tdp=`).
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,6 +83,7 @@ pub struct Job<'a> {
     pub gpu_hours: f64,
     pub energy_kwh: Option<f64>,
     pub co2e_g: Option<f64>,
+    pub estimated: bool,
 }
 
 impl JobRecord {
@@ -93,6 +96,7 @@ impl JobRecord {
             gpu_hours: self.gpu_hours,
             energy_kwh: self.energy_kwh,
             co2e_g: self.co2e_g,
+            estimated: self.estimated,
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct Totals {
     /// to the total; the f64s above follow them.
     #[serde(skip)]
     units: [i128; 3],
+    /// Jobs whose figures, in the sums above, include estimates (`cpu_tdp=`).
+    pub estimated_jobs: u64,
 }
 
 /// The record precision of [`Totals`]' sums, and the shown one.
@@ -140,6 +146,9 @@ impl Totals {
         }
         if r.energy_kwh.is_none() || r.co2e_g.is_none() {
             self.unmeasured_jobs += 1;
+        }
+        if r.estimated {
+            self.estimated_jobs += 1;
         }
     }
 
@@ -315,6 +324,7 @@ pub fn render(groups: &[Totals], total: &Totals, by: Option<GroupBy>, format: Fo
             f[1].clone(),
             f[2].clone(),
             t.unmeasured_jobs.to_string(),
+            t.estimated_jobs.to_string(),
         ]
     };
     let header = [
@@ -324,6 +334,7 @@ pub fn render(groups: &[Totals], total: &Totals, by: Option<GroupBy>, format: Fo
         "energy_kwh",
         "co2e_g",
         "unmeasured_jobs",
+        "estimated_jobs",
     ];
     match format {
         Format::Json => {
@@ -406,6 +417,7 @@ pub fn ledger_records(rows: &[JobTotal]) -> Vec<JobRecord> {
             gpu_hours: t.gpu_hours,
             energy_kwh: t.energy_kwh,
             co2e_g: t.co2e_g,
+            estimated: crate::footprint::estimated_components(&t.status).is_some(),
         })
         .collect()
 }
@@ -448,6 +460,7 @@ pub fn parse_sacct(text: &str, delim: &str) -> (Vec<JobRecord>, usize) {
                 gpu_hours: gpus(f[6]) * elapsed / 3600.0,
                 energy_kwh: seg.energy_kwh,
                 co2e_g: seg.co2e_g,
+                estimated: seg.estimated.is_some(),
             })
         })
         .collect();
@@ -524,7 +537,39 @@ mod tests {
             gpu_hours: 0.5,
             energy_kwh: kwh,
             co2e_g: kwh.map(|k| k * 100.0),
+            estimated: false,
         }
+    }
+
+    /// Jobs whose figures include estimates are counted, in every format,
+    /// and still add to the sums.
+    #[test]
+    fn jobs_with_estimates_are_counted() {
+        let mut recs = vec![
+            rec(1, "alice", "ml", "2024-05-01T10:00:00Z", Some(1.0)),
+            rec(2, "bob", "ml", "2024-05-01T11:00:00Z", Some(2.0)),
+        ];
+        recs[1].estimated = true;
+        let (g, t) = aggregate(&recs, &Filter::default(), Some(GroupBy::User));
+        assert_eq!((g[0].estimated_jobs, g[1].estimated_jobs), (0, 1));
+        assert_eq!((t.jobs, t.estimated_jobs, t.energy_kwh), (2, 1, 3.0));
+        let csv = render(&g, &t, Some(GroupBy::User), Format::Csv);
+        assert!(
+            csv.starts_with(
+                "user,jobs,gpu_hours,energy_kwh,co2e_g,unmeasured_jobs,estimated_jobs\n"
+            ),
+            "{csv}"
+        );
+        assert!(
+            csv.ends_with("total,2,1.000,3.000000,300.000,0,1\n"),
+            "{csv}"
+        );
+        assert!(render(&g, &t, None, Format::Json).contains("\"estimated_jobs\": 1"));
+        // From accounting: the segment's `estimated=` key.
+        let line = "5|carol|ml|gpu|2024-05-01T10:00:00|60|cpu=1|2024-05-01T09:59:00|carbontrack:v1 energy_kwh=0.001 co2e_g=0.1 cpu_j=3600 dram_j=unknown gpu_j=0 pue=1 intensity=100 estimated=cpu nodes=1|\n";
+        let (jobs, bad) = parse_sacct(line, "|");
+        assert_eq!((jobs.len(), bad), (1, 0));
+        assert!(jobs[0].estimated);
     }
 
     #[test]
@@ -683,7 +728,11 @@ mod tests {
             assert_eq!(sum, units(&total[0][col]), "column {col}:\n{csv}");
         }
         assert_eq!(total[0][3], "1.000000", "{csv}");
-        assert_eq!(groups[3], ["zero", "1", "0.500", "0.000000", "0.000", "0"]);
+        // The last column: estimated_jobs.
+        assert_eq!(
+            groups[3],
+            ["zero", "1", "0.500", "0.000000", "0.000", "0", "0"]
+        );
         let table = render(&g, &t, Some(GroupBy::User), Format::Table);
         assert!(
             table.lines().last().unwrap().contains("1.000000"),
@@ -712,10 +761,10 @@ mod tests {
         let csv = render(&g, &t, Some(GroupBy::User), Format::Csv);
         assert_eq!(
             csv,
-            "user,jobs,gpu_hours,energy_kwh,co2e_g,unmeasured_jobs\n\
-             alice,1,0.500,1.000000,100.000,0\n\
-             bob,1,0.500,2.500000,250.000,0\n\
-             total,2,1.000,3.500000,350.000,0\n"
+            "user,jobs,gpu_hours,energy_kwh,co2e_g,unmeasured_jobs,estimated_jobs\n\
+             alice,1,0.500,1.000000,100.000,0,0\n\
+             bob,1,0.500,2.500000,250.000,0,0\n\
+             total,2,1.000,3.500000,350.000,0,0\n"
         );
         let json: serde_json::Value =
             serde_json::from_str(&render(&g, &t, Some(GroupBy::User), Format::Json)).unwrap();

@@ -673,7 +673,10 @@ pub fn with_missing(status: &str, missing: &[String]) -> String {
     let clause = missing_clause(missing);
     match Status::parse(status) {
         Some(Status::Ok) | None => Status::Incomplete(clause).to_csv(),
-        Some(Status::Incomplete(rest)) => Status::Incomplete(fit_reasons(&[clause, rest])).to_csv(),
+        // Estimated figures stay said beside the missing part.
+        Some(Status::Incomplete(rest) | Status::Estimated(rest)) => {
+            Status::Incomplete(fit_reasons(&[clause, rest])).to_csv()
+        }
         // `unavailable: …`: nothing measured on the nodes that did report.
         Some(Status::Unavailable(rest)) => {
             Status::Unavailable(fit_reasons(&[rest, clause])).to_csv()

@@ -208,4 +208,38 @@ pub(crate) mod tests {
         assert_eq!((t.energy_kwh, t.co2e_g), (None, None));
         assert_eq!(JobTotal::from_rows(7, &[], Components::ALL, &meta()), None);
     }
+
+    /// Nodes measured and estimated (`cpu_tdp=`): the figures add up, and
+    /// the total, the accounting segment and the report all say it includes
+    /// an estimate.
+    #[test]
+    fn an_estimate_is_marked_all_the_way_to_the_report() {
+        let mut est = row("n2", "cpu", "tdp-estimate", Some(500.0));
+        est.status = "estimated: TDP 100 W (cpu_tdp=100), CPU time".into();
+        let rows = vec![
+            row("n1", "cpu", "package-0", Some(1000.0)),
+            row("n1", "dram", "package-0", Some(100.0)),
+            est,
+        ];
+        let off = Components {
+            gpu: false,
+            dram: false,
+            ..Components::ALL
+        };
+        let t = JobTotal::from_rows(7, &rows, off, &meta()).unwrap();
+        assert_eq!((t.cpu_j, t.energy_j), (Some(1500.0), Some(1600.0)));
+        assert_eq!(t.status, "estimated: 1 of 3 rows estimated (cpu)");
+        let seg = crate::report::accounting::Segment::of(&t).format();
+        assert!(seg.ends_with(" estimated=cpu nodes=2"), "{seg}");
+        let recs = crate::report::aggregate::ledger_records(std::slice::from_ref(&t));
+        assert!(recs[0].estimated);
+        // Measured only: no mark anywhere.
+        let t = JobTotal::from_rows(7, &rows[..2], off, &meta()).unwrap();
+        assert!(
+            !crate::report::accounting::Segment::of(&t)
+                .format()
+                .contains("estimated")
+        );
+        assert!(!crate::report::aggregate::ledger_records(&[t])[0].estimated);
+    }
 }
