@@ -9,6 +9,7 @@ use super::conf::{self, SlurmConf};
 use super::{Finding, Level};
 use crate::carbon::intensity::{self, IntensitySpec};
 use crate::config::{Components, Config};
+use crate::ffi::amdsmi::AmdSmiOpenError;
 use crate::measure::cpuset::{self, CpuSet};
 use crate::measure::nvml::{NvmlLib, NvmlUnavailable};
 use crate::measure::{Component, cores, rapl};
@@ -77,6 +78,10 @@ pub fn run_all(inp: &Inputs) -> Vec<Finding> {
     out.push(bounded("rapl", move || rapl_item(&c, euid)));
     let c = config.clone();
     out.push(bounded("gpus", move || gpu_item(&c, Path::new("/dev"))));
+    let c = config.clone();
+    out.push(bounded("amd_gpus", move || {
+        amd_gpu_item(&c, Path::new("/dev/dri"))
+    }));
     out.push(spool_item(&config, inp.euid));
     out.push(shared_item(&config, inp.euid));
     out.push(ledger_item(&config, inp.euid));
@@ -538,6 +543,67 @@ pub fn gpu_item(config: &Config, dev: &Path) -> Finding {
         );
     }
     ok(ITEM, summary)
+}
+
+/// AMD SMI opened as the plugin opens it (`amdsmi=`), its GPUs and their
+/// energy counters. No library and no render node: nothing to measure.
+pub fn amd_gpu_item(config: &Config, dri: &Path) -> Finding {
+    const ITEM: &str = "amd_gpus";
+    if !config.components.gpu {
+        return ok(ITEM, "GPUs are not measured (components=)");
+    }
+    let lib = &config.amdsmi;
+    let render_nodes = std::fs::read_dir(dri)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+                .count()
+        })
+        .unwrap_or(0);
+    match crate::measure::amdsmi::inventory(lib) {
+        Err(e @ AmdSmiOpenError::Missing { .. }) if !lib.is_absolute() => {
+            if render_nodes == 0 {
+                ok(
+                    ITEM,
+                    format!(
+                        "no AMD GPU on this node (no {} and no {}/renderD*)",
+                        lib.display(),
+                        dri.display()
+                    ),
+                )
+            } else {
+                warn(
+                    ITEM,
+                    format!(
+                        "{e}, but {render_nodes} render node(s) in {}: AMD GPUs, if these are, go unmeasured",
+                        dri.display()
+                    ),
+                    "install ROCm's AMD SMI (libamd_smi.so) or point amdsmi= at it; for other GPUs this is harmless",
+                )
+            }
+        }
+        Err(e) => fail(
+            ITEM,
+            format!("{e}: AMD GPU rows will be `unavailable`"),
+            "point amdsmi= at ROCm's libamd_smi.so (e.g. /opt/rocm/lib/libamd_smi.so), or check the amdgpu driver (`amd-smi list`)",
+        ),
+        Ok(inv) if inv.gpus == 0 => warn(
+            ITEM,
+            format!("AMD SMI ({}) loads but lists no GPU", lib.display()),
+            "check the amdgpu driver (`amd-smi list`)",
+        ),
+        Ok(inv) => ok(
+            ITEM,
+            format!(
+                "AMD SMI {}: {} GPU(s) on {} board(s), {} with an energy counter, {} by power",
+                lib.display(),
+                inv.gpus,
+                inv.packages,
+                inv.with_counter,
+                inv.gpus - inv.with_counter
+            ),
+        ),
+    }
 }
 
 /// A directory root keeps its files in, checked as the plugin or the Epilog

@@ -241,3 +241,35 @@ fn no_rapl_and_no_nvml() {
     assert_eq!(gpu_item(&cpu_node, &d).level, Level::Fail);
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// An `amdsmi=` path that does not load is a mistake; no AMD SMI on a node
+/// without render nodes is not; render nodes without it are worth a word.
+#[test]
+fn amd_smi_missing() {
+    let d = dir("amd");
+    let cfg = Config {
+        amdsmi: d.join("libamd_smi.so"),
+        ..Config::default()
+    };
+    let f = amd_gpu_item(&cfg, &d);
+    assert!(
+        f.level == Level::Fail && f.message.contains("cannot load") && f.fix.is_some(),
+        "{f:?}"
+    );
+    let cpu_node = Config {
+        amdsmi: PathBuf::from("libamd_smi-not-here.so"),
+        ..cfg.clone()
+    };
+    let f = amd_gpu_item(&cpu_node, &d);
+    assert!(
+        f.level == Level::Ok && f.message.contains("no AMD GPU"),
+        "{f:?}"
+    );
+    fs::write(d.join("renderD128"), b"").unwrap();
+    let f = amd_gpu_item(&cpu_node, &d);
+    assert!(
+        f.level == Level::Warn && f.message.contains("1 render node"),
+        "{f:?}"
+    );
+    fs::remove_dir_all(&d).unwrap();
+}

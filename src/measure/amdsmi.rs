@@ -59,6 +59,41 @@ fn open_lib(path: &Path) -> Result<&'static AmdSmi, AmdSmiOpenError> {
     Ok(lib)
 }
 
+/// What a node's AMD SMI offers, as `carbontrack check` reports it: the
+/// library opened the way a job's meter opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmdInventory {
+    /// GPUs (GCDs, partitions) the library lists.
+    pub gpus: usize,
+    /// Boards they sit on (an MI250X holds two GCDs).
+    pub packages: usize,
+    /// GPUs whose energy accumulator answers.
+    pub with_counter: usize,
+}
+
+/// Opens AMD SMI at `lib` and lists its GPUs and which have an energy
+/// counter.
+pub fn inventory(lib: &Path) -> Result<AmdInventory, AmdSmiOpenError> {
+    let smi = open_lib(lib)?;
+    let procs = smi.processors().map_err(|error| AmdSmiOpenError::List {
+        path: lib.display().to_string(),
+        error,
+    })?;
+    let infos: Vec<AmdGpuInfo> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| describe(i as u32, p))
+        .collect();
+    let mut packages: Vec<&str> = infos.iter().map(|g| g.package.as_str()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    Ok(AmdInventory {
+        gpus: procs.len(),
+        packages: packages.len(),
+        with_counter: procs.iter().filter(|p| p.energy_count().is_ok()).count(),
+    })
+}
+
 /// How a GCD is read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {

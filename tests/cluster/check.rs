@@ -13,13 +13,14 @@ use crate::common::hardware::Hardware;
 const BIN: &str = env!("CARGO_BIN_EXE_carbontrack");
 
 /// The items check reports, in its order.
-const ITEMS: [&str; 12] = [
+const ITEMS: [&str; 13] = [
     "plugstack",
     "plugin",
     "prolog_flags",
     "cpu_attribution",
     "rapl",
     "gpus",
+    "amd_gpus",
     "spool",
     "shared",
     "ledger",
@@ -316,6 +317,17 @@ pub fn check_names_each_broken_item(c: &Cluster, hw: &Hardware) {
         same,
     )
     .only("gpus", "fail", "not found");
+
+    // amd_gpus: amdsmi= at a library that is not there.
+    s.run(
+        "amd_gpus",
+        &arg(format_args!(
+            "amdsmi={}",
+            d.join("nope/libamd_smi.so").display()
+        )),
+        same,
+    )
+    .only("amd_gpus", "fail", "cannot load");
 
     // gpus: a GPU whose every NVML call hangs (off the bus): check answers
     // after its bound, naming it, and exits.
