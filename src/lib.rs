@@ -17,6 +17,7 @@ pub mod epochs;
 pub mod ffi;
 pub mod follow;
 pub mod footprint;
+pub mod host;
 pub mod hostlist;
 pub mod job;
 pub mod measure;

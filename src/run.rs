@@ -19,6 +19,7 @@ use crate::carbon::budget::{CarbonBudget, STATE_FILE_ENV};
 use crate::config::{Config, ReportTarget};
 use crate::epochs::EPOCH_FILE_ENV;
 use crate::ffi::signals;
+use crate::host::hostname;
 use crate::measure::amd_gpus::AmdGpuHints;
 use crate::measure::cpuset::{self, PackageShares};
 use crate::measure::estimate::CpuTimeSource;
@@ -59,17 +60,9 @@ pub struct RunRequest {
     pub powermetrics: Option<PathBuf>,
     pub command: Vec<OsString>,
     /// Follow this running process instead of running `command`
-    /// (`carbontrack run --pid`, [`crate::follow`]).
+    /// (`carbontrack run --pid`: the caller hands the request to
+    /// `follow::follow` instead of [`run`]).
     pub pid: Option<u32>,
-}
-
-/// This machine's name, for the CSV's `node` column.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// The CPU attribution for a command: the cpuset of the cgroup it runs in when
@@ -127,9 +120,6 @@ pub(crate) fn local_plan(req: &RunRequest, proc_cgroup: &Path, epoch_file: PathB
 /// Runs the command under measurement and returns how it ended. Measurement
 /// problems are reported on stderr and never change the command's outcome.
 pub fn run(req: RunRequest) -> Result<Ended> {
-    if let Some(pid) = req.pid {
-        return crate::follow::follow(&req, pid);
-    }
     let (program, args) = req
         .command
         .split_first()

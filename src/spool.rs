@@ -533,7 +533,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> 
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(
         ".{name}.tmp-{}-{}-{n}",
-        sanitize(&crate::run::hostname()),
+        sanitize(&crate::host::hostname()),
         std::process::id()
     ));
     Ok(safe_fs::write_atomic(path, &tmp, bytes, 0o600)?)

@@ -435,7 +435,7 @@ fn as_user(
 fn squeue_time_limit(job_id: &str) -> Option<Duration> {
     let job = job_id.parse().ok()?;
     let squeue = crate::report::cmd::find_program(Path::new("squeue"));
-    crate::report::status::queue_info(&squeue, job, Duration::from_secs(2))
+    crate::report::squeue::queue_info(&squeue, job, Duration::from_secs(2))
         .ok()?
         .time_limit
 }

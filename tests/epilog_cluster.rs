@@ -731,7 +731,7 @@ fn epilog_against_real_slurmdbd() {
     t.c.reset_controller(x).expect("slurmctld restarts afresh");
     // However quick the reset, the later job starts after the earlier run's
     // measurement ended, by more than the clock skew allowed for.
-    while SystemTime::now() < a_end + carbontrack::report::epilog::CLOCK_SKEW {
+    while SystemTime::now() < a_end + carbontrack::report::delivery::CLOCK_SKEW {
         sleep(Duration::from_millis(200));
     }
     t.stage(2000.0, 0.0);

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use carbontrack::footprint::{Row, read_csv};
 use carbontrack::report::accounting::Segment;
-use carbontrack::report::epilog::Pending;
+use carbontrack::report::delivery::Pending;
 use common::hardware::Hardware;
 use common::{Cluster, JobId, USER, in_ci, missing_prerequisite};
 

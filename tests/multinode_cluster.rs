@@ -602,7 +602,7 @@ fn reused_job_id(t: &T) {
     // The later job is measured from after the earlier one's parts arrived
     // by more than the clock skew allowed for, however quick the reset.
     let arrived = fs::metadata(&claimed).unwrap().modified().unwrap();
-    while SystemTime::now() < arrived + carbontrack::report::epilog::CLOCK_SKEW {
+    while SystemTime::now() < arrived + carbontrack::report::delivery::CLOCK_SKEW {
         sleep(Duration::from_millis(200));
     }
     let started = SystemTime::now();

@@ -26,7 +26,8 @@ use carbontrack::carbon::intensity::Resolved;
 use carbontrack::config::Config;
 use carbontrack::footprint::{self, NodeFootprint};
 use carbontrack::measure::{Component, DeviceEnergy, Status};
-use carbontrack::report::epilog::{self, EpilogJob, Tools};
+use carbontrack::report::delivery::{EpilogJob, RunReport, Tools};
+use carbontrack::report::epilog;
 use carbontrack::report::total::JobMeta;
 use carbontrack::spool::Spool;
 use carbontrack::units::{GramsPerKwh, Joules};
@@ -161,7 +162,7 @@ impl Setup {
     }
 
     /// Fails unless the run delivered the job: all 8 nodes in the ledger.
-    fn check(&self, report: &epilog::RunReport, log: &[String]) -> Result<()> {
+    fn check(&self, report: &RunReport, log: &[String]) -> Result<()> {
         ensure!(
             report.delivered == [JOB] && report.queued.is_empty(),
             "the epilog did not deliver the job: {report:?}; log: {log:?}"

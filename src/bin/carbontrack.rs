@@ -181,7 +181,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match carbontrack::run::run(req) {
+            // `--pid`: follow a running process instead of starting one.
+            let ended = match req.pid {
+                Some(pid) => carbontrack::follow::follow(&req, pid),
+                None => carbontrack::run::run(req),
+            };
+            match ended {
                 Ok(Ended::Code(c)) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
                 Ok(Ended::Signal(sig)) => carbontrack::ffi::signals::die_of(sig),
                 Err(e) => {

@@ -150,7 +150,7 @@ pub const DEFAULT_EPILOG_LOG: &str = "/var/log/carbontrack-epilog.log";
 
 pub fn check_main(a: &CheckArgs) -> ExitCode {
     let node = a.node.clone().unwrap_or_else(|| {
-        let h = crate::run::hostname();
+        let h = crate::host::hostname();
         h.split('.').next().unwrap_or(&h).to_string()
     });
     let inputs = Inputs {

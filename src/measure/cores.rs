@@ -28,7 +28,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::measure::cpuset::{CpuSet, Topology};
+use crate::measure::topology::{CpuSet, Topology};
 
 /// A node's CPUs as Slurm numbers them (slurm.conf's `NodeName` line, after
 /// Slurm's own inference of what the line leaves out).

@@ -12,6 +12,7 @@ pub mod nvml;
 pub mod powermetrics;
 pub mod rapl;
 pub mod sampler;
+pub mod topology;
 
 use std::fmt;
 use std::time::Instant;

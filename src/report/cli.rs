@@ -10,7 +10,8 @@ use clap::{Args, ValueEnum};
 use crate::config::Config;
 
 use super::aggregate::{self, Filter, Format, GroupBy};
-use super::epilog::{self, EpilogJob, Tools};
+use super::delivery::{EpilogJob, Tools};
+use super::epilog;
 use super::plugstack::{self, Origin};
 use super::{ledger, status};
 
@@ -314,7 +315,7 @@ pub fn report_main(a: &ReportArgs) -> ExitCode {
 
 pub fn status_main(a: &StatusArgs) -> ExitCode {
     if a.json {
-        return status::json_main(a);
+        return status::json_main(a.job_id, &a.config.squeue, a.config.command_timeout);
     }
     let job = match a.job_id.or_else(|| {
         std::env::var("SLURM_JOB_ID")
@@ -334,7 +335,7 @@ pub fn status_main(a: &StatusArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let queue = status::queue_info(&a.config.squeue, job, a.config.command_timeout);
+    let queue = super::squeue::queue_info(&a.config.squeue, job, a.config.command_timeout);
     let limit = queue.as_ref().ok().and_then(|q| q.time_limit);
     // The spool is root's: anyone else goes to the job's own summary.
     let spool_view = if crate::ffi::identity::euid() == 0 {

@@ -57,7 +57,7 @@ use crate::footprint::{self, Row};
 use crate::measure::{Status, fit_reasons};
 use crate::spool::Spool;
 
-use super::epilog::{
+use super::delivery::{
     CLOCK_SKEW, EpilogJob, Log, RunReport, Tools, UserFiles, apply_intensity, deliver, fill_meta,
     live_intensity, pending_of, read_node_footprint, retry_outbox, tally, to_json,
 };

@@ -22,78 +22,11 @@ use crate::footprint::{self, Row};
 use crate::spool::Spool;
 use crate::units::{GramsPerKwh, Joules};
 
-use super::cmd;
-
-/// What `squeue` says about a running job.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct QueueInfo {
-    pub time_limit: Option<Duration>,
-    pub work_dir: Option<PathBuf>,
-    /// The job's user: name, uid and gid.
-    pub user: Option<(String, u32, u32)>,
-}
+use super::squeue::{QueueInfo, queue_info};
 
 /// The most of a user's summary file `status` reads (a summary is a few
 /// kilobytes).
 pub const MAX_SUMMARY: u64 = 1 << 20;
-
-/// Slurm's time format: `[D-]HH:MM:SS`, `MM:SS`, `M`, or `UNLIMITED`.
-pub fn parse_slurm_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (days, rest) = match s.split_once('-') {
-        Some((d, r)) => (d.parse::<u64>().ok()?, r),
-        None => (0, s),
-    };
-    let parts: Vec<u64> = rest
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let secs = match (parts.as_slice(), days > 0) {
-        ([h, m, s], _) => h * 3600 + m * 60 + s,
-        ([h, m], true) => h * 3600 + m * 60,
-        ([m, s], false) => m * 60 + s,
-        ([h], true) => h * 3600,
-        ([m], false) => m * 60,
-        _ => return None,
-    };
-    Some(Duration::from_secs(days * 86_400 + secs))
-}
-
-/// Time limit, user and work dir from `squeue -h -j N -o %l|%u|%U|%G|%Z`
-/// (the work dir last: it may hold `|`).
-pub fn queue_info(squeue: &Path, job: u32, timeout: Duration) -> Result<QueueInfo, cmd::CmdError> {
-    let out = cmd::run(
-        squeue,
-        ["-h", "-j", &job.to_string(), "-o", "%l|%u|%U|%G|%Z"],
-        &[],
-        timeout,
-    )?;
-    Ok(parse_queue_line(
-        out.stdout.lines().next().unwrap_or_default(),
-    ))
-}
-
-/// One line of [`queue_info`]'s squeue output.
-pub fn parse_queue_line(line: &str) -> QueueInfo {
-    let mut f = line.splitn(5, '|');
-    let limit = f.next().unwrap_or_default();
-    let (name, uid, gid) = (f.next(), f.next(), f.next());
-    let dir = f.next().unwrap_or_default().trim();
-    let user = match (name, uid, gid) {
-        (Some(n), Some(u), Some(g)) => u
-            .trim()
-            .parse()
-            .ok()
-            .zip(g.trim().parse().ok())
-            .map(|(u, g)| (n.trim().to_string(), u, g)),
-        _ => None,
-    };
-    QueueInfo {
-        time_limit: parse_slurm_duration(limit),
-        work_dir: (!dir.is_empty()).then(|| PathBuf::from(dir)),
-        user,
-    }
-}
 
 /// The job's live summary in its work dir, read as the job's user when the
 /// caller is root (never as root: a link there could point anywhere), as the
@@ -186,49 +119,6 @@ pub fn budget_lines(
     text
 }
 
-/// `carbontrack status --json`: the job's live state file, as the job (or
-/// `carbontrack run`) left it: `$CARBONTRACK_STATE_FILE` inside the job,
-/// else `carbontrack-<jobid>.json` in the work dir squeue names.
-pub fn json_main(a: &super::cli::StatusArgs) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let env_job = std::env::var("SLURM_JOB_ID")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let own = std::env::var_os(STATE_FILE_ENV)
-        .map(PathBuf::from)
-        .filter(|_| a.job_id.is_none() || a.job_id == env_job);
-    let read = match (own, a.job_id.or(env_job)) {
-        (Some(p), _) => {
-            crate::deliver::read_user_file(None, &p, MAX_SUMMARY).map_err(|e| e.to_string())
-        }
-        (None, Some(job)) => queue_info(&a.config.squeue, job, a.config.command_timeout)
-            .map_err(|e| format!("squeue: {e}"))
-            .and_then(|q| state_from_work_dir(job, &q)),
-        (None, None) => Err(format!(
-            "give a job id, or run it inside a job or `carbontrack run` with a budget \
-             ({STATE_FILE_ENV} is not set)"
-        )),
-    };
-    match read.and_then(|b| {
-        serde_json::from_slice::<LiveState>(&b).map_err(|e| format!("not a state file: {e}"))
-    }) {
-        Ok(state) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&state).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!(
-                "carbontrack status --json: {e} (the state file is kept while a job with \
-                 --carbon-budget runs)"
-            );
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// The job's state file in its work dir, read as in [`from_work_dir`].
 fn state_from_work_dir(job: u32, q: &QueueInfo) -> Result<Vec<u8>, String> {
     let dir = q
@@ -277,39 +167,53 @@ pub fn render_rows(
     ))
 }
 
+/// `carbontrack status --json`: the job's live state file, as the job (or
+/// `carbontrack run`) left it: `$CARBONTRACK_STATE_FILE` inside the job,
+/// else `carbontrack-<jobid>.json` in the work dir squeue names.
+pub fn json_main(job_id: Option<u32>, squeue: &Path, timeout: Duration) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let env_job = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let own = std::env::var_os(STATE_FILE_ENV)
+        .map(PathBuf::from)
+        .filter(|_| job_id.is_none() || job_id == env_job);
+    let read = match (own, job_id.or(env_job)) {
+        (Some(p), _) => {
+            crate::deliver::read_user_file(None, &p, MAX_SUMMARY).map_err(|e| e.to_string())
+        }
+        (None, Some(job)) => queue_info(squeue, job, timeout)
+            .map_err(|e| format!("squeue: {e}"))
+            .and_then(|q| state_from_work_dir(job, &q)),
+        (None, None) => Err(format!(
+            "give a job id, or run it inside a job or `carbontrack run` with a budget \
+             ({STATE_FILE_ENV} is not set)"
+        )),
+    };
+    match read.and_then(|b| {
+        serde_json::from_slice::<LiveState>(&b).map_err(|e| format!("not a state file: {e}"))
+    }) {
+        Ok(state) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "carbontrack status --json: {e} (the state file is kept while a job with \
+                 --carbon-budget runs)"
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::report::total::tests::row;
-
-    #[test]
-    fn slurm_durations() {
-        for (s, want) in [
-            ("1:00:00", Some(3600)),
-            ("2-00:00:00", Some(172_800)),
-            ("1-2", Some(93_600)),
-            ("30:00", Some(1800)),
-            ("5", Some(300)),
-            ("UNLIMITED", None),
-            ("INVALID", None),
-        ] {
-            assert_eq!(
-                parse_slurm_duration(s),
-                want.map(Duration::from_secs),
-                "{s}"
-            );
-        }
-    }
-
-    #[test]
-    fn queue_line_with_user_and_a_work_dir_holding_the_separator() {
-        let q = parse_queue_line("1:00:00|bob|1001|1002|/home/bob/a|b");
-        assert_eq!(q.time_limit, Some(Duration::from_secs(3600)));
-        assert_eq!(q.user, Some(("bob".into(), 1001, 1002)));
-        assert_eq!(q.work_dir, Some(PathBuf::from("/home/bob/a|b")));
-        let q = parse_queue_line("UNLIMITED|bob|x|1002|");
-        assert_eq!((q.time_limit, q.user, q.work_dir), (None, None, None));
-    }
 
     #[test]
     fn live_summary_projects_to_the_limit() {
