@@ -533,6 +533,11 @@ impl Tracker {
         let plan = Arc::new(plan);
         let opts = SamplerOptions {
             interval: plan.config.interval,
+            // Timeline points start one sample long, so that a short job's
+            // picture shows its power change; a long one's double as the
+            // timeline fills (7 days of 1 s samples: 64 s points), in the
+            // same bounded memory.
+            bucket: plan.config.interval,
             refresh: plan.refresh,
             join_timeout: plan.join_timeout,
             ..SamplerOptions::default()

@@ -45,8 +45,9 @@ pub struct SamplerOptions {
     pub bucket: Duration,
     /// How often [`Observer::on_refresh`] gets a snapshot.
     pub refresh: Duration,
-    /// Most timeline points kept; when full, neighbours are merged in pairs.
-    /// The default holds 7 days of minutes.
+    /// Most timeline points kept; when full, neighbours are merged in pairs
+    /// (and `bucket` doubles). The default holds 7 days of minutes, or
+    /// 2.8 hours of seconds before the first merge.
     pub timeline_cap: usize,
     /// How long [`Sampler::stop`] waits for the last sample, all told.
     pub join_timeout: Duration,
