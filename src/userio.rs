@@ -38,6 +38,8 @@ struct State {
     polls: u64,
     /// Poll at the next turn, not at the next interval.
     poll_now: bool,
+    /// The next poll is the run's last: every mark read is placed.
+    final_poll: bool,
     /// The newest live summary not yet written: `(dir, name, bytes)`.
     summary: Option<(PathBuf, String, Vec<u8>)>,
     /// The newest live state file (a job with a budget) not yet written.
@@ -208,6 +210,7 @@ impl UserIo {
         let want = s.polls + 1;
         s.reload_now = true;
         s.poll_now = true;
+        s.final_poll = true;
         self.shared.wake.notify_all();
         while s.polls < want && s.polling {
             let Some(next) = wait_until(&self.shared, s, until) else {
@@ -295,7 +298,7 @@ fn run(shared: &Shared, mut setup: Setup) {
     let mut next_reload = Instant::now();
     loop {
         // What to do now, taken under the lock, done outside it.
-        let (summary, finals, poll, reload, query, state) = {
+        let (summary, finals, (poll, final_poll), reload, query, state) = {
             let mut s = lock(shared);
             loop {
                 if s.summary.is_some() || s.finals.is_some() || s.state.is_some() {
@@ -321,6 +324,7 @@ fn run(shared: &Shared, mut setup: Setup) {
             }
             let poll = s.polling && (Instant::now() >= next_poll || s.poll_now);
             s.poll_now = false;
+            let final_poll = poll && std::mem::take(&mut s.final_poll);
             let reload = setup.hourly_file.is_some()
                 && (s.reload_now || (poll && Instant::now() >= next_reload));
             s.reload_now = false;
@@ -328,7 +332,7 @@ fn run(shared: &Shared, mut setup: Setup) {
             (
                 s.summary.take(),
                 s.finals.take(),
-                poll,
+                (poll, final_poll),
                 reload,
                 query,
                 s.state.take(),
@@ -349,8 +353,7 @@ fn run(shared: &Shared, mut setup: Setup) {
                     setup.reload_every
                 };
             if let Some(w) = &mut watcher {
-                let energy = &setup.energy;
-                w.poll(SystemTime::now(), || energy.total());
+                w.poll(SystemTime::now(), setup.energy.sampled(), final_poll);
             }
             let mut s = lock(shared);
             if let Some(w) = &watcher {

@@ -159,6 +159,26 @@ fn an_mi250x_package_is_counted_once_and_split_between_its_gcds() {
     );
 }
 
+/// Two GCDs of one board that each report their own, one idle (0 W for
+/// seconds at a time, then a few watts): each job is charged its own GCD,
+/// never half of its neighbour's, even in the samples where one reads 0.
+#[test]
+fn gcds_of_one_board_that_report_their_own_are_not_split() {
+    let cfg =
+        gpu(0, "serial = PKG-C\npower = 300") + &gpu(1, "serial = PKG-C\npower = 0@1.5,10@1.5");
+    // 24 samples 250 ms apart: two whole cycles of the idle GCD's 3 s profile.
+    let (rows, _, secs) = run("own-gcds", &cfg, &slurm("1"), 24);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_close(row(&rows, &uuid(1)), 5.0 * secs, 0.15, "idle GCD, its own");
+    let (rows, _, secs) = run("own-gcds-busy", &cfg, &slurm("0"), 6);
+    assert_close(
+        row(&rows, &uuid(0)),
+        300.0 * secs,
+        0.01,
+        "busy GCD, its own",
+    );
+}
+
 #[test]
 fn a_gcd_reading_zero_while_busy_is_incomplete_not_zero() {
     let cfg = gpu(0, "power = 300\nreports = zero\nbusy = 90") + &gpu(1, "power = 0\nbusy = 0");

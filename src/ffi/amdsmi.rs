@@ -7,9 +7,14 @@
 //!   *energy_accumulator, float *counter_resolution /* µJ */, uint64_t
 //!   *timestamp /* ns */)`: the header of AMD SMI 24.7.0 (ROCm/amdsmi at
 //!   commit 0ceca28, ROCm 6.3 development; the same in rocm-6.0.0 to 6.2.2);
-//! - `amdsmi_power_info_t` exists in two layouts, told apart by
-//!   `amdsmi_get_lib_version`: up to library 24.x (whose `amdsmi_version_t`
-//!   starts with a two-digit `year`, 23 or 24) it is `{uint32_t
+//! - `amdsmi_power_info_t` exists in (at least) three layouts, told apart by
+//!   `amdsmi_get_lib_version`. Library 23.x (`year` 23) has `{uint32_t
+//!   average_socket_power; uint32_t gfx_voltage; …}` and a board info that
+//!   starts with a `uint64_t serial_number`: neither matches the reads below,
+//!   so on 23.x (and any version not listed) average power and the board
+//!   serial are not read at all (a power-only GPU is `unavailable`, each GCD
+//!   its own package) rather than read from the wrong bytes. Library 24.x
+//!   (whose `amdsmi_version_t` starts with `year` 24) has `{uint32_t
 //!   current_socket_power, average_socket_power, gfx_voltage, soc_voltage,
 //!   mem_voltage, power_limit, reserved[11]}`; from library 25 on (whose
 //!   version struct starts with `major`, 25, 26, …; header of AMD SMI 26.1 in
@@ -231,11 +236,12 @@ impl AmdSmi {
 }
 
 /// Which `amdsmi_power_info_t` a library has, from the first `u32` of its
-/// `amdsmi_version_t`: a year (23, 24) up to 24.x, the major version (25 and
-/// later) since; `None` for anything else.
+/// `amdsmi_version_t`: the year 24 for 24.x, the major version (25 and
+/// later) since; `None` for anything else, 23.x included (another layout,
+/// see the module documentation).
 pub fn power_info_is_wide(first_version_field: u32) -> Option<bool> {
     match first_version_field {
-        22..=24 => Some(false),
+        24 => Some(false),
         25..=99 => Some(true),
         _ => None,
     }
@@ -258,9 +264,11 @@ fn c_text(bytes: &[u8], at: usize, max: usize) -> String {
 }
 
 impl Processor {
-    fn read_struct(&self, f: Option<FnStruct>) -> Result<Box<[u8; ROOM]>, AmdSmiError> {
+    /// One struct into a zeroed buffer on the stack (no allocation: power
+    /// is read every sample).
+    fn read_struct(&self, f: Option<FnStruct>) -> Result<[u8; ROOM], AmdSmiError> {
         let f = f.ok_or(AmdSmiError::NoSymbol)?;
-        let mut room = Box::new([0u8; ROOM]);
+        let mut room = [0u8; ROOM];
         // SAFETY: `f` is one of amdsmi_get_{power_info,gpu_activity,
         // gpu_board_info,gpu_enumeration_info}(handle, T *), each writing one
         // struct of at most 1792 bytes into the 4 KiB room.
@@ -310,6 +318,8 @@ impl Processor {
     /// The board's serial number (`product_serial`): the GCDs of one package
     /// share it.
     pub fn board_serial(&self) -> Result<String, AmdSmiError> {
+        // Only where the layout is known (24.x, 25+): 23.x's differs.
+        self.lib.wide_power_info.ok_or(AmdSmiError::NotSupported)?;
         let room = self.read_struct(self.lib.board)?;
         let max = if self.lib.wide_power_info == Some(true) {
             256
@@ -371,7 +381,7 @@ mod tests {
     #[test]
     fn version_tells_the_power_layout() {
         for (first, want) in [
-            (23, Some(false)),
+            (23, None),
             (24, Some(false)),
             (25, Some(true)),
             (26, Some(true)),

@@ -109,7 +109,8 @@ struct Gcd {
     mode: Mode,
     at: Option<Instant>,
     opened: Instant,
-    /// Energy attributed to this GCD since the first reading.
+    /// Energy this GCD itself read since the first reading (what its job is
+    /// charged: [`Package::attributed`]).
     energy_j: f64,
     measured: bool,
     failures: u32,
@@ -224,7 +225,8 @@ impl Gcd {
         }
     }
 
-    fn entry(&self) -> DeviceEnergy {
+    /// The row of this GCD, `energy` attributed to it ([`Package::attributed`]).
+    fn entry(&self, energy: f64) -> DeviceEnergy {
         let mut problems = self.gaps.clone();
         if self.more_gaps > 0 {
             problems.push(format!("{} more such gaps", self.more_gaps));
@@ -243,7 +245,7 @@ impl Gcd {
             component: Component::Gpu,
             device: self.info.id.clone(),
             share: 1.0,
-            energy: Some(Joules(self.energy_j)),
+            energy: Some(Joules(energy)),
             status: if problems.is_empty() {
                 Status::Ok
             } else {
@@ -257,11 +259,15 @@ impl Gcd {
 struct Package {
     serial: String,
     gcds: Vec<Gcd>,
+    /// This sample's readings, one per GCD: kept to sample without
+    /// allocating.
+    deltas: Vec<Option<f64>>,
 }
 
 impl Package {
     fn sample(&mut self, now: Instant) {
-        let mut deltas: Vec<Option<f64>> = Vec::with_capacity(self.gcds.len());
+        let deltas = &mut self.deltas;
+        deltas.clear();
         for g in &mut self.gcds {
             if g.stopped.is_some() {
                 deltas.push(None);
@@ -294,21 +300,42 @@ impl Package {
                 }
             }
         }
-        let read: Vec<f64> = deltas.iter().flatten().copied().collect();
-        let sum: f64 = read.iter().sum();
-        let some_zero = read.contains(&0.0);
-        // One GCD carries the package's figure: split it evenly.
-        let split = self.gcds.len() > 1 && some_zero && sum > 0.0;
-        let n = self.gcds.len() as f64;
-        for (g, d) in self.gcds.iter_mut().zip(&deltas) {
+        let sum: f64 = deltas.iter().flatten().sum();
+        for (g, d) in self.gcds.iter_mut().zip(deltas.iter()) {
             let Some(d) = *d else { continue };
-            g.energy_j += if split { sum / n } else { d };
+            g.energy_j += d;
             if d == 0.0 && sum == 0.0 && g.in_job && g.zero_busy.is_none() {
                 let busy = g.processor.gfx_activity().is_ok_and(|a| a > 0);
                 if busy {
                     g.zero_busy = Some(format!("reads 0 W while busy (from {})", wall_time(now)));
                 }
             }
+        }
+    }
+}
+
+impl Package {
+    /// Whether the package's figure comes through one GCD: an MI250X's two
+    /// GCDs, one of which has read exactly nothing all along while the other
+    /// read energy (CodeCarbon issues 445 and 1097, peer-notes.md). Decided
+    /// from the whole run, not a sample: a GCD that ever reads energy
+    /// reports its own, and an idle one's own figure is never handed to its
+    /// neighbour's job.
+    fn reports_on_one(&self) -> bool {
+        let [a, b] = &self.gcds[..] else {
+            return false;
+        };
+        a.measured && b.measured && ((a.energy_j > 0.0) != (b.energy_j > 0.0))
+    }
+
+    /// A GCD's energy as attributed: its own, or half the package's when the
+    /// package reports on one GCD (a job with both gets it once, with one
+    /// gets half).
+    fn attributed(&self, g: &Gcd) -> f64 {
+        if self.reports_on_one() {
+            self.gcds.iter().map(|g| g.energy_j).sum::<f64>() / 2.0
+        } else {
+            g.energy_j
         }
     }
 }
@@ -438,7 +465,7 @@ impl AmdSmiMeter {
             if packages.iter().any(|p| p.serial == g.package) {
                 continue;
             }
-            let gcds = inventory
+            let gcds: Vec<Gcd> = inventory
                 .iter()
                 .filter(|o| o.package == g.package)
                 .map(|o| Gcd {
@@ -459,14 +486,16 @@ impl AmdSmiMeter {
                 .collect();
             let mut p = Package {
                 serial: g.package.clone(),
+                deltas: Vec::with_capacity(gcds.len()),
                 gcds,
             };
             p.sample(now);
             let held = p.gcds.iter().filter(|g| g.in_job).count();
             if p.gcds.len() > 1 {
                 log.push(format!(
-                    "AMD package {}: {} GCDs, the job holds {held}; a figure one GCD reports \
-                     for the package is split evenly among its GCDs",
+                    "AMD package {}: {} GCDs, the job holds {held}; where one of two GCDs \
+                     reports the package's figure (the other reading nothing all along) it \
+                     is split evenly between them",
                     p.serial,
                     p.gcds.len()
                 ));
@@ -535,7 +564,12 @@ impl Meter for AmdSmiMeter {
             ));
         }
         for p in &self.packages {
-            out.extend(p.gcds.iter().filter(|g| g.in_job).map(Gcd::entry));
+            out.extend(
+                p.gcds
+                    .iter()
+                    .filter(|g| g.in_job)
+                    .map(|g| g.entry(p.attributed(g))),
+            );
         }
     }
 
@@ -549,7 +583,7 @@ impl Meter for AmdSmiMeter {
                 p.gcds
                     .iter()
                     .filter(|g| g.in_job)
-                    .map(|g| g.measured.then_some(Joules(g.energy_j))),
+                    .map(|g| g.measured.then_some(Joules(p.attributed(g)))),
             );
         }
     }

@@ -370,6 +370,15 @@ impl EnergyProbe {
     pub fn total(&self) -> Joules {
         total_of(&self.0.slots)
     }
+
+    /// When the newest sample was taken and the job's energy as of it
+    /// (`None` before the first): where an epoch mark written at a known
+    /// time is placed from.
+    pub fn sampled(&self) -> Option<(SystemTime, Joules)> {
+        let inner = lock(&self.0.inner);
+        let (_, wall) = inner.last?;
+        Some((wall, total_of(&self.0.slots)))
+    }
 }
 
 /// One meter, and what is known of it without asking it.
