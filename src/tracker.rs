@@ -440,7 +440,10 @@ impl Tracker {
                 AmdSmiMeter::for_job(&lib, &hints, Instant::now())
             })
         });
-        let rapl_slot = rapl.is_some().then_some(meters.len());
+        // The CPU meters are kept aside until NVML has said whether a GH200
+        // module's counter already holds the CPU (then neither counts).
+        let mut cpu_meters: Vec<Box<dyn Meter>> = Vec::new();
+        let have_rapl = rapl.is_some();
         if let Some(rx) = rapl {
             let mut meter = match opened(rx, deadline, "RAPL") {
                 Ok(o) => {
@@ -462,9 +465,9 @@ impl Tracker {
                     "CPU energy estimated from TDP and CPU time instead ({})",
                     instead.join("; ")
                 ));
-                meters.push(Box::new(est));
+                cpu_meters.push(Box::new(est));
             }
-            meters.push(Box::new(meter));
+            cpu_meters.push(Box::new(meter));
         }
         // AMD SMI's meter, when the node has AMD GPUs (or a library that
         // failed); its absence is no news on an NVIDIA node.
@@ -498,15 +501,18 @@ impl Tracker {
             };
             // A GH200 module's counter holds the Grace CPU's energy: the CPU
             // and DRAM rows say so instead of counting it again.
-            if let (Some(uuid), Some(i)) = (meter.module_gpus().first(), rapl_slot) {
+            // The CPU estimate (`cpu_tdp=`) goes too: it would be the same
+            // energy a third time.
+            if let (Some(uuid), true) = (meter.module_gpus().first(), have_rapl) {
                 let reason = format!("{} ({uuid})", crate::measure::INSIDE_GPU_MODULE);
                 log.push(format!(
                     "CPU energy is inside the GPU module figure: {uuid} is a Grace Hopper \
                      module whose NVML energy counter covers the Grace CPU and its memory, \
                      so CPU and DRAM are not counted on their own (nothing counted twice)"
                 ));
-                meters[i] = Box::new(rapl::unavailable(cpu_dram, &reason));
+                cpu_meters = vec![Box::new(rapl::unavailable(cpu_dram, &reason))];
             }
+            meters.append(&mut cpu_meters);
             // On a node whose GPUs are AMD's, NVML failing is no news, in
             // the footprint or the log.
             let meter = if amd_gpus && meter.unavailable_only() {
@@ -527,6 +533,8 @@ impl Tracker {
                     .map(|m| Box::new(m) as Box<dyn Meter>),
             );
         }
+        // Without NVML (components, powermetrics) the CPU meters go in as they are.
+        meters.append(&mut cpu_meters);
         if let Some(m) = amd_meter {
             meters.extend(m.split().into_iter().map(|m| Box::new(m) as Box<dyn Meter>));
         }

@@ -743,9 +743,19 @@ fn a_counter_gpu_that_answers_again_is_measured_in_full() {
 /// the module's figure, not marked incomplete for it.
 #[test]
 fn a_gh200_module_holds_the_cpu_energy() {
+    // Without and with `cpu_tdp=`: a Grace has no RAPL, and its estimate
+    // would be the module's CPU energy counted again.
+    for tdp in [false, true] {
+        gh200_case(tdp);
+    }
+}
+
+fn gh200_case(tdp: bool) {
     use carbontrack::config::Config;
     use carbontrack::measure::INSIDE_GPU_MODULE;
+    use carbontrack::measure::estimate::{CpuTdp, CpuTimeSource};
     use carbontrack::tracker::{Plan, Tracker};
+    use carbontrack::units::Watts;
     let epoch = unix_now();
     let config = format!(
         "epoch = {epoch}\n{}",
@@ -759,10 +769,15 @@ fn a_gh200_module_holds_the_cpu_energy() {
         interval: Duration::from_millis(100),
         nvml: lib.to_path_buf(),
         powercap: std::env::temp_dir().join("ct-no-powercap-here"),
+        cpu_tdp: tdp.then_some(CpuTdp::Watts(Watts(100.0))),
         ..Config::default()
     };
+    let mut plan = Plan::new("9", "gh200", cfg);
+    if tdp {
+        plan.cpu_time = Some(CpuTimeSource::ChildrenOf(std::process::id()));
+    }
     let before = unix_now() - epoch;
-    let (tracker, log) = Tracker::start(Plan::new("9", "gh200", cfg)).unwrap();
+    let (tracker, log) = Tracker::start(plan).unwrap();
     let opened = (before + unix_now() - epoch) / 2.0;
     assert!(
         log.iter()

@@ -49,24 +49,33 @@ pub struct AmdGpuInfo {
 /// The first render minor; smaller entries of Slurm's list are positions.
 const FIRST_RENDER_MINOR: u32 = 128;
 
-/// Decides the job's AMD GPUs; see the module documentation.
-pub fn select(hints: &AmdGpuHints, inv: &[AmdGpuInfo]) -> Selection {
+/// Decides the job's AMD GPUs; see the module documentation. Also returns
+/// the entries of Slurm's list no AMD GPU of the node answers to: Slurm
+/// gave the job GPUs that cannot be told apart, so the selection is never
+/// widened to guess (that would charge the job its neighbours' GPUs); the
+/// meter reports them `unavailable` instead.
+pub fn select(hints: &AmdGpuHints, inv: &[AmdGpuInfo]) -> (Selection, Vec<u32>) {
     let mut notes = Vec::new();
-    if let Some(raw) = hints.slurm_gpus.as_deref() {
-        match from_slurm(raw, inv, &mut notes) {
-            Some(gpus) if !gpus.is_empty() => {
-                return Selection {
-                    gpus,
-                    how: SelectedBy::SlurmList,
-                    notes,
-                };
-            }
-            Some(_) => notes.push(format!(
-                "Slurm GPU list `{raw}` names no AMD GPU of this node"
-            )),
-            None => {}
-        }
+    if let Some(raw) = hints.slurm_gpus.as_deref()
+        && let Some((gpus, unidentified)) = from_slurm(raw, inv, &mut notes)
+        && (!gpus.is_empty() || !unidentified.is_empty())
+    {
+        let selection = Selection {
+            gpus,
+            how: SelectedBy::SlurmList,
+            notes,
+        };
+        return (selection, unidentified);
     }
+    (select_without_slurm(hints, inv, notes), Vec::new())
+}
+
+/// The selection when Slurm's list says nothing usable.
+fn select_without_slurm(
+    hints: &AmdGpuHints,
+    inv: &[AmdGpuInfo],
+    mut notes: Vec<String>,
+) -> Selection {
     if let Some(raw) = hints.rocr_visible.as_deref() {
         let value = raw.trim();
         if value.is_empty() {
@@ -131,8 +140,13 @@ fn push_once(out: &mut Vec<SelectedGpu>, g: &AmdGpuInfo) {
     }
 }
 
-/// Slurm's list; `None` (with a note) when it is not a list of numbers.
-fn from_slurm(raw: &str, inv: &[AmdGpuInfo], notes: &mut Vec<String>) -> Option<Vec<SelectedGpu>> {
+/// Slurm's list: the GPUs it names and the entries that name none; `None`
+/// (with a note) when it is not a list of numbers.
+fn from_slurm(
+    raw: &str,
+    inv: &[AmdGpuInfo],
+    notes: &mut Vec<String>,
+) -> Option<(Vec<SelectedGpu>, Vec<u32>)> {
     let mut numbers = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let range = match part.split_once('-') {
@@ -152,6 +166,7 @@ fn from_slurm(raw: &str, inv: &[AmdGpuInfo], notes: &mut Vec<String>) -> Option<
     let mut by_minor: Vec<&AmdGpuInfo> = inv.iter().filter(|g| g.render_minor.is_some()).collect();
     by_minor.sort_by_key(|g| g.render_minor);
     let mut out = Vec::new();
+    let mut unidentified = Vec::new();
     for k in numbers {
         let g = if k >= FIRST_RENDER_MINOR {
             inv.iter().find(|g| g.render_minor == Some(k))
@@ -160,16 +175,22 @@ fn from_slurm(raw: &str, inv: &[AmdGpuInfo], notes: &mut Vec<String>) -> Option<
         };
         match g {
             Some(g) => push_once(&mut out, g),
-            None if k >= FIRST_RENDER_MINOR => notes.push(format!(
-                "Slurm GPU {k}: no AMD GPU with render node /dev/dri/renderD{k} on this node"
-            )),
-            None => notes.push(format!(
-                "Slurm GPU {k}: this node has {} AMD GPUs with a known render node",
-                by_minor.len()
-            )),
+            None => {
+                unidentified.push(k);
+                notes.push(if k >= FIRST_RENDER_MINOR {
+                    format!(
+                        "Slurm GPU {k}: no AMD GPU with render node /dev/dri/renderD{k} on this node"
+                    )
+                } else {
+                    format!(
+                        "Slurm GPU {k}: this node has {} AMD GPUs with a known render node",
+                        by_minor.len()
+                    )
+                });
+            }
         }
     }
-    Some(out)
+    Some((out, unidentified))
 }
 
 #[cfg(test)]
@@ -194,7 +215,7 @@ mod tests {
     }
 
     fn chosen(h: AmdGpuHints) -> (Vec<u32>, SelectedBy) {
-        let s = select(&h, &node());
+        let (s, _) = select(&h, &node());
         (s.gpus.iter().map(|g| g.index).collect(), s.how)
     }
 
@@ -234,20 +255,33 @@ mod tests {
         }
     }
 
+    /// Slurm names GPUs the node's AMD SMI cannot be matched to: never all
+    /// the node's GPUs instead, the unmatched ones said.
     #[test]
     fn a_minor_of_no_gpu_is_noted() {
-        let s = select(
+        let (s, unidentified) = select(
             &AmdGpuHints {
                 slurm_gpus: Some("140".into()),
-                rocr_visible: None,
+                rocr_visible: Some("0".into()),
             },
             &node(),
         );
-        assert_eq!(s.how, SelectedBy::All);
+        assert_eq!(s.how, SelectedBy::SlurmList);
+        assert!(s.gpus.is_empty());
+        assert_eq!(unidentified, [140]);
         assert!(
             s.notes.iter().any(|n| n.contains("renderD140")),
             "{:?}",
             s.notes
         );
+        let (s, unidentified) = select(
+            &AmdGpuHints {
+                slurm_gpus: Some("1,7".into()),
+                rocr_visible: None,
+            },
+            &node(),
+        );
+        assert_eq!(s.gpus.iter().map(|g| g.index).collect::<Vec<_>>(), [0]);
+        assert_eq!(unidentified, [7]);
     }
 }

@@ -457,7 +457,7 @@ impl AmdSmiMeter {
             .enumerate()
             .map(|(i, p)| describe(i as u32, p))
             .collect();
-        let selection = select(hints, &inventory);
+        let (selection, unidentified) = select(hints, &inventory);
         let mut log = selection.notes.clone();
         let mut packages: Vec<Package> = Vec::new();
         for s in &selection.gpus {
@@ -516,10 +516,19 @@ impl AmdSmiMeter {
             }
             packages.push(p);
         }
+        // GPUs Slurm gave the job that no AMD GPU here answers to: their
+        // energy is unknown, and the total says so.
+        let unavailable = (!unidentified.is_empty()).then(|| {
+            let list: Vec<String> = unidentified.iter().map(u32::to_string).collect();
+            fit_reasons(&[format!(
+                "Slurm GPU {} not identified among AMD SMI's GPUs",
+                list.join(",")
+            )])
+        });
         (
             Some(AmdSmiMeter {
                 packages,
-                unavailable: None,
+                unavailable,
             }),
             log,
         )
