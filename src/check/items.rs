@@ -830,6 +830,24 @@ pub fn epilog_item(slurm: &SlurmConf, inp: &Inputs) -> Finding {
             "call the wrapper by its absolute path",
         );
     }
+    // Only a wrapper that knows `--which` is run: an older copy (or any
+    // other Epilog) would do a real Epilog's work as root.
+    let knows_which = std::fs::read(&wrapper)
+        .map(|b| b.len() < 1 << 20 && b.windows(7).any(|w| w == b"--which"))
+        .unwrap_or(false);
+    if !knows_which {
+        return warn(
+            ITEM,
+            format!(
+                "{} does not answer --which (an older copy, or not carbontrack's wrapper): not run, so whether it finds the binary is unknown",
+                wrapper.display()
+            ),
+            format!(
+                "install -m 0755 scripts/carbontrack-epilog {}",
+                wrapper.display()
+            ),
+        );
+    }
     // As slurmd runs an Epilog: an environment of Slurm's own variables, no PATH.
     let conf = inp.slurm_conf.to_string_lossy().into_owned();
     let mut args: Vec<String> = vec![

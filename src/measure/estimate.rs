@@ -275,7 +275,70 @@ pub fn parse_stat(line: &str) -> Option<(u32, u64, u64)> {
 }
 
 /// CPU time of everything below `pid`: see [`CpuTimeSource::ChildrenOf`].
+/// The tree is followed through the kernel's `task/<tid>/children` lists,
+/// so a sample reads the tree's own files, not every process of the
+/// machine (a login node has thousands); where the kernel has no such lists
+/// (built without `CONFIG_PROC_CHILDREN`) every process is looked at.
 fn children_cpu(proc_root: &Path, pid: u32, ticks: u64) -> io::Result<Duration> {
+    match children_cpu_by_tree(proc_root, pid) {
+        Some(total) => total.map(|t| Duration::from_secs_f64(t as f64 / ticks.max(1) as f64)),
+        None => children_cpu_by_scan(proc_root, pid, ticks),
+    }
+}
+
+/// Most processes followed below one: a bound, not a limit any job meets.
+const MAX_TREE: usize = 100_000;
+
+/// The tree's CPU ticks through `children` lists; `None` when the kernel
+/// keeps none.
+fn children_cpu_by_tree(proc_root: &Path, pid: u32) -> Option<io::Result<u64>> {
+    let stat = |p: u32| {
+        fs::read_to_string(proc_root.join(p.to_string()).join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+    };
+    let children = children_of(proc_root, pid)?;
+    let Some((_, _, reaped)) = stat(pid) else {
+        return Some(Err(bad("the root process is gone")));
+    };
+    let mut total = reaped;
+    let mut frontier = children;
+    let mut seen = 0usize;
+    while let Some(p) = frontier.pop() {
+        seen += 1;
+        if seen > MAX_TREE {
+            break;
+        }
+        // A process may end between its parent's list and its own read.
+        if let Some((_, own, reaped)) = stat(p) {
+            total += own + reaped;
+            frontier.extend(children_of(proc_root, p).unwrap_or_default());
+        }
+    }
+    Some(Ok(total))
+}
+
+/// The children of every thread of `pid` (`/proc/<pid>/task/*/children`);
+/// `None` when the kernel has no such list.
+fn children_of(proc_root: &Path, pid: u32) -> Option<Vec<u32>> {
+    let tasks = fs::read_dir(proc_root.join(pid.to_string()).join("task")).ok()?;
+    let mut out = Vec::new();
+    let mut any = false;
+    for t in tasks.filter_map(Result::ok) {
+        if let Ok(list) = fs::read_to_string(t.path().join("children")) {
+            any = true;
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    any.then_some(out)
+}
+
+/// CPU time of everything below `pid`, from every process's parent.
+fn children_cpu_by_scan(proc_root: &Path, pid: u32, ticks: u64) -> io::Result<Duration> {
     let mut procs: Vec<(u32, u32, u64, u64)> = Vec::new();
     let mut own_children = None;
     for entry in fs::read_dir(proc_root)? {

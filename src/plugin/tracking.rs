@@ -139,7 +139,10 @@ pub(super) fn export_epoch_file(host: &dyn Host, cfg: &Config) {
                 &format!("job {job_id}: cannot set {EPOCH_FILE_ENV}: {e}"),
             );
         }
-        if job.budget.is_some() {
+        // The state file is written where the live summary is: a job on one
+        // node. On several, `carbontrack status --json` says there is none
+        // rather than read a file nobody writes.
+        if job.budget.is_some() && host.node_count().unwrap_or(1) <= 1 {
             let state = dir.join(state_file_name(&job_id.to_string()));
             if let Err(e) = host.set_job_env(STATE_FILE_ENV, &state.to_string_lossy()) {
                 host.log(

@@ -160,6 +160,9 @@ pub fn bins(points: &[TimelinePoint], start: SystemTime, max: usize) -> Vec<Bin>
         .collect()
 }
 
+/// The top of the power axis at most, whatever a point says.
+const MAX_AXIS_WATTS: f64 = 1e7;
+
 /// The step of a linear axis from 0 to `max`: 1, 2 or 5 × 10^k, the smallest
 /// that needs at most `max_ticks` steps.
 pub fn nice_step(max: f64, max_ticks: u32) -> f64 {
@@ -261,7 +264,14 @@ pub fn render(i: &PlotInput) -> String {
     .flatten()
     .fold(1.0_f64, f64::max);
     let t_step = time_step(x_max, 10);
+    // A peak that is no number (a corrupt point) must not make the tick
+    // loops below endless: the axis stops at 10 MW whatever is drawn.
     let peak = bins.iter().map(Bin::stacked).fold(0.0_f64, f64::max);
+    let peak = if peak.is_finite() {
+        peak.min(MAX_AXIS_WATTS)
+    } else {
+        0.0
+    };
     let p_step = nice_step(peak * 1.08, 6);
     let y_max = (peak * 1.08 / p_step).ceil().max(1.0) * p_step;
     let x = |s: f64| X0 + (X1 - X0) * (s / x_max).clamp(0.0, 1.0);
@@ -821,6 +831,33 @@ mod tests {
         });
         assert!(!svg.contains("<42>") && !svg.contains("<script>"), "{svg}");
         assert!(svg.contains("Job &lt;42&gt; on n&amp;1"), "{svg}");
+    }
+
+    /// A point whose power is no number or beyond reason still gives a
+    /// bounded picture (the tick loops end).
+    #[test]
+    fn a_corrupt_point_gives_a_bounded_picture() {
+        let rows = [];
+        for w in [f64::INFINITY, f64::NAN, 1e300] {
+            let svg = render(&PlotInput {
+                job_id: "1",
+                node: "n",
+                start: SystemTime::UNIX_EPOCH,
+                elapsed: Duration::from_secs(120),
+                points: &[point(0, 60, Some(w), None), point(60, 60, Some(10.0), None)],
+                epochs: &[],
+                time_limit: None,
+                prediction: None,
+                rows: &rows,
+                pue: 1.0,
+                note: None,
+            });
+            assert!(
+                svg.len() < 100_000 && svg.ends_with("</svg>\n"),
+                "{w}: {}",
+                svg.len()
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct Rechecked {
 /// How many jobs one `sacct` call asks for.
 const BATCH: usize = 200;
 
+/// The lock one re-check pass holds, in the watch directory (a dot name:
+/// never read as a record).
+const PASS_LOCK: &str = ".recheck.lock";
+
 /// Re-checks the watched segments that are due, one `sacct` call for up to
 /// [`BATCH`] of them; drops records older than `watch`. Stops at an
 /// accounting outage (the next flush goes on).
@@ -37,6 +41,20 @@ pub fn recheck(
     let mut done = Rechecked::default();
     let Ok(entries) = std::fs::read_dir(dir(spool)) else {
         return done;
+    };
+    // One pass at a time per spool: the flush timers of every node sharing
+    // `shared=` fire together, and each would otherwise ask sacct for the
+    // same due jobs and merge them at once. The others skip this pass; the
+    // one holding the lock moves every due record's next check on.
+    let _pass = match crate::safe_fs::lock(&dir(spool).join(PASS_LOCK), Duration::ZERO) {
+        Ok(Some(l)) => l,
+        Ok(None) => return done,
+        Err(e) => {
+            log(format!(
+                "carbontrack: watched segments not re-checked: {e}; the next flush tries again"
+            ));
+            return done;
+        }
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -235,6 +253,54 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::RunKey;
+
+    /// Nodes sharing a spool run their flush at once: while one pass holds
+    /// the watch directory, another does nothing (no sacct call, no line);
+    /// once it is free, the next pass does the work.
+    #[test]
+    fn one_pass_at_a_time_per_spool() {
+        let root = std::env::temp_dir().join(format!("ct-recheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spool = Spool::open(&root).unwrap();
+        let now = SystemTime::now();
+        let w = Watched::delivered(
+            5,
+            "c1",
+            ("2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z"),
+            "AdminComment",
+            "carbontrack:v1 energy_kwh=1",
+            now - Duration::from_secs(600),
+        );
+        let run = RunKey {
+            job_id: 5,
+            start: Some(1),
+        };
+        super::super::watch::record(&spool, run, &w).unwrap();
+        let tools = Tools {
+            sacct: root.join("no-sacct-here"),
+            ..Tools::default()
+        };
+        let held = crate::safe_fs::lock(&dir(&spool).join(PASS_LOCK), Duration::ZERO)
+            .unwrap()
+            .expect("free");
+        let mut lines = Vec::new();
+        recheck(&spool, &tools, Duration::from_secs(86_400), now, &mut |l| {
+            lines.push(l)
+        });
+        assert!(lines.is_empty(), "{lines:?}");
+        drop(held);
+        recheck(&spool, &tools, Duration::from_secs(86_400), now, &mut |l| {
+            lines.push(l)
+        });
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("re-reading AdminComment of 1 delivered job")),
+            "{lines:?}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn long_fields_are_shortened_for_the_log() {
