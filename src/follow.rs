@@ -31,19 +31,15 @@ const STOP: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT
 
 /// The start time of a process (`/proc/<pid>/stat` field 22, clock ticks
 /// since boot), which with its id names it: an id the kernel gives again to
-/// a new process has another start time. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after its last `)`.
+/// a new process has another start time ([`crate::procstat`]).
 ///
 /// `None` as well for a process that has ended but is not yet reaped (a
 /// zombie, state `Z`, or dead, `X`): its parent may wait for our output before
 /// reaping it.
 pub fn start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_ascii_whitespace();
-    if matches!(fields.next()?, "Z" | "X") {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    crate::procstat::parse(stat)
+        .filter(|s| !matches!(s.state, 'Z' | 'X'))
+        .map(|s| s.start)
 }
 
 fn process_start(pid: u32) -> Option<u64> {

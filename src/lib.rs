@@ -23,6 +23,7 @@ pub mod job;
 pub mod measure;
 #[cfg(feature = "slurm")]
 pub mod plugin;
+pub mod procstat;
 pub mod prometheus;
 pub mod report;
 pub mod run;

@@ -28,10 +28,10 @@
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::amd_gpus::{AmdGpuHints, AmdGpuInfo, select};
-use super::{Component, DeviceEnergy, Meter, Status, fit_reasons};
+use super::{Component, DeviceEnergy, Meter, Status, fit_reasons, wall_time};
 use crate::ffi::amdsmi::{AmdSmi, AmdSmiError, AmdSmiOpenError, Processor};
 use crate::measure::nvml::{MAX_FAILURES, trapezoid};
 use crate::units::{Joules, Watts};
@@ -119,14 +119,6 @@ struct Gcd {
     more_gaps: u32,
     /// Read nothing while busy, with no GCD of the package reading energy.
     zero_busy: Option<String>,
-}
-
-fn wall_time(at: Instant) -> String {
-    let ago = Instant::now().saturating_duration_since(at);
-    let t = SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::now());
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Energy between two accumulator readings, or why none is counted.

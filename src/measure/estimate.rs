@@ -263,15 +263,9 @@ fn cgroup_procs_cpu(proc_root: &Path, dir: &Path, ticks: u64) -> io::Result<Dura
 }
 
 /// One `/proc/<pid>/stat` line's parent and CPU ticks: (ppid, utime + stime,
-/// cutime + cstime). Fields are counted after the command name's closing
-/// parenthesis, which may itself hold spaces and parentheses.
+/// cutime + cstime).
 pub fn parse_stat(line: &str) -> Option<(u32, u64, u64)> {
-    let rest = &line[line.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After `)`: state(3) ppid(4) … utime(14) stime(15) cutime(16) cstime(17).
-    let num = |i: usize| f.get(i - 3)?.parse::<u64>().ok();
-    let ppid = f.get(1)?.parse().ok()?;
-    Some((ppid, num(14)? + num(15)?, num(16)? + num(17)?))
+    crate::procstat::parse(line).map(|s| (s.ppid, s.own_ticks, s.reaped_ticks))
 }
 
 /// CPU time of everything below `pid`: see [`CpuTimeSource::ChildrenOf`].
@@ -614,14 +608,6 @@ mod tests {
         assert!(
             csv.starts_with("estimated: TDP 85.5 W (Very Long") && csv.ends_with("), CPU time")
         );
-    }
-
-    #[test]
-    fn proc_stat_lines() {
-        // A command name with spaces and a parenthesis.
-        let line = "4242 (my (odd) cmd) S 4241 4242 4241 0 -1 4194560 100 0 0 0 250 50 30 20 20 0 1 0 100 1000 10";
-        assert_eq!(parse_stat(line), Some((4241, 300, 50)));
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]

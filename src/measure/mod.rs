@@ -120,6 +120,13 @@ pub const MAX_STATUS: usize = 100;
 /// The room a reason has behind `incomplete: ` (the longest prefix).
 pub const MAX_REASON: usize = MAX_STATUS - "unavailable: ".len();
 
+/// Wall-clock time of `at`, for status texts (`2026-12-01T12:00:00Z`).
+pub fn wall_time(at: std::time::Instant) -> String {
+    let ago = std::time::Instant::now().saturating_duration_since(at);
+    let now = std::time::SystemTime::now();
+    humantime::format_rfc3339_seconds(now.checked_sub(ago).unwrap_or(now)).to_string()
+}
+
 /// Joins reasons into one, `; ` apart, within [`MAX_REASON`]: as many whole
 /// reasons as fit, then `(+N more)`; a first reason too long on its own is
 /// cut at a word with `…`.

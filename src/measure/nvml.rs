@@ -43,7 +43,7 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
 use super::gpus::{GpuHints, GpuInfo, Selection, select};
-use super::{Component, DeviceEnergy, Meter, Status, fit_reasons};
+use super::{Component, DeviceEnergy, Meter, Status, fit_reasons, wall_time};
 use crate::ffi::nvml_samples::{PowerSample, PowerSamples};
 use crate::units::{Joules, Watts};
 
@@ -397,15 +397,6 @@ struct GpuMeter {
     /// Intervals whose energy was not counted, and why (the first few).
     gaps: Vec<String>,
     more_gaps: u32,
-}
-
-/// Wall-clock time of `at`, for status texts.
-fn wall_time(at: Instant) -> String {
-    let ago = Instant::now().saturating_duration_since(at);
-    let t = SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::now());
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// A call that took longer than this is stamped with when it returned.
