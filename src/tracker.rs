@@ -300,18 +300,7 @@ fn used_and_predicted(
         co2e_g: crate::carbon::co2e(e, pue, intensity.g_per_kwh).0,
     };
     let marks = epoch_marks(snap, marks);
-    let by_epochs = plan.epochs.and_then(|total| {
-        EpochProgress {
-            total_epochs: total,
-            before_pred: plan.config.epochs_before_pred,
-            start: EpochMark {
-                at: Duration::ZERO,
-                cumulative_energy: Joules::ZERO,
-            },
-            marks: &marks,
-        }
-        .latest()
-    });
+    let by_epochs = epoch_progress(plan, &marks).and_then(|p| p.latest());
     let predicted = match by_epochs {
         Some(p) => Some((amount(p.predicted_energy), PredictedFrom::Epochs)),
         None => time_limit
@@ -906,17 +895,8 @@ impl Finished {
         let points: Vec<_> = snap.timeline.iter().collect();
         let marks = epoch_marks(snap, &self.marks);
         let at: Vec<Duration> = marks.iter().map(|m| m.at).collect();
-        let prediction = plan.epochs.and_then(|total| {
-            let p = EpochProgress {
-                total_epochs: total,
-                before_pred: plan.config.epochs_before_pred,
-                start: EpochMark {
-                    at: Duration::ZERO,
-                    cumulative_energy: Joules::ZERO,
-                },
-                marks: &marks,
-            }
-            .first()?;
+        let prediction = epoch_progress(plan, &marks).and_then(|p| {
+            let p = p.first()?;
             Some((p.total_epochs, p.epochs_done, p.predicted_time))
         });
         crate::report::plot::render(&crate::report::plot::PlotInput {
@@ -1157,6 +1137,20 @@ fn summary_body(
     )
 }
 
+/// The run's epochs as the prediction reads them: from the start of
+/// measuring, `marks` after it; `None` without `--carbon-epochs`.
+fn epoch_progress<'a>(plan: &Plan, marks: &'a [EpochMark]) -> Option<EpochProgress<'a>> {
+    plan.epochs.map(|total| EpochProgress {
+        total_epochs: total,
+        before_pred: plan.config.epochs_before_pred,
+        start: EpochMark {
+            at: Duration::ZERO,
+            cumulative_energy: Joules::ZERO,
+        },
+        marks,
+    })
+}
+
 /// What the summaries are rendered from.
 fn with_input<R>(
     plan: &Plan,
@@ -1175,15 +1169,7 @@ fn with_input<R>(
         time_limit,
         pue: plan.config.pue,
         intensity,
-        epochs: plan.epochs.map(|total| EpochProgress {
-            total_epochs: total,
-            before_pred: plan.config.epochs_before_pred,
-            start: EpochMark {
-                at: Duration::ZERO,
-                cumulative_energy: Joules::ZERO,
-            },
-            marks: &marks,
-        }),
+        epochs: epoch_progress(plan, &marks),
         attribution: plan.shares.method(),
     };
     render(&input)

@@ -849,32 +849,21 @@ pub fn read_field(
     cluster: &str,
     field: &str,
 ) -> Result<Option<JobField>, AccountingError> {
-    let delim = sacct::delimiter();
-    let mut args: Vec<String> = vec!["-n".into(), "-X".into()];
-    args.extend(sacct::args(&delim));
-    if !cluster.is_empty() {
-        args.extend(["-M".into(), cluster.to_string()]);
-    }
-    args.extend([
-        "-j".into(),
-        job.to_string(),
-        "-o".into(),
-        format!("End,Start,{field}"),
-    ]);
-    let out = cmd::run(
+    let (stdout, delim) = sacct::query(
         &tools.sacct,
-        &args,
-        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
         tools.timeout,
+        cluster,
+        &job.to_string(),
+        &format!("End,Start,{field}"),
     )?;
-    if out.stdout.trim().is_empty() {
+    if stdout.trim().is_empty() {
         return Ok(None);
     }
-    let (records, _) = sacct::records(&out.stdout, &delim, 3);
+    let (records, _) = sacct::records(&stdout, &delim, 3);
     let Some(f) = records.into_iter().next_back() else {
         return Err(AccountingError::Unreadable {
             job,
-            output: cmd::one_line(&out.stdout),
+            output: cmd::one_line(&stdout),
         });
     };
     let known = |t: &str| !matches!(t.trim(), "" | "Unknown" | "None");

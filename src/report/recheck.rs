@@ -10,7 +10,7 @@ use crate::spool::Spool;
 
 use super::delivery::{AccountingError, Expect, JobField, Log, Tools, set_segment};
 use super::watch::{Watched, dir, is_jobstats, next_check, secs};
-use super::{accounting, aggregate, cmd, sacct};
+use super::{accounting, aggregate, sacct};
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -133,26 +133,15 @@ fn read_fields(
     field: &str,
     jobs: &[u32],
 ) -> Result<HashMap<u32, JobField>, AccountingError> {
-    let delim = sacct::delimiter();
-    let mut args: Vec<String> = vec!["-n".into(), "-X".into()];
-    args.extend(sacct::args(&delim));
-    if !cluster.is_empty() {
-        args.extend(["-M".into(), cluster.to_string()]);
-    }
     let ids: Vec<String> = jobs.iter().map(u32::to_string).collect();
-    args.extend([
-        "-j".into(),
-        ids.join(","),
-        "-o".into(),
-        format!("JobIDRaw,End,Start,{field}"),
-    ]);
-    let out = cmd::run(
+    let (stdout, delim) = sacct::query(
         &tools.sacct,
-        &args,
-        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
         tools.timeout,
+        cluster,
+        &ids.join(","),
+        &format!("JobIDRaw,End,Start,{field}"),
     )?;
-    let (records, _) = sacct::records(&out.stdout, &delim, 4);
+    let (records, _) = sacct::records(&stdout, &delim, 4);
     let known = |t: &str| !matches!(t.trim(), "" | "Unknown" | "None");
     let mut fields = HashMap::new();
     // Later records of an id are newer (as `read_field` takes them).

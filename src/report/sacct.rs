@@ -36,6 +36,38 @@ pub fn args(delim: &str) -> [String; 2] {
     ["-p".to_string(), format!("--delimiter={delim}")]
 }
 
+/// `sacct -n -X` for `jobs` (one id, or several comma-separated) with the
+/// given columns: the allocations' records only, times in UTC, delimited by
+/// a fresh [`delimiter`]. Returns the output and that delimiter, for
+/// [`records`].
+pub fn query(
+    sacct: &std::path::Path,
+    timeout: std::time::Duration,
+    cluster: &str,
+    jobs: &str,
+    columns: &str,
+) -> Result<(String, String), super::cmd::CmdError> {
+    let delim = delimiter();
+    let mut a: Vec<String> = vec!["-n".into(), "-X".into()];
+    a.extend(args(&delim));
+    if !cluster.is_empty() {
+        a.extend(["-M".into(), cluster.to_string()]);
+    }
+    a.extend([
+        "-j".into(),
+        jobs.to_string(),
+        "-o".into(),
+        columns.to_string(),
+    ]);
+    let out = super::cmd::run(
+        sacct,
+        &a,
+        &[("TZ", "UTC"), ("SLURM_TIME_FORMAT", "standard")],
+        timeout,
+    )?;
+    Ok((out.stdout, delim))
+}
+
 /// The records of `sacct -p --delimiter=<delim>` output with `fields`
 /// fields each, and how many records were refused for another count.
 pub fn records<'a>(text: &'a str, delim: &str, fields: usize) -> (Vec<Vec<&'a str>>, usize) {
