@@ -184,6 +184,8 @@ impl CpuRun {
         ensure!(name.len() <= 15, "thread name `{name}` too long for Linux");
         let opts = SamplerOptions {
             interval,
+            // As the tracker runs it: a timeline point closes every sample.
+            bucket: interval,
             thread_name: name.clone(),
             ..SamplerOptions::default()
         };

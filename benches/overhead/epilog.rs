@@ -11,7 +11,8 @@
 //! fsync), and removes the job's spool state.
 //!
 //! sacct and sacctmgr are stand-ins, `/bin/sh` scripts that answer at once
-//! as Slurm would for an ended job with an empty field. Their process
+//! as Slurm would for an ended job with an empty field (sacct is asked
+//! twice: the field, then the write read back). Their process
 //! start-up is in the figure; slurmdbd's time is not (the target excludes
 //! it). So is the start-up of the `carbontrack` process itself, which the
 //! `process` line measures separately.
@@ -37,8 +38,19 @@ pub const NODES: usize = 8;
 pub const GPUS: usize = 8;
 const JOB: u32 = 424_242;
 
-const SACCT: &str = "#!/bin/sh\necho '2024-05-01T01:00:00|'\n";
-const SACCTMGR: &str = "#!/bin/sh\necho ' Modified job(s)...'\n";
+/// `End`, `Start` and the field, in the delimiter asked for (`-p
+/// --delimiter=D`: each field followed by D), the field as the stand-in
+/// sacctmgr last stored it (the Epilog reads its write back).
+const SACCT: &str = r#"#!/bin/sh
+d='|'
+for a; do case $a in --delimiter=*) d=${a#--delimiter=};; esac; done
+f=$(cat "$(dirname "$0")/field" 2>/dev/null)
+printf '%s%s%s%s%s%s\n' 2024-05-01T01:00:00 "$d" 2024-05-01T00:00:00 "$d" "$f" "$d"
+"#;
+const SACCTMGR: &str = r#"#!/bin/sh
+for a; do case $a in AdminComment=*) printf '%s' "${a#AdminComment=}" >"$(dirname "$0")/field";; esac; done
+echo ' Modified job(s)...'
+"#;
 
 pub struct EpilogResult {
     /// `epilog()` in this process, per run.
@@ -138,6 +150,8 @@ impl Setup {
 
     /// A fresh spool with the job's footprints, and no ledger yet.
     fn stage(&self) -> Result<()> {
+        // Each run writes into an empty field, as for a job just ended.
+        let _ = std::fs::remove_file(self.dir.path().join("bin/field"));
         let _ = std::fs::remove_dir_all(&self.config.spool);
         let _ = std::fs::remove_file(self.dir.path().join("ledger.csv"));
         let spool = Spool::open(&self.config.spool)?;
