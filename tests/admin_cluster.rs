@@ -26,8 +26,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::thread::sleep;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use carbontrack::footprint::{Row, read_csv};
@@ -35,7 +34,7 @@ use carbontrack::prometheus::{JobLabels, Series, file_name, format};
 use carbontrack::report::accounting::TAG;
 use carbontrack::units::{Joules, Watts};
 use common::hardware::Hardware;
-use common::{Cluster, JobId, USER, admin_port_base, in_ci, missing_prerequisite};
+use common::{Cluster, JobId, USER, admin_port_base, in_ci, missing_prerequisite, out, wait_for};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const TOLERANCE: f64 = 0.03;
@@ -47,25 +46,6 @@ const JS1: &str =
     "JS1:H4sIAAAAAAACA6tWystPSS1WslKoVkouMYTQBaUgAcPaWh0FpZL8ksSc+JLM3FSQkFEtAD2iTJUxAAAA";
 /// What another site script writes.
 const SITE_TEXT: &str = "site-audit:checked";
-
-fn out(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_for<V>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<V>) -> V {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(250));
-    }
-}
 
 /// node_exporter as Debian's package runs it (its own user), killed when
 /// dropped.

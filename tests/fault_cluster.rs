@@ -32,7 +32,7 @@ use carbontrack::footprint::{Row, read_csv};
 use carbontrack::report::accounting::Segment;
 use carbontrack::report::delivery::Pending;
 use common::hardware::Hardware;
-use common::{Cluster, JobId, USER, in_ci, missing_prerequisite};
+use common::{Cluster, JobId, USER, in_ci, missing_prerequisite, out, wait_for};
 
 /// How long after its end a job may take to leave the queue.
 const LEAVE_WITHIN: Duration = Duration::from_secs(60);
@@ -44,25 +44,6 @@ struct T {
     c: Cluster,
     hw: Hardware,
     bin: PathBuf,
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_for<V>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<V>) -> V {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(200));
-    }
 }
 
 impl T {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use carbontrack::report::accounting::Segment;
 use common::hardware::Hardware;
-use common::{Cluster, JobId, USER, in_ci, missing_prerequisite};
+use common::{Cluster, JobId, USER, in_ci, missing_prerequisite, out, wait_for};
 
 /// Jobs in the queue (pending or running) the submitter keeps at most.
 const IN_FLIGHT: usize = 40;
@@ -42,25 +42,6 @@ const OVERSUBSCRIBE: u32 = 16;
 const DBD_DOWN: Duration = Duration::from_secs(15);
 /// How long the cluster may take to drain its queue once all is submitted.
 const DRAIN_WITHIN: Duration = Duration::from_secs(300);
-
-fn out(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_for<V>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<V>) -> V {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(250));
-    }
-}
 
 /// The `q` quantile (0 to 1) of `sorted`, nearest rank.
 fn quantile(sorted: &[f64], q: f64) -> f64 {

@@ -760,3 +760,25 @@ impl Drop for LockHolder {
         let _ = self.child.wait();
     }
 }
+
+/// A command's stdout and stderr together, for assertion messages.
+pub fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What `f` gives once it gives something, asked every 200 ms; fails the
+/// test naming `what` after `limit`.
+pub fn wait_for<V>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<V>) -> V {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(200));
+    }
+}
