@@ -31,7 +31,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::amd_gpus::{AmdGpuHints, AmdGpuInfo, select};
-use super::{Component, DeviceEnergy, Meter, Status, fit_reasons, wall_time};
+use super::{Component, DeviceEnergy, Gaps, Meter, Status, fit_reasons, stopped_at, wall_time};
 use crate::ffi::amdsmi::{AmdSmi, AmdSmiError, AmdSmiOpenError, Processor};
 use crate::measure::nvml::{MAX_FAILURES, trapezoid};
 use crate::units::{Joules, Watts};
@@ -41,7 +41,6 @@ pub const AMDSMI_DEVICE: &str = "amdsmi";
 
 /// More than any package draws: a step beyond it is a glitch, not energy.
 const MAX_PLAUSIBLE_WATTS: f64 = 10_000.0;
-const MAX_GAP_NOTES: usize = 3;
 /// Where the kernel lists render nodes, for libraries without
 /// `amdsmi_get_gpu_enumeration_info`.
 const DRM_CLASS: &str = "/sys/class/drm";
@@ -115,8 +114,7 @@ struct Gcd {
     measured: bool,
     failures: u32,
     stopped: Option<String>,
-    gaps: Vec<String>,
-    more_gaps: u32,
+    gaps: Gaps,
     /// Read nothing while busy, with no GCD of the package reading energy.
     zero_busy: Option<String>,
 }
@@ -196,17 +194,11 @@ impl Gcd {
     }
 
     fn gap(&mut self, why: String) {
-        if self.gaps.len() < MAX_GAP_NOTES {
-            self.gaps.push(why);
-        } else {
-            self.more_gaps += 1;
-        }
+        self.gaps.note(why);
     }
 
     fn stop(&mut self, why: String, now: Instant) {
-        let at = format!(" at {}", wall_time(now));
-        let why = crate::measure::cut(&why, crate::measure::MAX_REASON - at.len());
-        self.stopped = Some(format!("{why}{at}"));
+        self.stopped = Some(stopped_at(&why, now));
     }
 
     fn fail(&mut self, e: AmdSmiError, now: Instant) {
@@ -219,10 +211,7 @@ impl Gcd {
 
     /// The row of this GCD, `energy` attributed to it ([`Package::attributed`]).
     fn entry(&self, energy: f64) -> DeviceEnergy {
-        let mut problems = self.gaps.clone();
-        if self.more_gaps > 0 {
-            problems.push(format!("{} more such gaps", self.more_gaps));
-        }
+        let mut problems = self.gaps.reasons();
         problems.extend(self.zero_busy.clone());
         problems.extend(self.stopped.clone());
         if !self.measured {
@@ -471,8 +460,7 @@ impl AmdSmiMeter {
                     measured: false,
                     failures: 0,
                     stopped: None,
-                    gaps: Vec::new(),
-                    more_gaps: 0,
+                    gaps: Gaps::default(),
                     zero_busy: None,
                 })
                 .collect();

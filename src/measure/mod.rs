@@ -127,6 +127,44 @@ pub fn wall_time(at: std::time::Instant) -> String {
     humantime::format_rfc3339_seconds(now.checked_sub(ago).unwrap_or(now)).to_string()
 }
 
+/// Intervals a device's energy was not counted for, and why: the first
+/// few said, the rest counted, so a device that keeps misbehaving does not
+/// grow the list without bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gaps {
+    said: Vec<String>,
+    more: u32,
+}
+
+impl Gaps {
+    /// Notes said in full; later ones are only counted.
+    const SAID: usize = 3;
+
+    pub fn note(&mut self, why: String) {
+        if self.said.len() < Self::SAID {
+            self.said.push(why);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// The notes as status reasons (`N more such gaps` last).
+    pub fn reasons(&self) -> Vec<String> {
+        let mut out = self.said.clone();
+        if self.more > 0 {
+            out.push(format!("{} more such gaps", self.more));
+        }
+        out
+    }
+}
+
+/// Why a device is no longer read, with when, within a status's room: the
+/// time is what matters most, so the reason gives way first.
+pub fn stopped_at(why: &str, at: std::time::Instant) -> String {
+    let at = format!(" at {}", wall_time(at));
+    format!("{}{at}", cut(why, MAX_REASON - at.len()))
+}
+
 /// Joins reasons into one, `; ` apart, within [`MAX_REASON`]: as many whole
 /// reasons as fit, then `(+N more)`; a first reason too long on its own is
 /// cut at a word with `…`.
@@ -364,6 +402,19 @@ pub trait Meter: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_say_the_first_three_and_count_the_rest() {
+        let mut g = Gaps::default();
+        assert!(g.reasons().is_empty());
+        for i in 0..5 {
+            g.note(format!("gap {i}"));
+        }
+        assert_eq!(g.reasons(), ["gap 0", "gap 1", "gap 2", "2 more such gaps"]);
+        let long = "x ".repeat(100);
+        let s = stopped_at(&long, std::time::Instant::now());
+        assert!(s.len() <= MAX_REASON && s.contains(" at 2"), "{s}");
+    }
 
     #[test]
     fn status_round_trips() {

@@ -43,7 +43,7 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
 use super::gpus::{GpuHints, GpuInfo, Selection, select};
-use super::{Component, DeviceEnergy, Meter, Status, fit_reasons, wall_time};
+use super::{Component, DeviceEnergy, Gaps, Meter, Status, fit_reasons, stopped_at, wall_time};
 use crate::ffi::nvml_samples::{PowerSample, PowerSamples};
 use crate::units::{Joules, Watts};
 
@@ -71,9 +71,6 @@ const SAMPLE_GAP_SLACK: Duration = Duration::from_secs(1);
 /// may hand out the oldest samples first, and a read that falls behind
 /// catches up in a few.
 const MAX_BUFFER_READS: u32 = 4;
-
-/// Gaps described one by one in a status; further ones are only counted.
-const MAX_GAP_NOTES: usize = 3;
 
 /// The `device` of the single entry reported when NVML itself is unavailable
 /// and no GPU UUID is known.
@@ -395,8 +392,7 @@ struct GpuMeter {
     /// Why the GPU is no longer read, with when.
     stopped: Option<String>,
     /// Intervals whose energy was not counted, and why (the first few).
-    gaps: Vec<String>,
-    more_gaps: u32,
+    gaps: Gaps,
 }
 
 /// A call that took longer than this is stamped with when it returned.
@@ -443,8 +439,7 @@ impl GpuMeter {
             measured: false,
             failures: 0,
             stopped: None,
-            gaps: Vec::new(),
-            more_gaps: 0,
+            gaps: Gaps::default(),
         }
     }
 
@@ -659,28 +654,16 @@ impl GpuMeter {
         self.energy_j += joules.0;
     }
 
-    /// Notes energy that was not counted; a driver that keeps misbehaving
-    /// does not grow the list without bound.
     fn gap(&mut self, why: String) {
-        if self.gaps.len() < MAX_GAP_NOTES {
-            self.gaps.push(why);
-        } else {
-            self.more_gaps += 1;
-        }
+        self.gaps.note(why);
     }
 
     fn stop(&mut self, why: String, now: Instant) {
-        let at = format!(" at {}", wall_time(now));
-        // The time is what matters most: the reason gives way first.
-        let why = crate::measure::cut(&why, crate::measure::MAX_REASON - at.len());
-        self.stopped = Some(format!("{why}{at}"));
+        self.stopped = Some(stopped_at(&why, now));
     }
 
     fn entry(&self) -> DeviceEnergy {
-        let mut problems = self.gaps.clone();
-        if self.more_gaps > 0 {
-            problems.push(format!("{} more such gaps", self.more_gaps));
-        }
+        let mut problems = self.gaps.reasons();
         problems.extend(self.stopped.clone());
         if !self.measured {
             let why = self.stopped.as_deref().unwrap_or("no reading yet");
